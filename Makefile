@@ -1,0 +1,38 @@
+# Every target creates .venv itself when it is missing; every pip install goes
+# through constraints.txt (torch==2.13.0, the CPU build on this machine).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q -c constraints.txt
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint format bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --out benchmarks/results
+
+demo: $(STAMP)
+	$(VENV)/bin/scorekit demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

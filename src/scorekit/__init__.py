@@ -1,0 +1,25 @@
+"""scorekit: score matching and score-based generative modelling in PyTorch."""
+
+from .distributions import ExactScore, Gaussian, GaussianMixture
+from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
+from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
+
+__all__ = [
+    "EDM",
+    "VE",
+    "VP",
+    "CosineVP",
+    "EDMPrecond",
+    "ExactScore",
+    "Gaussian",
+    "GaussianMixture",
+    "Process",
+    "ScoreModel",
+    "SubVP",
+    "convert",
+    "ddpm_betas",
+    "edm_coefficients",
+    "ncsn_sigmas",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,251 @@
+r"""What a network predicts, and the one place where predictions are converted.
+
+With :math:`x = \alpha x_0 + \sigma \varepsilon`, every target is an affine
+function of :math:`(x, \varepsilon)`:
+
+.. math::
+    s = \nabla_x \log p_t(x) = -\varepsilon / \sigma, \qquad
+    \hat x_0 = (x + \sigma^2 s) / \alpha \ \ \text{(Tweedie)}, \qquad
+    v = \alpha \varepsilon - \sigma x_0 .
+
+An energy model predicts :math:`E(x, t)` with :math:`s = -\nabla_x E`.
+
+Samplers and losses only talk to a :class:`ScoreModel`, which answers every
+prediction whatever the network was trained on, so no sampler branches on the
+parametrisation.
+
+References:
+    Vincent (2011); Ho et al. (2020); Salimans & Ho, "Progressive Distillation"
+    (2022) for v; Karras et al. (2022) for the preconditioning; Efron,
+    "Tweedie's formula and selection bias" (2011).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_choice, check_positive
+from .processes import Process, broadcast_like
+
+__all__ = [
+    "PREDICTIONS",
+    "EDMPrecond",
+    "ScoreModel",
+    "convert",
+    "edm_coefficients",
+]
+
+PREDICTIONS = ("score", "eps", "x0", "v")
+
+
+def _to_eps(kind: str, pred: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    if kind == "eps":
+        return pred
+    if kind == "score":
+        return -sigma * pred
+    if kind == "x0":
+        return (x - alpha * pred) / sigma
+    # v: [x; v] = [[a, s], [-s, a]] [x0; eps]  =>  eps = (s x + a v) / (a^2 + s^2)
+    return (sigma * x + alpha * pred) / (alpha**2 + sigma**2)
+
+
+def _from_eps(kind: str, eps: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    if kind == "eps":
+        return eps
+    if kind == "score":
+        return -eps / sigma
+    x0 = (x - sigma * eps) / alpha
+    if kind == "x0":
+        return x0
+    return alpha * eps - sigma * x0
+
+
+def convert(
+    pred: Tensor,
+    source: str,
+    target: str,
+    x: Tensor,
+    alpha: Tensor | float,
+    sigma: Tensor | float,
+) -> Tensor:
+    r"""Convert a prediction between ``"score"``, ``"eps"``, ``"x0"`` and ``"v"``.
+
+    Arguments:
+        pred: the prediction, shape ``(B, *D)``.
+        source, target: one of :data:`PREDICTIONS`.
+        x: the noised input :math:`x_t`, shape ``(B, *D)``.
+        alpha, sigma: :math:`\alpha(t), \sigma(t)`, scalars or shape ``(B,)``.
+
+    Returns:
+        The prediction in the ``target`` parametrisation, shape ``(B, *D)``.
+
+    Example:
+        >>> x, eps = torch.randn(4, 2), torch.randn(4, 2)
+        >>> s = convert(eps, "eps", "score", x, 1.0, 0.5)
+        >>> torch.allclose(s, -eps / 0.5)
+        True
+    """
+    check_choice("source", source, PREDICTIONS)
+    check_choice("target", target, PREDICTIONS)
+    if pred.shape != x.shape:
+        raise ValueError(f"pred must have the shape of x {tuple(x.shape)}, got {tuple(pred.shape)}")
+    if source == target:
+        return pred
+    a, s = broadcast_like(alpha, x), broadcast_like(sigma, x)
+    return _from_eps(target, _to_eps(source, pred, x, a, s), x, a, s)
+
+
+class ScoreModel(nn.Module):
+    r"""Any ``net(x, t)`` that predicts one of score / eps / x0 / v / energy, answering all.
+
+    Arguments:
+        net: callable ``net(x, t)`` with ``x`` of shape ``(B, *D)`` and ``t`` of shape
+            ``(B,)``; returns a tensor of shape ``(B, *D)`` (or ``(B,)`` for an energy).
+        process: the :class:`~scorekit.processes.Process` that defines ``t``.
+        prediction: what ``net`` predicts: ``"score"``, ``"eps"``, ``"x0"``, ``"v"``
+            or ``"energy"`` (:math:`s = -\nabla_x E`, by autograd; the graph is kept
+            when gradients are enabled, so a loss on the score trains the energy).
+
+    Calling the model returns the score :math:`\nabla_x \log p_t(x)`.
+
+    Example:
+        >>> from scorekit.processes import VE
+        >>> m = ScoreModel(lambda x, t: torch.zeros_like(x), VE(), prediction="eps")
+        >>> m(torch.randn(3, 2), torch.full((3,), 0.5)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        net: Callable[[Tensor, Tensor], Tensor] | None,
+        process: Process,
+        prediction: str = "score",
+    ):
+        super().__init__()
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
+        self.prediction = check_choice("prediction", prediction, PREDICTIONS + ("energy",))
+        self.net = net
+        self.process = process
+
+    def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(
+                f"t must be a scalar or of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}"
+            )
+        self.process.check_t(t)
+        return t
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network's own output (``t`` already of shape ``(B,)``)."""
+        return self.net(x, t)
+
+    def energy(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Energy :math:`E(x, t)`, shape ``(B,)``; only for ``prediction="energy"``."""
+        if self.prediction != "energy":
+            raise ValueError(
+                f"energy() needs prediction='energy', this model predicts {self.prediction!r}"
+            )
+        e = self.raw(x, self._time(x, t))
+        if e.shape != (x.shape[0],):
+            raise ValueError(
+                f"an energy net must return shape (B,) = ({x.shape[0]},), got {tuple(e.shape)}"
+            )
+        return e
+
+    def _energy_score(self, x: Tensor, t: Tensor) -> Tensor:
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xi = x if x.requires_grad else x.detach().requires_grad_(True)
+            e = self.energy(xi, t)
+            (grad,) = torch.autograd.grad(e.sum(), xi, create_graph=create_graph)
+        return -grad
+
+    def predict(self, x: Tensor, t: Tensor | float, target: str = "score") -> Tensor:
+        """The model's prediction of ``target`` (one of :data:`PREDICTIONS`) at ``(x, t)``."""
+        check_choice("target", target, PREDICTIONS)
+        t = self._time(x, t)
+        if self.prediction == "energy":
+            out, kind = self._energy_score(x, t), "score"
+        else:
+            out, kind = self.raw(x, t), self.prediction
+            if out.shape != x.shape:
+                raise ValueError(
+                    f"net output must have the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
+                )
+        if kind == target:
+            return out
+        alpha, sigma = self.process.marginal(t)
+        return convert(out, kind, target, x, alpha, sigma)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The score :math:`\nabla_x \log p_t(x)`, shape ``(B, *D)``."""
+        return self.predict(x, t, "score")
+
+    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The score :math:`\nabla_x \log p_t(x)`."""
+        return self.predict(x, t, "score")
+
+    def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The noise :math:`\hat\varepsilon = -\sigma s`."""
+        return self.predict(x, t, "eps")
+
+    def x0(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The denoiser :math:`\hat x_0 = (x + \sigma^2 s)/\alpha` (Tweedie)."""
+        return self.predict(x, t, "x0")
+
+    def v(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""The velocity :math:`v = \alpha\varepsilon - \sigma x_0`."""
+        return self.predict(x, t, "v")
+
+
+def edm_coefficients(
+    sigma: Tensor, sigma_data: float = 0.5
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""EDM preconditioning :math:`(c_{skip}, c_{out}, c_{in}, c_{noise})` at noise ``sigma``:
+
+    .. math::
+        c_{skip} = \frac{\sigma_d^2}{\sigma^2 + \sigma_d^2},\quad
+        c_{out} = \frac{\sigma\sigma_d}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
+        c_{in} = \frac{1}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
+        c_{noise} = \tfrac14 \ln\sigma .
+
+    References:
+        Karras et al. (2022), Table 1 and Appendix B.6.
+    """
+    sigma_data = check_positive("sigma_data", sigma_data)
+    s2, d2 = sigma**2, sigma_data**2
+    root = torch.sqrt(s2 + d2)
+    return d2 / (s2 + d2), sigma * sigma_data / root, 1 / root, torch.log(sigma) / 4
+
+
+class EDMPrecond(nn.Module):
+    r"""Wrap a raw network :math:`F` as the EDM denoiser
+    :math:`D(x, \sigma) = c_{skip} x + c_{out} F(c_{in} x, c_{noise})`; predicts ``x0``.
+
+    For a process with :math:`\alpha \neq 1` the input is rescaled,
+    :math:`\hat x = x/\alpha`, :math:`\hat\sigma = \sigma/\alpha`, so that
+    :math:`\hat x = x_0 + \hat\sigma \varepsilon` (Karras et al. 2022, eq. 4).
+    Use as ``ScoreModel(EDMPrecond(F, process), process, prediction="x0")``.
+    """
+
+    def __init__(self, net: nn.Module, process: Process, sigma_data: float = 0.5):
+        super().__init__()
+        self.net = net
+        self.process = process
+        self.sigma_data = check_positive("sigma_data", sigma_data)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.process.marginal(t)
+        alpha, sigma = alpha.to(x), sigma.to(x)
+        s_hat = sigma / alpha
+        c_skip, c_out, c_in, c_noise = edm_coefficients(s_hat, self.sigma_data)
+        xh = x / broadcast_like(alpha, x)
+        f = self.net(broadcast_like(c_in, x) * xh, c_noise)
+        return broadcast_like(c_skip, x) * xh + broadcast_like(c_out, x) * f

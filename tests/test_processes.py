@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+from scorekit import EDM, VE, VP, CosineVP, SubVP, ddpm_betas, ncsn_sigmas
+from scorekit.processes import from_config
+
+PROCESSES = [VE(0.01, 50.0), VP(0.1, 20.0), SubVP(0.1, 20.0), CosineVP(), EDM(0.002, 80.0)]
+IDS = [type(p).__name__ for p in PROCESSES]
+
+
+def grid(p, n=25):
+    lo = max(p.t_min, 1e-2 * p.T)
+    return torch.linspace(lo, min(p.t_max, 0.98 * p.T), n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+def test_derivatives_match_finite_differences(p):
+    t = grid(p)
+    h = 1e-6 * p.T
+    fd_a = (p.alpha(t + h) - p.alpha(t - h)) / (2 * h)
+    fd_s = (p.sigma(t + h) - p.sigma(t - h)) / (2 * h)
+    torch.testing.assert_close(p.d_alpha(t), fd_a, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(p.d_sigma(t), fd_s, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+def test_g2_and_f_reproduce_marginal_variance(p):
+    # The forward SDE dx = f dt + g dw moves Var = sigma^2 (of x_t given x0) by
+    # d/dt Var = 2 (dlog alpha/dt) Var + g^2; check with finite differences of sigma(t).
+    t = grid(p)
+    h = 1e-6 * p.T
+    dvar = (p.sigma(t + h) ** 2 - p.sigma(t - h) ** 2) / (2 * h)
+    rhs = 2 * p.dlog_alpha(t) * p.sigma(t) ** 2 + p.g2(t)
+    torch.testing.assert_close(rhs, dvar, rtol=1e-6, atol=1e-8)
+    # f is linear with slope dlog alpha / dt: the mean alpha(t) x0 obeys dm/dt = f(m, t)
+    x0 = torch.tensor([[1.5, -2.0]], dtype=torch.float64)
+    m = lambda s: p.alpha(s)[:, None] * x0  # noqa: E731
+    dm = (m(t + h) - m(t - h)) / (2 * h)
+    torch.testing.assert_close(p.f(m(t), t), dm, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+def test_t_of_sigma_inverts_sigma(p):
+    t = grid(p)
+    torch.testing.assert_close(p.t_of_sigma(p.sigma(t)), t, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+def test_prior_sample_and_log_prob(p, gen):
+    x = p.prior_sample((20000, 3), generator=gen, dtype=torch.float64)
+    s = p.prior_std()
+    assert abs(float(x.std()) / s - 1) < 0.02
+    assert abs(float(x.mean())) / s < 0.02
+    # log-density agrees with the product of 1-D normal densities
+    normal = torch.distributions.Normal(0.0, s)
+    torch.testing.assert_close(p.prior_log_prob(x[:5]), normal.log_prob(x[:5]).sum(1))
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+def test_add_noise_and_config_round_trip(p, gen):
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=gen)
+    eps = torch.randn(4, 2, dtype=torch.float64, generator=gen)
+    t = torch.full((4,), p.t_max / 2, dtype=torch.float64)
+    xt = p.add_noise(x0, t, eps)
+    a, s = p.marginal(t)
+    torch.testing.assert_close(xt, a[:, None] * x0 + s[:, None] * eps)
+    q = from_config(p.config())
+    torch.testing.assert_close(q.sigma(t), p.sigma(t))
+
+
+def test_closed_forms():
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ve = VE(0.01, 50.0)
+    torch.testing.assert_close(ve.sigma(t), 0.01 * 5000.0**t)
+    torch.testing.assert_close(ve.g2(t), 2 * ve.sigma(t) ** 2 * math.log(5000.0))
+    vp = VP(0.1, 20.0)
+    torch.testing.assert_close(vp.g2(t), 0.1 + t * 19.9)
+    torch.testing.assert_close(vp.alpha(t) ** 2 + vp.sigma(t) ** 2, torch.ones(3, dtype=t.dtype))
+    sub = SubVP(0.1, 20.0)
+    torch.testing.assert_close(sub.sigma(t), 1 - vp.alpha(t) ** 2)
+    edm = EDM()
+    torch.testing.assert_close(edm.sigma(t), t)
+    torch.testing.assert_close(edm.g2(t), 2 * t)
+    cos = CosineVP()
+    assert float(cos.alpha(0.0)) == pytest.approx(1.0)
+    assert float(cos.alpha(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_discrete_grids():
+    sig = ncsn_sigmas(VE(0.01, 50.0), 10)
+    assert sig.shape == (10,)
+    torch.testing.assert_close(sig[0], torch.tensor(50.0, dtype=torch.float64))
+    torch.testing.assert_close(sig[-1], torch.tensor(0.01, dtype=torch.float64))
+    ratios = sig[1:] / sig[:-1]
+    torch.testing.assert_close(ratios, ratios[0].expand(9))
+    # DDPM's linear schedule, 1e-4 ... 0.02, from the continuous VP process on t = i/T
+    betas = ddpm_betas(VP(0.1, 20.0), 1000)
+    ddpm = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    # midpoint beta and 1 - exp(-x) = x - x^2/2: within 2.1e-4 of DDPM's betas
+    assert float((betas - ddpm).abs().max()) < 2.1e-4
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    torch.testing.assert_close(
+        alpha_bar[-1], VP().alpha(torch.tensor(1.0, dtype=torch.float64)) ** 2
+    )
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda: VE(1.0, 0.5), "sigma_min"),
+        (lambda: VE(-1.0, 5.0), "sigma_min"),
+        (lambda: EDM(80.0, 80.0), "sigma_min"),
+        (lambda: VP(0.0, 20.0), "beta_min"),
+        (lambda: VP(10.0, 1.0), "beta_max"),
+        (lambda: VE().sigma(1.5), "t"),
+        (lambda: VP().alpha(torch.tensor([-0.1, 0.5])), "t"),
+        (lambda: EDM().sigma(100.0), "t"),
+        (lambda: VE(0.01, 1.0).t_of_sigma(5.0), "sigma"),
+        (lambda: ncsn_sigmas(VE(), 1), "levels"),
+        (lambda: from_config({"name": "Nope"}), "process config"),
+    ],
+)
+def test_bad_input_names_argument(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
