@@ -125,3 +125,26 @@ def test_discrete_grids():
 def test_bad_input_names_argument(build, name):
     with pytest.raises(ValueError, match=name):
         build()
+
+
+def test_ode_drift_transports_gaussian_marginal(gen):
+    # For x0 ~ N(0, s0^2) under VP, p_t = N(0, a^2 s0^2 + sigma^2) with score -x / v(t);
+    # the probability-flow ODE keeps x / sqrt(v(t)) constant: dx/dt = x v'(t) / (2 v).
+    p = VP()
+    s0 = 0.7
+    t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    a, s = p.marginal(t)
+    v = a**2 * s0**2 + s**2
+    x = torch.randn(9, 1, generator=gen, dtype=torch.float64)
+    h = 1e-6
+    vp = (
+        (p.alpha(t + h) ** 2 - p.alpha(t - h) ** 2) * s0**2
+        + p.sigma(t + h) ** 2
+        - p.sigma(t - h) ** 2
+    ) / (2 * h)
+    torch.testing.assert_close(p.ode_drift(x, t, -x / v[:, None]), x * (vp / (2 * v))[:, None])
+    # reverse drift differs from the ODE drift by exactly -1/2 g^2 score
+    sc = -x / v[:, None]
+    torch.testing.assert_close(
+        p.reverse_drift(x, t, sc) - p.ode_drift(x, t, sc), -0.5 * p.g2(t)[:, None] * sc
+    )

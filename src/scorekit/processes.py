@@ -126,6 +126,16 @@ class Process:
         r"""Forward SDE drift :math:`f(x, t) = (d\log\alpha/dt)\, x`; ``x`` is ``(B, *D)``."""
         return broadcast_like(self.dlog_alpha(t), x) * x
 
+    def ode_drift(self, x: Tensor, t: Tensor | float, score: Tensor) -> Tensor:
+        r"""Probability-flow ODE drift :math:`f(x, t) - \tfrac12 g(t)^2 s(x, t)`
+        (Song et al. 2021, eq. 13); ``t`` is ``()`` or ``(B,)``."""
+        return self.f(x, t) - 0.5 * broadcast_like(self.g2(t), x) * score
+
+    def reverse_drift(self, x: Tensor, t: Tensor | float, score: Tensor) -> Tensor:
+        r"""Reverse-time SDE drift :math:`f(x, t) - g(t)^2 s(x, t)`, integrated backwards in
+        time with diffusion :math:`g(t)\,d\bar w` (Anderson 1982; Song et al. 2021, eq. 6)."""
+        return self.f(x, t) - broadcast_like(self.g2(t), x) * score
+
     def marginal(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""``(alpha(t), sigma(t))`` of :math:`p(x_t \mid x_0)`."""
         t = self.check_t(t)
