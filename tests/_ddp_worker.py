@@ -1,0 +1,34 @@
+"""Run by tests/test_train.py under torchrun: train a tiny model, save parameters per rank."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
+from _dsm import SigmaDSM  # noqa: E402
+from scorekit import VE, ScoreModel  # noqa: E402
+from scorekit.data import load_data  # noqa: E402
+from scorekit.nets import MLP  # noqa: E402
+from scorekit.train import TrainConfig, Trainer, init_distributed, shutdown_distributed  # noqa: E402
+
+
+def main(out: str, accum: int) -> None:
+    rank, world, _ = init_distributed()
+    torch.manual_seed(0)
+    data = load_data("moons", n=512, generator=torch.Generator().manual_seed(1))
+    process = VE(0.01, 3.0)
+    model = ScoreModel(MLP(2, hidden=32, depth=2), process)
+    cfg = TrainConfig(steps=20, batch_size=64, accum=accum, warmup=5, progress=False)
+    trainer = Trainer(model, SigmaDSM(process), data.x, cfg, None)
+    trainer.fit()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.save(flat, f"{out}/params_rank{rank}_of{world}.pt")
+    trainer.close()
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
