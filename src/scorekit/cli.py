@@ -1,65 +1,545 @@
-"""Command-line interface: ``scorekit demo``.
+"""Command-line interface: ``scorekit train | sample | likelihood | plot | demo``.
 
-Until training lands, ``demo`` runs the exact-target tour: it noises samples of a
-2-D Gaussian mixture at several noise levels and denoises them with Tweedie's
-formula using the exact score, reporting the error against the clean points.
+``scorekit train --data moons`` trains with sensible defaults and writes
+``runs/train/checkpoint.safetensors`` (+ ``.json``) and ``log.jsonl``; the same command
+under ``torchrun --nproc_per_node=N`` trains with DistributedDataParallel. Errors in
+the input (missing or unreadable data, empty data, mixed image sizes, non-numeric CSV
+cells, a checkpoint of another network, an output path that is a file) end with a
+one-line message and exit code 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import io
+import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import VE, ExactScore, GaussianMixture
+__all__ = ["main"]
+
+PROCESSES = {"ve": "VE", "vp": "VP", "subvp": "SubVP", "cosine": "CosineVP", "edm": "EDM"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# -- shared helpers ---------------------------------------------------------------------
+def _out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output directory {str(path)!r} is a file")
+    return path
 
 
-def demo(out: Path, seed: int = 0) -> str:
-    """Exact-target tour; writes ``out/report.md`` and returns its text."""
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    target = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
-    process = VE(0.01, 10.0)
-    model = ExactScore(target, process)
-    x0 = target.sample(20_000, generator=gen)
-    lines = [
-        "# scorekit demo: Tweedie denoising with the exact score",
-        "",
-        "| t | sigma | MSE of noisy x_t | MSE of E[x0 | x_t] |",
-        "|---|---|---|---|",
+def _checkpoint_path(path: Path) -> Path:
+    return path / "checkpoint.safetensors" if path.is_dir() else path
+
+
+def _load_json(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path!r}")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _save_npy(path: Path, x: np.ndarray) -> None:
+    from .checkpoint import write_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+
+
+# -- train ------------------------------------------------------------------------------
+DEFAULTS = {
+    "data": "moons",
+    "n": 20_000,
+    "key": None,
+    "image_size": None,
+    "normalize": "auto",
+    "process": {"name": "ve"},
+    "loss": "dsm",
+    "loss_kwargs": {},
+    "net": {"name": "auto"},
+    "prediction": "auto",
+    "train": {},
+}
+
+
+def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
+    """Defaults, then the checkpoint's settings (on resume), the --config file, the flags."""
+    s = json.loads(json.dumps(DEFAULTS))
+    if stored:
+        s.update(stored)
+    cfg = _load_json(args.config)
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in --config; known: {sorted(DEFAULTS)}")
+    for k, v in cfg.items():
+        s[k] = {**s[k], **v} if isinstance(s[k], dict) and isinstance(v, dict) else v
+    for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
+        if getattr(args, flag) is not None:
+            s[flag] = getattr(args, flag)
+    if args.process is not None:
+        s["process"] = {"name": args.process}
+    if args.net is not None:
+        s["net"] = {"name": args.net}
+    flags = {
+        "steps": "steps",
+        "batch": "batch_size",
+        "lr": "lr",
+        "seed": "seed",
+        "warmup": "warmup",
+        "grad_clip": "grad_clip",
+        "ema_decay": "ema_decay",
+        "accum": "accum",
+        "log_every": "log_every",
+        "ckpt_every": "ckpt_every",
+        "on_nonfinite": "on_nonfinite",
+    }
+    for flag, name in flags.items():
+        if getattr(args, flag) is not None:
+            s["train"][name] = getattr(args, flag)
+    if args.bf16:
+        s["train"]["bf16"] = True
+    return s
+
+
+def _max_pairwise(x: torch.Tensor, n: int = 1000) -> float:
+    z = x[:n].reshape(min(n, x.shape[0]), -1).double()
+    return float(torch.cdist(z, z).max())
+
+
+def _build_process(spec: dict, data: torch.Tensor):
+    from . import processes
+
+    name = str(spec.get("name", "ve")).lower()
+    if name not in PROCESSES:
+        raise ValueError(f"process must be one of {sorted(PROCESSES)}, got {spec.get('name')!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if name == "ve" and "sigma_max" not in kwargs:
+        # Song & Ermon (2020), technique 1: sigma_max about the largest pairwise distance.
+        kwargs["sigma_max"] = float(f"{max(_max_pairwise(data), 1.0):.2g}")
+    return processes.from_config({"name": PROCESSES[name], **kwargs})
+
+
+def _build_net_config(spec: dict, shape: tuple[int, ...], process) -> dict:
+    name = spec.get("name", "auto")
+    if name == "auto":
+        name = "unet" if len(shape) == 3 and shape[1] >= 8 and shape[2] >= 8 else "mlp"
+    net = {k: v for k, v in spec.items() if k != "name"}
+    if type(process).__name__ == "EDM":
+        net.setdefault("time_input", "log_t")
+    if name == "unet":
+        if len(shape) != 3:
+            raise ValueError(
+                f"net 'unet' needs image data (C, H, W), got examples of shape {shape}"
+            )
+        net.setdefault("channels", shape[0])
+        net.setdefault("mults", [1, 2] if max(shape[1:]) <= 16 else [1, 2, 2])
+    else:
+        net.setdefault("dim", math.prod(shape))
+    return {"name": name, **net}
+
+
+def _build_model(settings: dict, shape: tuple[int, ...], process):
+    from .checkpoint import build_model
+
+    net = _build_net_config(settings["net"], shape, process)
+    prediction, precond = settings["prediction"], None
+    if settings["loss"] == "edm":
+        precond = {"name": "edm", "sigma_data": settings["loss_kwargs"].get("sigma_data", 0.5)}
+        prediction = "x0" if prediction == "auto" else prediction
+    if net["name"] == "energy_mlp":
+        prediction = "energy"
+    if prediction == "auto":
+        prediction = "eps"
+    config = {"net": net, "process": process.config(), "prediction": prediction}
+    return build_model({**config, "precond": precond})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_data
+    from .losses import make_objective
+    from .train import TrainConfig, Trainer, init_distributed, shutdown_distributed
+
+    out = _out_dir(args.out)
+    ckpt = out / "checkpoint.safetensors"
+    stored = None
+    if args.resume:
+        if not ckpt.is_file():
+            raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
+        stored = load_checkpoint(ckpt)[1].get("cli")
+    elif ckpt.exists():
+        raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
+    s = _settings(args, stored)
+    rank, _, device = init_distributed()
+    if args.device is not None:
+        device = torch.device(args.device)
+    trainer = None
+    try:
+        seed = int(s["train"].get("seed", 0))
+        data = load_data(
+            s["data"],
+            n=s["n"],
+            generator=torch.Generator().manual_seed(seed),
+            normalize=s["normalize"],
+            key=s["key"],
+            image_size=s["image_size"],
+        )
+        if data.x.shape[0] < 2:
+            raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
+        process = _build_process(s["process"], data.x)
+        s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
+        torch.manual_seed(seed)
+        model = _build_model(s, data.shape, process)
+        s["net"] = model_net_config(model)
+        from .losses import make_objective
+
+        objective = make_objective(s["loss"], process, **s["loss_kwargs"])
+        cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
+        meta = {"cli": s, "data": _data_meta(s, data)}
+        trainer = Trainer(
+            model, objective, data.x, cfg, out, normalizer=data.normalizer, meta=meta, device=device
+        )
+        if args.resume:
+            trainer.resume(ckpt)
+        result = trainer.fit()
+        if rank == 0:
+            print(
+                f"trained {result['step']} steps, final loss {result['loss']:.4g}, "
+                f"skipped {result['skipped']}; checkpoint {ckpt}"
+            )
+    finally:
+        if trainer is not None:
+            trainer.close()
+        shutdown_distributed()
+    return 0
+
+
+def model_net_config(model) -> dict:
+    from .checkpoint import model_config
+
+    return model_config(model)["net"]
+
+
+def _data_meta(s: dict, data) -> dict:
+    bins = {"digits": 17}.get(s["data"])
+    if bins is None and Path(str(s["data"])).is_dir():
+        bins = 256
+    return {"spec": str(s["data"]), "n": s["n"], "shape": list(data.shape), "bins": bins}
+
+
+# -- sample / likelihood / plot -----------------------------------------------------------
+def _load(path: Path, ema: bool = True):
+    from .checkpoint import load_model
+
+    return load_model(_checkpoint_path(path), ema=ema)
+
+
+def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
+    from .samplers import sample
+
+    g = torch.Generator().manual_seed(seed)
+    return sample(
+        model,
+        (n, *shape),
+        sampler=sampler,
+        steps=steps,
+        generator=g,
+        return_trajectory=trajectory,
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .plots import plot_image_grid, plot_samples, save_figure
+
+    model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
+    shape = tuple(meta["data"]["shape"])
+    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed)
+    x = normalizer.decode(res.x.detach().double()).numpy()
+    _save_npy(args.out, x)
+    png = args.png or args.out.with_suffix(".png")
+    title = f"{args.n} samples, {args.sampler}, {res.nfe} evaluations"
+    if shape == (2,):
+        fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
+    elif len(shape) == 3:
+        fig = plot_image_grid(res.x[:64], normalizer=normalizer, title=title)
+    else:
+        fig = None
+    if fig is not None:
+        save_figure(fig, png)
+    print(f"wrote {args.out} ({args.n} samples, NFE {res.nfe})" + (f" and {png}" if fig else ""))
+    return 0
+
+
+def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> torch.Tensor:
+    from .data import load_data
+
+    g = torch.Generator().manual_seed(seed)
+    d = load_data(
+        spec, n=n, generator=g, normalizer=normalizer, key=args.key, image_size=args.image_size
+    )
+    shape = tuple(meta["data"]["shape"])
+    if d.shape != shape:
+        raise ValueError(
+            f"data {spec!r} has examples of shape {d.shape}, but the checkpoint was trained on "
+            f"{shape}"
+        )
+    return d.x[:n]
+
+
+def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> dict:
+    """Mean negative log-likelihood (nats, data space), bits/dim and standard errors."""
+    from .likelihood import bits_per_dim, log_prob
+
+    d = math.prod(x.shape[1:])
+    if bins is not None:
+        # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
+        r = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
+        bpd = r.bpd.double()
+        log_det = normalizer.log_det_for(tuple(x.shape[1:]))
+        nll = bpd * d * math.log(2) - log_det
+        return {
+            "nll": float(nll.mean()),
+            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
+            "bpd": r.mean,
+            "bpd_stderr": r.stderr,
+            "nfe": r.nfe,
+            "n": len(nll),
+            "dim": d,
+        }
+    r = log_prob(model, x, **kw)
+    nll = -(r.log_prob.double() + normalizer.log_det_for(tuple(x.shape[1:])))
+    se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+    return {
+        "nll": float(nll.mean()),
+        "nll_stderr": se,
+        "bpd": float(nll.mean()) / (d * math.log(2)),
+        "bpd_stderr": se / (d * math.log(2)),
+        "nfe": r.nfe,
+        "n": len(nll),
+        "dim": d,
+    }
+
+
+def cmd_likelihood(args: argparse.Namespace) -> int:
+    model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
+    x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
+    kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
+    for k in ("steps", "rtol", "atol"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    if args.divergence == "hutchinson":
+        kw["generator"] = torch.Generator().manual_seed(args.seed)
+    bins = meta["data"].get("bins") if args.data == meta["data"]["spec"] else None
+    r = nll_report(model, normalizer, x, bins, **kw)
+    print(
+        f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats, {r['bpd']:.4f} ± {r['bpd_stderr']:.4f}"
+        f" bits/dim over {r['n']} examples of dimension {r['dim']} (NFE {r['nfe']})"
+    )
+    return 0
+
+
+KINDS = ("field", "samples", "trajectories", "grid", "loss")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .plots import (
+        plot_image_grid,
+        plot_loss_per_sigma,
+        plot_samples,
+        plot_score_field,
+        plot_trajectories,
+        save_figure,
+    )
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    model, normalizer, meta = _load(ckpt)
+    out = _out_dir(args.out)
+    shape = tuple(meta["data"]["shape"])
+    kinds = KINDS if "all" in args.kind else args.kind
+    two_d = shape == (2,)
+    kinds = [
+        k
+        for k in kinds
+        if (k in ("field", "trajectories") and two_d)
+        or k == "loss"
+        or (k == "samples" and two_d)
+        or (k == "grid" and len(shape) == 3)
     ]
-    for t in (0.2, 0.4, 0.6, 0.8):
-        tt = torch.tensor(t, dtype=torch.float64)
-        eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-        xt = process.add_noise(x0, tt, eps)
-        x0_hat = model.x0(xt, tt)
-        mse_noisy = float(((xt - x0) ** 2).sum(1).mean())
-        mse_hat = float(((x0_hat - x0) ** 2).sum(1).mean())
-        lines.append(f"| {t} | {float(process.sigma(tt)):.3f} | {mse_noisy:.4f} | {mse_hat:.4f} |")
-    text = "\n".join(lines) + "\n"
-    _write_atomic(out / "report.md", text)
-    return text
+    data = None
+    if any(k in ("field", "samples", "trajectories") for k in kinds):
+        data = load_data(
+            meta["data"]["spec"],
+            n=meta["data"]["n"],
+            normalizer=normalizer,
+            generator=torch.Generator().manual_seed(meta["train"]["seed"]),
+        ).x
+    written = []
+    for kind in kinds:
+        if kind == "loss":
+            fig = plot_loss_per_sigma(ckpt.parent / "log.jsonl")
+        elif kind == "field":
+            p = model.process
+            ts = [float(p.t_of_sigma(torch.tensor(s))) for s in _field_sigmas(p)]
+            fig = plot_score_field(model, data, ts, normalizer=normalizer)
+        else:
+            res = _sample(
+                model,
+                shape,
+                args.n,
+                args.sampler,
+                args.steps,
+                args.seed,
+                trajectory=kind == "trajectories",
+            )
+            if kind == "samples":
+                fig = plot_samples({args.sampler: res.x}, data, normalizer=normalizer)
+            elif kind == "grid":
+                fig = plot_image_grid(res.x[:64], normalizer=normalizer)
+            else:
+                fig = plot_trajectories(
+                    {args.sampler: _stack(res.trajectory)}, data, normalizer=normalizer
+                )
+        written.append(save_figure(fig, out / f"{kind}.png"))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _field_sigmas(process) -> list[float]:
+    lo = float(process.sigma(torch.tensor(process.t_min, dtype=torch.float64)))
+    hi = float(process.sigma(torch.tensor(process.t_max, dtype=torch.float64)))
+    lo = max(lo, 1e-3 * hi)
+    return [lo * (hi / lo) ** f for f in (0.1, 0.45, 0.8)]
+
+
+def _stack(traj) -> torch.Tensor:
+    if isinstance(traj, torch.Tensor):
+        return traj
+    return torch.stack(list(traj))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(_out_dir(args.out), seed=args.seed, steps=args.steps, quiet=args.quiet)
+    print(report)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scorekit", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a score model")
+    t.add_argument("--data", help="toy name (moons, 8gaussians, ...), 'digits', or a path")
+    t.add_argument("--n", type=int, help="number of toy points (default 20000)")
+    t.add_argument("--key", help="array name inside an .npz file")
+    t.add_argument("--image-size", type=int, help="resize images to this square side")
+    t.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"))
+    t.add_argument("--process", choices=sorted(PROCESSES), help="noise process (default ve)")
+    t.add_argument("--loss", help="objective of scorekit.losses (default dsm)")
+    t.add_argument("--net", choices=("auto", "mlp", "unet", "energy_mlp"))
+    t.add_argument("--prediction", choices=("auto", "score", "eps", "x0", "v"))
+    t.add_argument("--steps", type=int, help="total training steps (default 2000)")
+    t.add_argument("--batch", type=int, help="global batch size (default 256)")
+    t.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3)")
+    t.add_argument("--warmup", type=int)
+    t.add_argument("--grad-clip", type=float)
+    t.add_argument("--ema-decay", type=float)
+    t.add_argument("--accum", type=int, help="gradient-accumulation shards per process")
+    t.add_argument("--log-every", type=int)
+    t.add_argument("--ckpt-every", type=int)
+    t.add_argument("--on-nonfinite", choices=("stop", "skip"))
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", type=Path, default=Path("runs/train"))
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--config", help="JSON file with settings (flags override it)")
+    t.add_argument("--device", help="torch device (default: cuda if available)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--sampler", default="heun")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path("samples.npy"))
+    s.add_argument("--png", type=Path, help="picture (default: OUT with .png)")
+    s.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
+    s.set_defaults(func=cmd_sample)
+
+    lk = sub.add_parser("likelihood", help="negative log-likelihood of data under a checkpoint")
+    lk.add_argument("checkpoint", type=Path)
+    lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
+    lk.add_argument("--n", type=int, default=1000, help="examples (toys: drawn fresh)")
+    lk.add_argument("--seed", type=int, default=12345, help="seed of fresh toy points / probes")
+    lk.add_argument("--key")
+    lk.add_argument("--image-size", type=int)
+    lk.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
+    lk.add_argument("--method", default="dopri5")
+    lk.add_argument("--steps", type=int)
+    lk.add_argument("--rtol", type=float)
+    lk.add_argument("--atol", type=float)
+    lk.add_argument("--chunk-size", type=int)
+    lk.add_argument("--no-ema", action="store_true")
+    lk.set_defaults(func=cmd_likelihood)
+
+    p = sub.add_parser("plot", help="figures of a checkpoint and its training log")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
+    p.add_argument("--kind", nargs="+", choices=KINDS + ("all",), default=["all"])
+    p.add_argument("--sampler", default="heun")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/plots"))
+    p.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 4000)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scorekit")
-    sub = ap.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the demo and write a report")
-    d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.command == "demo":
-        print(demo(args.out, args.seed))
-    return 0
+    """Run the CLI; returns the exit code (0 on success, 1 on an error, 130 on Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("scorekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        from .train import NonFiniteLoss
+
+        known = isinstance(e, (ValueError, OSError, NonFiniteLoss))
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if not known:
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"scorekit {args.command}: error: {msg}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

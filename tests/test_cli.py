@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scorekit.cli import main
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "empty.csv").write_text("a,b\n")
+    (tmp_path / "bad.csv").write_text("1,2\n3,x\n")
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    Image.new("L", (16, 16)).save(tmp_path / "imgs" / "b.png")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["--data", str(tmp_path / "nope.npy")], "data file not found"),
+        (["--data", str(tmp_path / "empty.csv")], "no examples"),
+        (["--data", str(tmp_path / "bad.csv")], "non-numeric cell 'x' at data row 2, column 2"),
+        (["--data", str(tmp_path / "imgs")], "mixed sizes"),
+        (["--data", "moons", "--out", str(tmp_path / "afile")], "is a file"),
+        (["--data", "moons", "--out", str(tmp_path / "x"), "--resume"], "no checkpoint"),
+        (["--config", str(tmp_path / "none.json")], "config file not found"),
+    ]
+    for argv, msg in cases:
+        out = ["--out", str(tmp_path / "run")] if "--out" not in argv else []
+        assert main(["train", *argv, *out, "--quiet"]) == 1
+        assert msg in _err(capsys)
+    assert main(["sample", str(tmp_path / "missing.safetensors")]) == 1
+    assert "checkpoint not found" in _err(capsys)
+    with pytest.raises(ValueError, match="not found"):
+        main(["--debug", "train", "--data", str(tmp_path / "nope.npy"), "--out", str(tmp_path)])
+
+
+def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
+    pytest.importorskip("scorekit.losses")
+    run = tmp_path / "run"
+    common = ["--data", "moons", "--n", "500", "--batch", "64", "--quiet", "--out", str(run)]
+    assert main(["train", *common, "--steps", "20", "--log-every", "5"]) == 0
+    assert main(["train", *common, "--steps", "30", "--log-every", "5", "--resume"]) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["step"] == 30 and meta["model"]["net"]["name"] == "mlp"
+    assert meta["data"]["shape"] == [2]
+    # a second run into the same folder without --resume is refused
+    assert main(["train", *common, "--steps", "30"]) == 1
+    assert "already holds a checkpoint" in _err(capsys)
+    # resuming with another network is refused
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"net": {"hidden": 16}}))
+    assert main(["train", *common, "--steps", "40", "--resume", "--config", str(cfg)]) == 1
+    assert "net config" in _err(capsys)
+    capsys.readouterr()
+
+    pytest.importorskip("scorekit.samplers")
+    out = tmp_path / "s.npy"
+    argv = ["sample", str(run), "--sampler", "heun", "--steps", "5", "--n", "50", "--out", str(out)]
+    assert main(argv) == 0
+    x = np.load(out, allow_pickle=False)
+    assert x.shape == (50, 2) and np.isfinite(x).all()
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    argv = ["plot", str(run), "--out", str(tmp_path / "plots"), "--n", "50", "--steps", "5"]
+    assert main(argv) == 0
+    for k in ("field", "samples", "trajectories", "loss"):
+        assert (tmp_path / "plots" / f"{k}.png").stat().st_size > 1000
+
+    pytest.importorskip("scorekit.likelihood")
+    capsys.readouterr()
+    argv = ["likelihood", str(run), "--data", "moons", "--n", "20", "--method", "euler"]
+    assert main([*argv, "--steps", "10"]) == 0
+    line = capsys.readouterr().out
+    assert "NLL" in line and "bits/dim" in line
+    np.save(tmp_path / "three.npy", np.zeros((5, 3)))
+    assert main(["likelihood", str(run), "--data", str(tmp_path / "three.npy")]) == 1
+    assert "trained on (2,)" in _err(capsys)
+
+
+def test_train_on_images_and_tables(tmp_path, capsys):
+    pytest.importorskip("scorekit.losses")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png"
+        )
+    argv = ["train", "--data", str(tmp_path / "imgs"), "--steps", "2", "--batch", "4", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r1")]) == 0
+    meta = json.loads((tmp_path / "r1" / "checkpoint.json").read_text())
+    assert meta["model"]["net"]["name"] == "unet" and meta["data"]["bins"] == 256
+    assert meta["normalizer"] == {"loc": 127.5, "scale": 127.5}
+    np.savetxt(tmp_path / "t.csv", rng.normal(size=(40, 3)), delimiter=",")
+    argv = ["train", "--data", str(tmp_path / "t.csv"), "--steps", "2", "--batch", "8", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r2"), "--net", "energy_mlp"]) == 0
+    meta = json.loads((tmp_path / "r2" / "checkpoint.json").read_text())
+    assert meta["model"]["prediction"] == "energy" and meta["data"]["shape"] == [3]
+    assert torch.tensor(meta["normalizer"]["scale"]).shape == (3,)
