@@ -171,7 +171,6 @@ def _build_model(settings: dict, shape: tuple[int, ...], process):
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_data
-    from .losses import make_objective
     from .train import TrainConfig, Trainer, init_distributed, shutdown_distributed
 
     out = _out_dir(args.out)
