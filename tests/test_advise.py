@@ -203,3 +203,14 @@ def test_bad_input_raises_naming_it():
         langevin_step(1.0, 0.01, 5)
     with pytest.raises(ValueError, match="data must be"):
         advise("not data")
+
+
+def test_technique1_is_shift_invariant_and_keeps_integer_data(gen):
+    x = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    d, _, _ = max_pairwise_distance(x)
+    assert max_pairwise_distance(x + 1e8)[0] == pytest.approx(d, rel=1e-6)
+    img = torch.randint(0, 256, (30, 3, 4, 4), generator=gen, dtype=torch.uint8)
+    flat = img.reshape(30, -1).double()
+    brute = max(float((flat[i] - flat[j]).norm()) for i, j in itertools.combinations(range(30), 2))
+    assert max_pairwise_distance(img)[0] == pytest.approx(brute, rel=1e-12)
+    assert data_std(img) == pytest.approx(float(flat.std(unbiased=False)), rel=1e-12)

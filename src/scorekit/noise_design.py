@@ -57,7 +57,9 @@ def _Phi(z: float) -> float:
 
 
 def _as_data(data: Any) -> Tensor:
-    """``data`` (tensor or numpy array, shape (N, *D)) as a float64 tensor of shape (N, D)."""
+    """``data`` (tensor or numpy array, shape (N, *D)) checked and viewed as shape (N, D).
+
+    The dtype is kept (no float64 copy of a large data set); callers convert blocks."""
     try:
         x = torch.as_tensor(data)
     except (TypeError, ValueError, RuntimeError):
@@ -71,7 +73,7 @@ def _as_data(data: Any) -> Tensor:
         )
     if x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"data must be real-valued, got dtype {x.dtype}")
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0:
         raise ValueError(f"data must have at least one feature per point, got shape {x.shape}")
     return check_finite("data", x)
@@ -108,6 +110,8 @@ def max_pairwise_distance(
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         idx = torch.randperm(n, generator=g, device=g.device).cpu()[:max_points]
         x = x[idx]
+    x = x.to(torch.float64)
+    x = x - x.mean(0)  # distances are shift-invariant; centring avoids cancellation below
     m = x.shape[0]
     sq = (x**2).sum(1)
     block = max(1, min(m, 2**22 // m))
@@ -273,10 +277,7 @@ def data_std(data: Any) -> float:
     References:
         Karras et al. (2022), Appendix B.6.
     """
-    x = torch.as_tensor(data)
-    if x.dim() == 0 or x.numel() < 2:
-        raise ValueError(f"data must hold at least two values, got shape {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], -1)
+    x = _as_data(data)
     step = max(1, 2**22 // max(1, x.shape[1]))
     total = sum(float(x[i : i + step].to(torch.float64).sum()) for i in range(0, len(x), step))
     mean = total / x.numel()
