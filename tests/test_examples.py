@@ -64,3 +64,11 @@ def test_ddpm_eps_is_score(tmp_path):
     assert r["gap_formula"] < 1e-10  # ScoreModel(eps) and convert give -eps/sqrt(1 - abar)
     assert r["gap_exact"] < 1e-10  # ... which is the exact score
     assert r["gap_loss"] < 1e-10  # eps-MSE = (1 - abar) * DSM
+
+
+def test_noise_levels(tmp_path):
+    r = run_example("noise_levels", tmp_path)
+    assert r["residual"] < 1e-10  # Technique 2's equation holds at the roots
+    assert abs(r["levels"] - 232) <= 23.2  # NCSNv2's CIFAR-10 L, within 10 %
+    assert float(f"{r['eps']:.1e}") == 6.2e-6  # NCSNv2's CIFAR-10 eps, two figures
+    assert 1 < r["ratio"] <= r["grid_min"] + 1e-12  # eps is the minimum of the ratio
