@@ -214,3 +214,9 @@ def test_technique1_is_shift_invariant_and_keeps_integer_data(gen):
     brute = max(float((flat[i] - flat[j]).norm()) for i, j in itertools.combinations(range(30), 2))
     assert max_pairwise_distance(img)[0] == pytest.approx(brute, rel=1e-12)
     assert data_std(img) == pytest.approx(float(flat.std(unbiased=False)), rel=1e-12)
+
+
+def test_given_sigma_max_is_reported_as_given():
+    a = advise(torch.rand(20, 8, dtype=torch.float64), sigma_max=7.0)
+    assert a.sigma_max == 7.0 and not a.sigma_max_exact and a.points_used == 0
+    assert "(given)" in a.table() and any("was given" in n for n in a.notes)

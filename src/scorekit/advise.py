@@ -16,7 +16,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class Advice:
     Attributes:
         n, dim: number of points and features per point :math:`D`.
         sigma_max: :math:`\sigma_1` (Technique 1); ``sigma_max_exact`` says whether it is the
-            exact maximum or an estimate from ``points_used`` random points.
+            exact maximum or an estimate from ``points_used`` random points (0: given).
         sigma_min: :math:`\sigma_L`.
         gamma_target: the root of Technique 2 (``None`` when it has none, ``dim <= 4``).
         gamma: the schedule's ratio :math:`(\sigma_1/\sigma_L)^{1/(L-1)}`; ``overlap`` its
@@ -72,8 +72,8 @@ class Advice:
     eps: float
     ratio: float
     sigma_data: float
-    vp: dict = field(default_factory=dict)
-    edm: dict = field(default_factory=dict)
+    vp: dict
+    edm: dict
     notes: tuple[str, ...] = ()
 
     def process_config(self) -> dict:
@@ -104,6 +104,7 @@ class Advice:
     def table(self) -> str:
         """The advice as a plain-text table."""
         est = "exact" if self.sigma_max_exact else f"estimate, {self.points_used} random points"
+        est = "given" if self.points_used == 0 else est
         target = "none (dim <= 4)" if self.gamma_target is None else f"{self.gamma_target:.6g}"
         rows = [
             ("data", f"N = {self.n}, D = {self.dim}"),
