@@ -1,0 +1,74 @@
+"""Each lesson in examples/ runs in --quick mode and prints numbers that obey its formula."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, out: Path) -> dict[str, float]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), proc.stdout
+    figure = out / f"{name}.png"
+    assert figure.stat().st_size > 10_000  # a rendered figure, not an empty file
+    return {k: float(v) for k, v in (kv.split("=") for kv in last.split()[1:])}
+
+
+def test_score_of_gaussian(tmp_path):
+    r = run_example("score_of_gaussian", tmp_path)
+    assert r["max_diff"] < 1e-12  # -grad E equals the Gaussian score for every offset of E
+    assert abs(r["logz_gap"]) < 1e-12  # log p + E = -log Z, constant in x
+    # the score has a positive component towards the mode, bounded below by Kantorovich
+    assert r["cos_bound"] > 0.5 and r["min_cos"] >= r["cos_bound"] - 1e-12
+    assert r["mode_dist"] < 1e-4  # following the score reaches the mode
+
+
+def test_esm_gaussian_1d(tmp_path):
+    r = run_example("esm_gaussian_1d", tmp_path)
+    n, m2 = r["n"], r["m2"]
+    assert r["a_min"] == 1.0  # minimum at the true score
+    assert r["max_dev"] < 1e-12  # J_MC(a) = (1 - a)^2 / 2 * mean(x^2) exactly
+    assert abs(m2 - 1) < 5 * math.sqrt(2 / n)  # Var(x^2) = 2 for N(0, 1)
+    for a, closed in ((0.0, 0.5), (0.5, 0.125), (1.0, 0.0), (1.5, 0.125)):  # the seed's table
+        assert r[f"J_{a}"] == pytest.approx(closed, abs=5 * closed * math.sqrt(2 / n) + 1e-12)
+
+
+def test_tweedie(tmp_path):
+    r = run_example("tweedie", tmp_path)
+    assert r["max_diff"] < 1e-12  # posterior mean = x~ + sigma^2 * noised score
+    assert r["bins"] >= 20 and r["max_z"] < 4.5  # the bin means of x0 agree with it
+    assert r["mse_noisy"] == pytest.approx(1.0, abs=0.05)  # sigma^2 = 1
+    assert r["mse_tweedie"] < 0.7 * r["mse_noisy"]  # the posterior mean denoises
+
+
+def test_ddpm_eps_is_score(tmp_path):
+    r = run_example("ddpm_eps_is_score", tmp_path)
+    assert r["bar_gap"] < 1e-12  # cumprod(1 - beta) = alpha(t)^2 of the VP process
+    assert r["gap_formula"] < 1e-10  # ScoreModel(eps) and convert give -eps/sqrt(1 - abar)
+    assert r["gap_exact"] < 1e-10  # ... which is the exact score
+    assert r["gap_loss"] < 1e-10  # eps-MSE = (1 - abar) * DSM
+
+
+def test_noise_levels(tmp_path):
+    r = run_example("noise_levels", tmp_path)
+    assert r["residual"] < 1e-10  # Technique 2's equation holds at the roots
+    assert abs(r["levels"] - 232) <= 23.2  # NCSNv2's CIFAR-10 L, within 10 %
+    assert float(f"{r['eps']:.1e}") == 6.2e-6  # NCSNv2's CIFAR-10 eps, two figures
+    assert 1 < r["ratio"] <= r["grid_min"] + 1e-12  # eps is the minimum of the ratio
