@@ -105,3 +105,16 @@ def test_train_on_images_and_tables(tmp_path, capsys):
     meta = json.loads((tmp_path / "r2" / "checkpoint.json").read_text())
     assert meta["model"]["prediction"] == "energy" and meta["data"]["shape"] == [3]
     assert torch.tensor(meta["normalizer"]["scale"]).shape == (3,)
+
+
+def test_advise_prints_and_saves(tmp_path, capsys):
+    out = tmp_path / "advice.json"
+    assert main(["advise", "--data", "8gaussians", "--n", "300", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sigma_max" in text and "wrote" in text
+    adv = json.loads(out.read_text())
+    x = __import__("scorekit.data", fromlist=["load_data"]).load_data(
+        "8gaussians", n=300, generator=torch.Generator().manual_seed(0)
+    )
+    # Technique 1 on the data the model sees: the largest pairwise distance (all 300 points)
+    assert adv["process"]["sigma_max"] == pytest.approx(float(torch.pdist(x.x.double()).max()))

@@ -1,4 +1,4 @@
-"""Command-line interface: ``scorekit train | sample | likelihood | plot | demo``.
+"""Command-line interface: ``scorekit train | sample | likelihood | plot | advise | demo``.
 
 ``scorekit train --data moons`` trains with sensible defaults and writes
 ``runs/train/checkpoint.safetensors`` (+ ``.json``) and ``log.jsonl``; the same command
@@ -115,11 +115,6 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
     return s
 
 
-def _max_pairwise(x: torch.Tensor, n: int = 1000) -> float:
-    z = x[:n].reshape(min(n, x.shape[0]), -1).double()
-    return float(torch.cdist(z, z).max())
-
-
 def _build_process(spec: dict, data: torch.Tensor):
     from . import processes
 
@@ -128,8 +123,11 @@ def _build_process(spec: dict, data: torch.Tensor):
         raise ValueError(f"process must be one of {sorted(PROCESSES)}, got {spec.get('name')!r}")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     if name == "ve" and "sigma_max" not in kwargs:
-        # Song & Ermon (2020), technique 1: sigma_max about the largest pairwise distance.
-        kwargs["sigma_max"] = float(f"{max(_max_pairwise(data), 1.0):.2g}")
+        # Song & Ermon (2020), Technique 1: sigma_max = the largest pairwise distance.
+        from .noise_design import max_pairwise_distance
+
+        dist, _, _ = max_pairwise_distance(data, generator=torch.Generator().manual_seed(0))
+        kwargs["sigma_max"] = float(f"{max(dist, 1.0):.3g}")
     return processes.from_config({"name": PROCESSES[name], **kwargs})
 
 
@@ -431,6 +429,31 @@ def _stack(traj) -> torch.Tensor:
     return torch.stack(list(traj))
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .advise import advise, save_advice
+    from .data import load_data
+
+    data = load_data(
+        args.data,
+        n=args.n,
+        generator=torch.Generator().manual_seed(args.seed),
+        normalize=args.normalize,
+        key=args.key,
+        image_size=args.image_size,
+    )
+    advice = advise(
+        data.x,
+        T=args.T,
+        sigma_min=args.sigma_min,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    print(f"advice for {args.data!r} in model space (after the {args.normalize!r} normalisation)")
+    print(advice.table())
+    if args.out is not None:
+        print(f"wrote {save_advice(advice, args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -510,6 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/plots"))
     p.set_defaults(func=cmd_plot)
+
+    a = sub.add_parser("advise", help="noise settings for a data set (NCSNv2 techniques)")
+    a.add_argument("--data", default="moons", help="toy name, 'digits' or a path")
+    a.add_argument("--n", type=int, default=20_000, help="number of toy points")
+    a.add_argument("--key")
+    a.add_argument("--image-size", type=int)
+    a.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"), default="auto")
+    a.add_argument("--T", type=int, default=5, help="Langevin steps per noise level")
+    a.add_argument("--sigma-min", type=float)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", type=Path, help="also write the advice as JSON here")
+    a.set_defaults(func=cmd_advise)
 
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -25,6 +25,7 @@ import torch
 from .checkpoint import write_atomic
 from .data import load_data
 from .nets import MLP
+from .noise_design import max_pairwise_distance
 from .parametrize import ScoreModel
 from .plots import (
     plot_loss_per_sigma,
@@ -62,8 +63,8 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, quiet: bool 
     test = load_data(
         TOY, n=4000, generator=torch.Generator().manual_seed(seed + 1), normalizer=train.normalizer
     )
-    z = train.x[:1000].double()
-    sigma_max = float(f"{float(torch.cdist(z, z).max()):.2g}")
+    dist, _, _ = max_pairwise_distance(train.x, generator=torch.Generator().manual_seed(seed))
+    sigma_max = float(f"{dist:.3g}")  # Song & Ermon (2020), Technique 1
     process = VE(0.01, sigma_max)
     torch.manual_seed(seed)
     model = ScoreModel(MLP(2, hidden=128, depth=3), process, prediction="eps")
