@@ -68,9 +68,7 @@ def run(quick: bool = False) -> dict:
     ema = trainer.ema.module.eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        res = sample(
-            ema, (n_samples, 1, 8, 8), sampler="heun", steps=sampler_steps, generator=g
-        )
+        res = sample(ema, (n_samples, 1, 8, 8), sampler="heun", steps=sampler_steps, generator=g)
     gen = norm.decode(res.x.double()).clamp(0, 16).reshape(n_samples, 64).numpy()
 
     pca = PCA(16, random_state=0).fit(Xtr)

@@ -47,6 +47,8 @@ class EMA:
             raise ValueError(f"decay must be < 1, got {decay}")
         self.decay, self.warmup, self.updates = float(decay), bool(warmup), 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._ema = (list(self.module.parameters()), list(self.module.buffers()))
+        self._src: tuple[int, list, list] | None = None  # the tracked model's tensors, cached
 
     def decay_at(self, n: int) -> float:
         r""":math:`\beta_n` used by the update after ``n`` previous updates."""
@@ -56,11 +58,14 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current parameters; copy its buffers."""
         beta = self.decay_at(self.updates)
-        ema_p = list(self.module.parameters())
-        cur_p = [p.detach() for p in model.parameters()]
-        if len(ema_p) != len(cur_p):
-            raise ValueError("model does not match the EMA copy (different parameters)")
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - beta)
-        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
+        if self._src is None or self._src[0] != id(model):
+            params = [p.detach() for p in model.parameters()]
+            buffers = list(model.buffers())
+            if len(params) != len(self._ema[0]) or len(buffers) != len(self._ema[1]):
+                raise ValueError("model does not match the EMA copy (different parameters)")
+            self._src = (id(model), params, buffers)
+        _, params, buffers = self._src
+        torch._foreach_lerp_(self._ema[0], params, 1.0 - beta)
+        for b_ema, b in zip(self._ema[1], buffers, strict=True):
             b_ema.copy_(b)
         self.updates += 1

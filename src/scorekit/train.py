@@ -201,7 +201,7 @@ class Trainer:
         self.normalizer = normalizer or Normalizer()
         self.meta = dict(meta or {})
         self.opt = torch.optim.AdamW(
-            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, foreach=True
         )
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.step, self.skipped = 0, 0
