@@ -1,10 +1,14 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
+from .advise import Advice, advise, save_advice
 from .distributions import ExactScore, Gaussian, GaussianMixture
 from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
 
 __all__ = [
+    "Advice",
+    "advise",
+    "save_advice",
     "EDM",
     "VE",
     "VP",
