@@ -1,12 +1,12 @@
 """Training throughput: steps/s of the Trainer against a bare step, for the MLP and the U-Net.
 
 A *bare* step is the least any training step does: draw a batch and its noise levels,
-evaluate the objective, backward, AdamW step (the same multi-tensor AdamW the Trainer uses). The Trainer adds warm-up, gradient
-clipping, the EMA update, the non-finite check, per-sigma logging and the final
-checkpoint. The goal is a ratio bare / trainer time per step <= 1.05 (reported as
-``overhead_ratio`` = trainer seconds per step / bare seconds per step). Times are CPU
-time of this process (``time.process_time``), less disturbed by other load on a shared
-machine than wall time; run with ``OMP_NUM_THREADS=1`` for comparable numbers.
+evaluate the objective, backward, and a multi-tensor AdamW step (as the Trainer's). The
+Trainer adds warm-up, gradient clipping, the EMA update, the non-finite check, per-sigma
+logging and the final checkpoint. The goal is ``overhead_ratio`` = trainer seconds per
+step / bare seconds per step <= 1.05. Times are CPU time of this process
+(``time.process_time``), less disturbed by other load on a shared machine than wall
+time; run with ``OMP_NUM_THREADS=1`` for comparable numbers.
 """
 
 from __future__ import annotations
