@@ -209,3 +209,21 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert torch.allclose(p0, single, rtol=0, atol=1e-5)
     init = torch.load(tmp_path / "params_rank0_of1.pt")
     assert init.abs().max() > 0
+
+
+def test_bf16_autocast_is_used_when_asked():
+    seen = []
+
+    class Spy(SigmaDSM):
+        def __call__(self, model, x0, t=None, generator=None):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return super().__call__(model, x0, t=t, generator=generator)
+
+    for bf16 in (False, True):
+        model, obj, data, cfg = _setup(steps=3, bf16=bf16)
+        before = _flat(model).clone()
+        out = Trainer(model, Spy(obj.process), data.x, cfg).fit()
+        assert torch.isfinite(torch.tensor(out["loss"]))
+        assert not torch.equal(before, _flat(model))
+        assert _flat(model).dtype == torch.float32
+    assert seen == [False] * 3 + [True] * 3
