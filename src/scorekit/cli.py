@@ -13,16 +13,23 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["main"]
+from .recipe import (
+    DEFAULTS,
+    PROCESSES,
+    build_process,
+    build_run_model,
+    data_meta,
+    model_net_config,
+    nll_report,
+)
 
-PROCESSES = {"ve": "VE", "vp": "VP", "subvp": "SubVP", "cosine": "CosineVP", "edm": "EDM"}
+__all__ = ["main"]
 
 
 # -- shared helpers ---------------------------------------------------------------------
@@ -61,21 +68,6 @@ def _save_npy(path: Path, x: np.ndarray) -> None:
 
 
 # -- train ------------------------------------------------------------------------------
-DEFAULTS = {
-    "data": "moons",
-    "n": 20_000,
-    "key": None,
-    "image_size": None,
-    "normalize": "auto",
-    "process": {"name": "ve"},
-    "loss": "dsm",
-    "loss_kwargs": {},
-    "net": {"name": "auto"},
-    "prediction": "auto",
-    "train": {},
-}
-
-
 def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
     """Defaults, then the checkpoint's settings (on resume), the --config file, the flags."""
     s = json.loads(json.dumps(DEFAULTS))
@@ -115,57 +107,6 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
     return s
 
 
-def _build_process(spec: dict, data: torch.Tensor):
-    from . import processes
-
-    name = str(spec.get("name", "ve")).lower()
-    if name not in PROCESSES:
-        raise ValueError(f"process must be one of {sorted(PROCESSES)}, got {spec.get('name')!r}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if name == "ve" and "sigma_max" not in kwargs:
-        # Song & Ermon (2020), Technique 1: sigma_max = the largest pairwise distance.
-        from .noise_design import max_pairwise_distance
-
-        dist, _, _ = max_pairwise_distance(data, generator=torch.Generator().manual_seed(0))
-        kwargs["sigma_max"] = float(f"{max(dist, 1.0):.3g}")
-    return processes.from_config({"name": PROCESSES[name], **kwargs})
-
-
-def _build_net_config(spec: dict, shape: tuple[int, ...], process) -> dict:
-    name = spec.get("name", "auto")
-    if name == "auto":
-        name = "unet" if len(shape) == 3 and shape[1] >= 8 and shape[2] >= 8 else "mlp"
-    net = {k: v for k, v in spec.items() if k != "name"}
-    if type(process).__name__ == "EDM":
-        net.setdefault("time_input", "log_t")
-    if name == "unet":
-        if len(shape) != 3:
-            raise ValueError(
-                f"net 'unet' needs image data (C, H, W), got examples of shape {shape}"
-            )
-        net.setdefault("channels", shape[0])
-        net.setdefault("mults", [1, 2] if max(shape[1:]) <= 16 else [1, 2, 2])
-    else:
-        net.setdefault("dim", math.prod(shape))
-    return {"name": name, **net}
-
-
-def _build_model(settings: dict, shape: tuple[int, ...], process):
-    from .checkpoint import build_model
-
-    net = _build_net_config(settings["net"], shape, process)
-    prediction, precond = settings["prediction"], None
-    if settings["loss"] == "edm":
-        precond = {"name": "edm", "sigma_data": settings["loss_kwargs"].get("sigma_data", 0.5)}
-        prediction = "x0" if prediction == "auto" else prediction
-    if net["name"] == "energy_mlp":
-        prediction = "energy"
-    if prediction == "auto":
-        prediction = "eps"
-    config = {"net": net, "process": process.config(), "prediction": prediction}
-    return build_model({**config, "precond": precond})
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_data
@@ -197,16 +138,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if data.x.shape[0] < 2:
             raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
-        process = _build_process(s["process"], data.x)
+        process = build_process(s["process"], data.x)
         s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
         torch.manual_seed(seed)
-        model = _build_model(s, data.shape, process)
+        model = build_run_model(s, data.shape, process)
         s["net"] = model_net_config(model)
         from .losses import make_objective
 
         objective = make_objective(s["loss"], process, **s["loss_kwargs"])
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
-        meta = {"cli": s, "data": _data_meta(s, data)}
+        meta = {"cli": s, "data": data_meta(s, data)}
         trainer = Trainer(
             model, objective, data.x, cfg, out, normalizer=data.normalizer, meta=meta, device=device
         )
@@ -223,19 +164,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             trainer.close()
         shutdown_distributed()
     return 0
-
-
-def model_net_config(model) -> dict:
-    from .checkpoint import model_config
-
-    return model_config(model)["net"]
-
-
-def _data_meta(s: dict, data) -> dict:
-    bins = {"digits": 17}.get(s["data"])
-    if bins is None and Path(str(s["data"])).is_dir():
-        bins = 256
-    return {"spec": str(s["data"]), "n": s["n"], "shape": list(data.shape), "bins": bins}
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
@@ -295,40 +223,6 @@ def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> to
             f"{shape}"
         )
     return d.x[:n]
-
-
-def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> dict:
-    """Mean negative log-likelihood (nats, data space), bits/dim and standard errors."""
-    from .likelihood import bits_per_dim, log_prob
-
-    d = math.prod(x.shape[1:])
-    if bins is not None:
-        # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
-        r = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
-        bpd = r.bpd.double()
-        log_det = normalizer.log_det_for(tuple(x.shape[1:]))
-        nll = bpd * d * math.log(2) - log_det
-        return {
-            "nll": float(nll.mean()),
-            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
-            "bpd": r.mean,
-            "bpd_stderr": r.stderr,
-            "nfe": r.nfe,
-            "n": len(nll),
-            "dim": d,
-        }
-    r = log_prob(model, x, **kw)
-    nll = -(r.log_prob.double() + normalizer.log_det_for(tuple(x.shape[1:])))
-    se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
-    return {
-        "nll": float(nll.mean()),
-        "nll_stderr": se,
-        "bpd": float(nll.mean()) / (d * math.log(2)),
-        "bpd_stderr": se / (d * math.log(2)),
-        "nfe": r.nfe,
-        "n": len(nll),
-        "dim": d,
-    }
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from .plots import (
     save_figure,
 )
 from .processes import VE
+from .recipe import nll_report
 from .train import TrainConfig, Trainer
 
 __all__ = ["DEMO_SAMPLERS", "run_demo"]
@@ -50,7 +51,6 @@ DEMO_SAMPLERS = (
 
 def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, quiet: bool = False) -> str:
     """Run the demo into ``out``; returns the text of ``report.md``."""
-    from .cli import nll_report
     from .losses import make_objective
     from .metrics import sliced_wasserstein
     from .samplers import sample
