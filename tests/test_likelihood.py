@@ -183,6 +183,16 @@ def test_energy_model_matches_score_model(mixture2d, gen):
     torch.testing.assert_close(b.log_prob, a.log_prob, atol=1e-10, rtol=0)
 
 
+def test_float32_and_inference_mode(mixture2d, gen):
+    model = ExactScore(mixture2d, VP())
+    x = mixture2d.sample(8, generator=gen)
+    ref = log_prob(model, x, method="rk4", steps=20).log_prob
+    with torch.inference_mode():
+        r = log_prob(model, x.float(), method="rk4", steps=20)
+    assert r.log_prob.dtype == torch.float32
+    torch.testing.assert_close(r.log_prob.double(), ref, atol=1e-4, rtol=0)
+
+
 # -- bad input ------------------------------------------------------------------------------
 def test_bad_input_names_the_argument(mixture2d):
     model = ExactScore(mixture2d, VP())

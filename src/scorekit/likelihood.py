@@ -49,6 +49,7 @@ from ._validate import (
     check_range,
     check_tensor,
 )
+from .parametrize import ScoreModel
 from .processes import Process
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
@@ -182,7 +183,7 @@ def _solve(
 
 
 def log_prob(
-    model,
+    model: ScoreModel,
     x: Tensor,
     *,
     divergence: str = "exact",
@@ -208,7 +209,8 @@ def log_prob(
 
     Arguments:
         model: a :class:`~scorekit.parametrize.ScoreModel` (it carries ``.process``);
-            ``model(x, t)`` is the score.
+            ``model(x, t)`` is the score. Samples must not interact (eval mode, no batch
+            statistics): one vector-Jacobian product of the batch serves every sample.
         x: data, shape ``(B, *D)``, finite.
         divergence: ``"exact"`` (Jacobian trace: :math:`D` vector-Jacobian products per
             evaluation, for small :math:`D`) or ``"hutchinson"`` (``n_probes`` of them).
@@ -229,7 +231,8 @@ def log_prob(
 
     Returns:
         :class:`LikelihoodResult` with ``log_prob`` (B,) in nats, ``nfe`` and ``stderr``
-        (B,) (Hutchinson) or ``None`` (exact). No gradient flows to ``x`` or the model.
+        (B,) (Hutchinson) or ``None`` (exact). No gradient flows to ``x`` or the model;
+        it runs under ``torch.no_grad`` or ``torch.inference_mode`` too.
 
     Example:
         >>> from scorekit import VE, ExactScore, Gaussian
@@ -286,32 +289,35 @@ def log_prob(
     chunk = x.shape[0] if chunk_size is None else check_int("chunk_size", chunk_size)
     _check_fits_model(model, x, t_min)
 
-    x = x.detach()
-    t_span = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
-    if method in ADAPTIVE:
-        solver = dict(method=method, rtol=rtol, atol=atol, options=dict(step_t=t_span[1:]))
-    else:
-        name, _ = FIXED_STEP[method]
-        grid = torch.linspace(t_min, t_max, steps + 1, dtype=torch.float64, device=x.device)
-        solver = dict(method=name, options=dict(grid_constructor=lambda f, y0, t: grid))
-    probes = None
-    if divergence == "hutchinson":
-        probes = _draw_probes(n_probes, x, probe, generator)
+    # The divergence needs autograd: leave inference mode (if any) and work on a copy of x
+    # made outside it.
+    with torch.inference_mode(False):
+        x = x.detach().clone()
+        t_span = torch.tensor([t_min, t_max], dtype=torch.float64, device=x.device)
+        if method in ADAPTIVE:
+            solver = dict(method=method, rtol=rtol, atol=atol, options=dict(step_t=t_span[1:]))
+        else:
+            name, _ = FIXED_STEP[method]
+            grid = torch.linspace(t_min, t_max, steps + 1, dtype=torch.float64, device=x.device)
+            solver = dict(method=name, options=dict(grid_constructor=lambda f, y0, t: grid))
+        probes = None
+        if divergence == "hutchinson":
+            probes = _draw_probes(n_probes, x, probe, generator)
 
-    out, nfe = [], 0
-    for i0 in range(0, x.shape[0], chunk):
-        xc = x[i0 : i0 + chunk]
-        pc = None if probes is None else probes[:, i0 : i0 + chunk]
-        x_end, ell, n = _solve(model, xc, pc, t_span, solver)
-        nfe += n
-        lp = prior(x_end)
-        if not isinstance(lp, Tensor) or lp.shape != (xc.shape[0],):
-            raise ValueError(
-                f"prior must return a tensor of shape (B,) = ({xc.shape[0]},), got "
-                f"{tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__}"
-            )
-        out.append(lp.detach().to(ell.dtype)[:, None] + ell)
-    per_probe = torch.cat(out)  # (B, m)
+        out, nfe = [], 0
+        for i0 in range(0, x.shape[0], chunk):
+            xc = x[i0 : i0 + chunk]
+            pc = None if probes is None else probes[:, i0 : i0 + chunk]
+            x_end, ell, n = _solve(model, xc, pc, t_span, solver)
+            nfe += n
+            lp = prior(x_end)
+            if not isinstance(lp, Tensor) or lp.shape != (xc.shape[0],):
+                raise ValueError(
+                    f"prior must return a tensor of shape (B,) = ({xc.shape[0]},), got "
+                    f"{tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__}"
+                )
+            out.append(lp.detach().to(ell.dtype)[:, None] + ell)
+        per_probe = torch.cat(out)  # (B, m)
     if probes is None:
         return LikelihoodResult(per_probe[:, 0], nfe, None)
     stderr = per_probe.std(1) / math.sqrt(n_probes)
@@ -319,7 +325,7 @@ def log_prob(
 
 
 def bits_per_dim(
-    model,
+    model: ScoreModel,
     x: Tensor,
     *,
     bins: int = 256,
