@@ -220,7 +220,11 @@ def log_prob(
             run evaluate the model the same number of times; adaptive ones do not.
         steps, rtol, atol: solver settings; giving one the method does not use is an error.
         n_probes: Hutchinson probes per sample (>= 2, to estimate a standard error).
-        probe: ``"rademacher"`` (:math:`\pm 1`, lowest variance) or ``"gaussian"``.
+        probe: ``"rademacher"`` (:math:`\pm 1`, lowest variance) or ``"gaussian"``. In very
+            low dimension a Rademacher quadratic form takes few values, so all probes may
+            agree and the estimated ``stderr`` be 0 (in 2-D, with probability
+            :math:`2^{1-n}`); use ``divergence="exact"`` there, it costs only :math:`D`
+            vector-Jacobian products.
         t_min, t_max: integration range, default ``process.t_min`` / ``process.t_max``.
         prior: callable ``z -> (B,)`` log-density of :math:`x(t_{max})`; default
             ``process.prior_log_prob``, which holds only at ``t_max = process.t_max``. With an
