@@ -121,6 +121,21 @@ def test_hutchinson_within_three_standard_errors(mixture16d, probe):
     assert 0.4 < z2 < 2.5, z2
 
 
+def test_rademacher_is_exact_for_a_diagonal_jacobian(gen):
+    # A Gaussian with diagonal covariance has a diagonal drift Jacobian at every t, and for
+    # e in {-1, 1}^D, e^T J e = tr J: every probe gives the exact divergence.
+    target = Gaussian(torch.tensor([1.0, -1.0, 0.5, 0.0]), std=torch.tensor([0.3, 1.0, 2.0, 0.7]))
+    model = ExactScore(target, VE(0.01, 80.0))
+    x = target.sample(10, generator=gen)
+    kw = dict(method="rk4", steps=10, prior=exact_prior(model))
+    exact = log_prob(model, x, **kw)
+    hutch = log_prob(model, x, divergence="hutchinson", generator=gen, **kw)
+    torch.testing.assert_close(hutch.log_prob, exact.log_prob, atol=1e-12, rtol=0)
+    assert hutch.stderr.abs().max() < 1e-12
+    gauss = log_prob(model, x, divergence="hutchinson", probe="gaussian", generator=gen, **kw)
+    assert (gauss.stderr > 1e-3).all()
+
+
 def test_hutchinson_reproducible_and_chunk_independent(mixture2d, gen):
     model = ExactScore(mixture2d, VE(0.01, 80.0))
     x = mixture2d.sample(20, generator=gen)
