@@ -134,15 +134,17 @@ def _drift_and_divergence(
     return v.detach(), div.T.detach()
 
 
-def _draw_probes(n: int, x: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
-    """``n`` Rademacher or standard Gaussian probes of shape ``(n, *x.shape)``."""
-    device = generator.device if generator is not None else x.device
-    shape = (n, *x.shape)
-    if kind == "gaussian":
-        e = torch.randn(shape, generator=generator, dtype=x.dtype, device=device)
+def _random(kind: str, shape: tuple[int, ...], like: Tensor, generator) -> Tensor:
+    """Uniform [0, 1), standard Gaussian or Rademacher noise of ``shape``, drawn on the
+    generator's device and returned with ``like``'s dtype and device."""
+    device = generator.device if generator is not None else like.device
+    if kind == "uniform":
+        e = torch.rand(shape, generator=generator, dtype=like.dtype, device=device)
+    elif kind == "gaussian":
+        e = torch.randn(shape, generator=generator, dtype=like.dtype, device=device)
     else:
-        e = torch.randint(0, 2, shape, generator=generator, device=device).to(x.dtype) * 2 - 1
-    return e.to(x.device)
+        e = torch.randint(0, 2, shape, generator=generator, device=device).to(like.dtype) * 2 - 1
+    return e.to(like.device)
 
 
 def _check_fits_model(model, x: Tensor, t_min: float) -> None:
@@ -306,7 +308,7 @@ def log_prob(
             solver = dict(method=name, options=dict(grid_constructor=lambda f, y0, t: grid))
         probes = None
         if divergence == "hutchinson":
-            probes = _draw_probes(n_probes, x, probe, generator)
+            probes = _random(probe, (n_probes, *x.shape), x, generator)
 
         out, nfe = [], 0
         for i0 in range(0, x.shape[0], chunk):
@@ -398,9 +400,7 @@ def bits_per_dim(
             f"data_range={data_range!r}, bins={bins}; got values in "
             f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
         )
-    device = generator.device if generator is not None else x.device
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
-    y = x + h * (u - 0.5)
+    y = x + h * (_random("uniform", x.shape, x, generator) - 0.5)
     res = log_prob(model, y, generator=generator, **log_prob_kwargs)
     D = x[0].numel()
     bpd = -(res.log_prob + D * math.log(h)) / (D * math.log(2))
