@@ -2,11 +2,15 @@
 
 from .advise import Advice, advise, save_advice
 from .distributions import ExactScore, Gaussian, GaussianMixture
+from .likelihood import BitsPerDim, LikelihoodResult, bits_per_dim
 from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
 
 __all__ = [
     "Advice",
+    "BitsPerDim",
+    "LikelihoodResult",
+    "bits_per_dim",
     "advise",
     "save_advice",
     "EDM",
