@@ -227,3 +227,34 @@ def test_bf16_autocast_is_used_when_asked():
         assert not torch.equal(before, _flat(model))
         assert _flat(model).dtype == torch.float32
     assert seen == [False] * 3 + [True] * 3
+
+
+def test_training_on_a_mixture_beats_an_untrained_model(mixture2d):
+    samplers = pytest.importorskip("scorekit.samplers")
+    metrics = pytest.importorskip("scorekit.metrics")
+    g = torch.Generator().manual_seed(0)
+    data = mixture2d.sample(4000, generator=g).float()
+    process = VE(0.01, 8.0)
+    torch.manual_seed(0)
+    model = ScoreModel(MLP(2, hidden=64, depth=2), process, prediction="eps")
+    untrained = ScoreModel(MLP(2, hidden=64, depth=2), process, prediction="eps")
+    untrained.load_state_dict(model.state_dict())
+    obj = SigmaDSM(process)
+    cfg = TrainConfig(steps=400, batch_size=128, lr=3e-3, warmup=20, ema_decay=0.99, progress=False)
+    trainer = Trainer(model, obj, data, cfg)
+    x0, t = data[:1000], obj.sample_t(1000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = float(obj(untrained, x0, t=t, generator=torch.Generator().manual_seed(2)).mean())
+    trainer.fit()
+    with torch.no_grad():
+        after = float(obj(model, x0, t=t, generator=torch.Generator().manual_seed(2)).mean())
+    assert after < 0.7 * before
+    ref = mixture2d.sample(1000, generator=torch.Generator().manual_seed(3)).float()
+
+    def sw(m):
+        x = samplers.sample(m, (1000, 2), sampler="heun", steps=25,
+                            generator=torch.Generator().manual_seed(4)).x  # fmt: skip
+        return float(metrics.sliced_wasserstein(x, ref, 128, torch.Generator().manual_seed(5)))
+
+    trained_sw, untrained_sw = sw(trainer.ema.module), sw(untrained)
+    assert trained_sw < 0.3 * untrained_sw, (trained_sw, untrained_sw)

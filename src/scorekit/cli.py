@@ -213,16 +213,15 @@ def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> to
     from .data import load_data
 
     g = torch.Generator().manual_seed(seed)
-    d = load_data(
-        spec, n=n, generator=g, normalizer=normalizer, key=args.key, image_size=args.image_size
-    )
+    d = load_data(spec, n=n, generator=g, normalize="none", key=args.key,
+                  image_size=args.image_size)  # fmt: skip
     shape = tuple(meta["data"]["shape"])
     if d.shape != shape:
         raise ValueError(
             f"data {spec!r} has examples of shape {d.shape}, but the checkpoint was trained on "
             f"{shape}"
         )
-    return d.x[:n]
+    return normalizer.encode(d.x[:n].double()).float()
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
@@ -443,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=None, help="training steps (default 4000)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 3000)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return ap

@@ -156,10 +156,13 @@ def plot_trajectories(
     *,
     normalizer: Normalizer | None = None,
     n_paths: int = 40,
+    max_states: int = 100,
     title: str = "Sampling trajectories (prior to data)",
 ):
     """Paths of ``n_paths`` particles, ``{name: (K, B, 2)}`` (K saved states, model space),
-    coloured from the prior (light) to the end (dark), over the data."""
+    coloured from the prior (light) to the end (dark), over the data. Paths of more than
+    ``max_states`` states are drawn through ``max_states`` evenly spaced ones (first and
+    last kept)."""
     from matplotlib.collections import LineCollection
 
     pts = _np2d(data, normalizer)
@@ -171,18 +174,21 @@ def plot_trajectories(
             raise ValueError(f"trajectory must have shape (K, B, 2), got {tuple(traj.shape)}")
         if normalizer is not None:
             traj = normalizer.decode(traj)
+        k = traj.shape[0]
+        if k > max_states:
+            traj = traj[torch.linspace(0, k - 1, max_states).round().long()]
         tr = traj[:, :n_paths].numpy()
         ax.scatter(pts[:3000, 0], pts[:3000, 1], s=2, alpha=0.2, c="tab:gray", label="data")
-        k = tr.shape[0]
+        kd = tr.shape[0]
         for b in range(tr.shape[1]):
             seg = np.stack([tr[:-1, b], tr[1:, b]], 1)
             lc = LineCollection(seg, cmap="plasma_r", linewidths=0.8)
-            lc.set_array(np.linspace(0, 1, k - 1))
+            lc.set_array(np.linspace(0, 1, kd - 1))
             ax.add_collection(lc)
         ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=8, c="black", label="end points")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
-        ax.set_title(f"{name} ({k} states)")
+        ax.set_title(f"{name} ({k} states)" if k == kd else f"{name} ({k} states, {kd} drawn)")
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
         ax.set_aspect("equal")
