@@ -249,19 +249,19 @@ class DSMObjective(DiffusionLoss):
         if sigmas is None:
             levels = check_int("levels", levels, minimum=2)
             ends = process.sigma(torch.tensor([process.t_min, process.t_max], dtype=torch.float64))
-            lo = check_positive("sigma(t_min)", float(ends[0]))
-            sigmas = torch.logspace(
-                torch.log10(torch.tensor(lo)), torch.log10(ends[1]), levels, dtype=torch.float64
-            )
+            check_positive("sigma(t_min)", float(ends[0]))
+            sigmas = torch.exp(torch.linspace(*torch.log(ends).tolist(), levels, dtype=ends.dtype))
+            sigmas[0], sigmas[-1] = ends  # exact ends, no round-off outside the domain
         sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
         if sigmas.dim() != 1 or not (sigmas > 0).all():
             raise ValueError(f"sigmas must be a 1-D tensor of values > 0, got {sigmas!r}")
         self.sigmas = sigmas
+        times = process.t_of_sigma(sigmas).clamp(0.0, process.T)
         super().__init__(
             process,
             weighting=weighting,
             prediction_target=prediction_target,
-            t_sampler=GridT(process.t_of_sigma(sigmas)),
+            t_sampler=GridT(times),
             half=half,
         )
 
