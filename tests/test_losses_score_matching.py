@@ -252,6 +252,20 @@ def test_energy_model_ism_closed_form_and_trains_the_energy():
     assert s_vals.requires_grad
 
 
+def test_scores_that_ignore_x_have_zero_trace():
+    x = torch.randn(5, 3, generator=_gen(17), dtype=D64)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=D64, requires_grad=True)
+
+    def const(x):
+        return w.expand(len(x), 3)
+
+    for fn in (lambda x: torch.ones_like(x), const):
+        for vals in (ism(fn, x), ism(fn, x, trace="hutchinson", n_probes=3), ssm_vr(fn, x)):
+            assert torch.allclose(vals, 0.5 * (fn(x) ** 2).sum(1))
+    (g,) = torch.autograd.grad(ism(const, x).sum(), w)
+    assert torch.allclose(g, 5 * w.detach())
+
+
 # -- bad input ----------------------------------------------------------------------------
 def test_bad_input_names_the_argument():
     x = torch.randn(4, 2, dtype=D64)

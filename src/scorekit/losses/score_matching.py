@@ -72,13 +72,23 @@ def _probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
 
 def _vjp(s: Tensor, x: Tensor, v: Tensor, create_graph: bool) -> Tensor:
     r""":math:`J^\top v` for each of the ``n`` probes in ``v`` (shape ``(n, B, *D)``)."""
+    if not s.requires_grad:  # s does not depend on x (nor on anything trainable)
+        return torch.zeros_like(v)
     if v.shape[0] == 1:
-        (g,) = torch.autograd.grad(s, x, v[0], retain_graph=True, create_graph=create_graph)
-        return g[None]
+        (g,) = torch.autograd.grad(
+            s, x, v[0], retain_graph=True, create_graph=create_graph, allow_unused=True
+        )
+        return torch.zeros_like(v) if g is None else g[None]
     (g,) = torch.autograd.grad(
-        s, x, v, retain_graph=True, create_graph=create_graph, is_grads_batched=True
+        s,
+        x,
+        v,
+        retain_graph=True,
+        create_graph=create_graph,
+        is_grads_batched=True,
+        allow_unused=True,
     )
-    return g
+    return torch.zeros_like(v) if g is None else g
 
 
 def _exact_trace(s: Tensor, x: Tensor, chunk_size: int | None, create_graph: bool) -> Tensor:
@@ -164,8 +174,9 @@ def ism(
     with ``n_probes`` Gaussian or Rademacher probes (Hutchinson 1989); this is SSM-VR.
 
     Gradients reach the parameters of ``score_fn`` when autograd is enabled
-    (``create_graph`` follows :func:`torch.is_grad_enabled`). ``score_fn`` must treat the
-    examples of the batch independently.
+    (``create_graph`` follows :func:`torch.is_grad_enabled`); the graphs of all chunks are
+    then kept until the backward pass, so chunking bounds the size of each vectorised pass,
+    not the retained graph. ``score_fn`` must treat the examples of the batch independently.
 
     Arguments:
         score_fn: ``x -> s(x)``, shapes ``(B, *D)``.
