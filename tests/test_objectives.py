@@ -219,6 +219,7 @@ def test_bad_input(mix):
     model = ExactScore(mix, vp)
     x0 = mix.sample(4, generator=_gen(25))
     obj = DiffusionLoss(vp)
+    edm_model = ScoreModel(EDMPrecond(_Net(), EDM(), sigma_data=1.0), EDM(), prediction="x0")
     cases = [
         (lambda: obj(model, x0, t=torch.full((3,), 0.5)), "t"),
         (lambda: obj(model, x0, t=torch.full((4,), 1.5)), "t"),
@@ -238,6 +239,8 @@ def test_bad_input(mix):
         (lambda: ScoreMatchingObjective(vp, "ism", trace="foo"), "trace"),
         (lambda: ScoreMatchingObjective(vp, "ssm", n_projections=0), "n_projections"),
         (lambda: make_objective("likelihood", vp, low=0.0).sample_t(2), "log-SNR"),
+        (lambda: make_objective("ssm", vp, n_proj=2), "n_proj"),
+        (lambda: make_objective("edm", EDM(), sigma_data=0.5)(edm_model, x0), "sigma_data"),
     ]
     for fn, name in cases:
         with pytest.raises(ValueError, match=name):

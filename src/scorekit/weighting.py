@@ -236,12 +236,21 @@ class UniformT:
         """The support ``(low, high)`` for ``process``."""
         return _bounds(process, self.low, self.high)
 
-    def sample(self, process, batch, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi = self.bounds(process)
         u = _rand((batch,), generator, torch.float64, device)
         return (lo + (hi - lo) * u).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
+        """Density of ``t``, same shape as ``t``."""
         lo, hi = self.bounds(process)
         inside = (t >= lo) & (t <= hi)
         return torch.where(inside, 1.0 / (hi - lo), 0.0).to(t.dtype)
@@ -281,7 +290,15 @@ class LogSNRImportance:
         lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64))
         return float(lams[0]), float(lams[1])
 
-    def sample(self, process, batch, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi = self.bounds(process)
         lam_lo, lam_hi = self._lams(process, lo, hi)
         u = _rand((batch,), generator, torch.float64, device)
@@ -289,6 +306,7 @@ class LogSNRImportance:
         return t.clamp(lo, hi).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
+        """Density :math:`q(t)`, same shape as ``t``."""
         lo, hi = self.bounds(process)
         lam_lo, lam_hi = self._lams(process, lo, hi)
         alpha, sigma = process.marginal(t)
@@ -330,7 +348,15 @@ class LogNormalSigma:
         lam = float(process.log_snr(torch.tensor(t, dtype=torch.float64)))
         return (-0.5 * lam - self.p_mean) / self.p_std  # standardised ln(sigma_hat)
 
-    def sample(self, process, batch, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi = self.bounds(process)
         normal = torch.distributions.Normal(0.0, 1.0)
         c_lo = float(normal.cdf(torch.tensor(self._z(process, lo), dtype=torch.float64)))
@@ -374,7 +400,15 @@ class GridT:
             raise ValueError(f"times must be a non-empty 1-D tensor, got {tuple(times.shape)}")
         self.times = check_finite("times", times)
 
-    def sample(self, process, batch, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` grid times, shape ``(B,)``."""
         process.check_t(self.times, "times")
         gdev = generator.device if generator is not None else "cpu"
         idx = torch.randint(len(self.times), (batch,), generator=generator, device=gdev).cpu()

@@ -25,13 +25,15 @@ References:
 
 from __future__ import annotations
 
+import inspect
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int, check_positive, check_tensor
-from ..parametrize import PREDICTIONS, ScoreModel
+from ..parametrize import PREDICTIONS, EDMPrecond, ScoreModel
 from ..processes import EDM, VP, Process
 from ..weighting import (
     EDMWeighting,
@@ -80,6 +82,13 @@ class Objective(Protocol):
     ) -> Tensor: ...
 
 
+def _config(process: Process):
+    try:
+        return process.config()
+    except NotImplementedError:
+        return id(process)
+
+
 class _NoiseConditional:
     """Shared plumbing: checks, ``t`` sampling and the noised input."""
 
@@ -108,7 +117,7 @@ class _NoiseConditional:
     def _prepare(self, model, x0, t, generator):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
-        if model.process.config() != self.process.config():
+        if model.process is not self.process and _config(model.process) != _config(self.process):
             raise ValueError(
                 f"model.process {model.process!r} differs from the objective's {self.process!r}"
             )
@@ -333,6 +342,15 @@ class EDMLoss(DiffusionLoss):
             process, EDMWeighting(sigma_data), "x0", LogNormalSigma(p_mean, p_std), half=half
         )
 
+    def __call__(self, model, x0, t=None, generator=None):
+        net = getattr(model, "net", None)
+        if isinstance(net, EDMPrecond) and net.sigma_data != self.sigma_data:
+            raise ValueError(
+                f"sigma_data of the loss ({self.sigma_data}) and of the model's EDMPrecond "
+                f"({net.sigma_data}) must agree"
+            )
+        return super().__call__(model, x0, t, generator)
+
 
 class MinSNRLoss(DiffusionLoss):
     r"""Min-SNR-γ weighting (Hang et al. 2023): :math:`\min(\mathrm{SNR},\gamma)/\mathrm{SNR}`
@@ -419,10 +437,6 @@ class ScoreMatchingObjective(_NoiseConditional):
         return self.weighting(self.process, t).to(val.dtype) * val
 
 
-def _ssm_vr(process, **kw):
-    return ScoreMatchingObjective(process, estimator="ssm_vr", **kw)
-
-
 _FACTORY = {
     "dsm": DiffusionLoss,
     "ncsn": DSMObjective,
@@ -430,9 +444,9 @@ _FACTORY = {
     "ddpm": DDPMObjective,
     "edm": EDMLoss,
     "min_snr": MinSNRLoss,
-    "ssm": lambda process, **kw: ScoreMatchingObjective(process, estimator="ssm", **kw),
-    "ssm_vr": _ssm_vr,
-    "ism": lambda process, **kw: ScoreMatchingObjective(process, estimator="ism", **kw),
+    "ssm": partial(ScoreMatchingObjective, estimator="ssm"),
+    "ssm_vr": partial(ScoreMatchingObjective, estimator="ssm_vr"),
+    "ism": partial(ScoreMatchingObjective, estimator="ism"),
 }
 
 OBJECTIVES: tuple[str, ...] = tuple(_FACTORY)
@@ -453,4 +467,11 @@ def make_objective(name: str, process: Process, **kw) -> Objective:
     """
     if name not in _FACTORY:
         raise ValueError(f"name must be one of {', '.join(OBJECTIVES)}; got {name!r}")
-    return _FACTORY[name](process, **kw)
+    build = _FACTORY[name]
+    try:
+        inspect.signature(build).bind(process, **kw)
+    except TypeError as e:
+        raise ValueError(
+            f"make_objective({name!r}, ...): bad keyword arguments {kw}: {e}"
+        ) from None
+    return build(process, **kw)
