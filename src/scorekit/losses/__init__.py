@@ -4,14 +4,13 @@ r"""Score-matching objectives.
 (ESM, ISM with exact or Hutchinson trace, SSM, SSM-VR, DSM, multi-level NCSN DSM).
 :mod:`~scorekit.losses.objectives`: noise-conditional objectives for training a
 :class:`~scorekit.ScoreModel` (continuous diffusion loss with any weighting, likelihood
-weighting with importance sampling, DDPM, EDM, min-SNR, SSM / ISM at a sampled ``t``) and
-:func:`make_objective`.
+weighting with importance sampling, DDPM, EDM, min-SNR);
+:mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`.
 
 All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
 """
 
 from .objectives import (
-    OBJECTIVES,
     DDPMObjective,
     DiffusionLoss,
     DSMObjective,
@@ -19,9 +18,8 @@ from .objectives import (
     LikelihoodLoss,
     MinSNRLoss,
     Objective,
-    ScoreMatchingObjective,
-    make_objective,
 )
+from .registry import OBJECTIVES, ScoreMatchingObjective, make_objective
 from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
 
 __all__ = [

@@ -25,8 +25,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
-from functools import partial
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -47,10 +45,9 @@ from ..weighting import (
     _randn,
     error_scale,
 )
-from .score_matching import _sqnorm, ism, ssm
+from .score_matching import _sqnorm
 
 __all__ = [
-    "OBJECTIVES",
     "DDPMObjective",
     "DSMObjective",
     "DiffusionLoss",
@@ -58,8 +55,6 @@ __all__ = [
     "LikelihoodLoss",
     "MinSNRLoss",
     "Objective",
-    "ScoreMatchingObjective",
-    "make_objective",
 ]
 
 
@@ -358,120 +353,3 @@ class MinSNRLoss(DiffusionLoss):
 
     def __init__(self, process: Process, gamma: float = 5.0, t_sampler=None, half: bool = True):
         super().__init__(process, MinSNRWeighting(gamma), "eps", t_sampler, half=half)
-
-
-class ScoreMatchingObjective(_NoiseConditional):
-    r"""SSM, SSM-VR or ISM applied to a noise-conditional model at a sampled ``t``: per example
-    :math:`\lambda(t)\,\ell(x_t; s_\theta(\cdot, t))` with :math:`\ell` from
-    :func:`~scorekit.losses.ssm` or :func:`~scorekit.losses.ism`. Its expectation equals
-    that of :class:`DiffusionLoss` with the same weighting and sampler up to a constant free
-    of :math:`\theta` (both are explicit score matching on :math:`p_t`).
-
-    Arguments:
-        process: the noise process.
-        estimator: ``"ssm"``, ``"ssm_vr"`` or ``"ism"``.
-        weighting: score-space :math:`\lambda(t)`; default ``SigmaSquared()``.
-        t_sampler: default ``UniformT()``.
-        n_projections, probe: for SSM / SSM-VR (and Hutchinson ISM: ``n_probes``).
-        trace: ``"exact"`` or ``"hutchinson"`` (ISM).
-        half: keep the ½.
-    """
-
-    ESTIMATORS = ("ssm", "ssm_vr", "ism")
-
-    def __init__(
-        self,
-        process: Process,
-        estimator: str = "ssm",
-        weighting=None,
-        t_sampler=None,
-        n_projections: int = 1,
-        probe: str = "rademacher",
-        trace: str = "exact",
-        half: bool = True,
-    ):
-        super().__init__(
-            process,
-            SigmaSquared() if weighting is None else weighting,
-            UniformT() if t_sampler is None else t_sampler,
-        )
-        self.estimator = check_choice("estimator", estimator, self.ESTIMATORS)
-        self.n_projections = check_int("n_projections", n_projections, minimum=1)
-        self.probe = check_choice("probe", probe, ("gaussian", "rademacher"))
-        self.trace = check_choice("trace", trace, ("exact", "hutchinson"))
-        self.half = bool(half)
-
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: Tensor,
-        t: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Per-example loss, shape ``(B,)``; ``t`` is sampled when ``None``."""
-        t, _, _, _, xt = self._prepare(model, x0, t, generator)
-
-        def score_fn(x):
-            return model(x, t)
-
-        if self.estimator == "ism":
-            val = ism(
-                score_fn,
-                xt,
-                trace=self.trace,
-                n_probes=self.n_projections,
-                probe=self.probe,
-                generator=generator,
-                half=self.half,
-            )
-        else:
-            val = ssm(
-                score_fn,
-                xt,
-                n_projections=self.n_projections,
-                probe=self.probe,
-                variance_reduction=self.estimator == "ssm_vr",
-                generator=generator,
-                half=self.half,
-            )
-        return self.weighting(self.process, t).to(val.dtype) * val
-
-
-_FACTORY = {
-    "dsm": DiffusionLoss,
-    "ncsn": DSMObjective,
-    "likelihood": LikelihoodLoss,
-    "ddpm": DDPMObjective,
-    "edm": EDMLoss,
-    "min_snr": MinSNRLoss,
-    "ssm": partial(ScoreMatchingObjective, estimator="ssm"),
-    "ssm_vr": partial(ScoreMatchingObjective, estimator="ssm_vr"),
-    "ism": partial(ScoreMatchingObjective, estimator="ism"),
-}
-
-OBJECTIVES: tuple[str, ...] = tuple(_FACTORY)
-
-
-def make_objective(name: str, process: Process, **kw) -> Objective:
-    r"""Build an objective by name: ``"dsm"`` (:class:`DiffusionLoss`, :math:`\sigma^2`,
-    uniform ``t``), ``"ncsn"`` (:class:`DSMObjective`), ``"likelihood"``
-    (:class:`LikelihoodLoss`), ``"ddpm"`` (:class:`DDPMObjective`), ``"edm"``
-    (:class:`EDMLoss`), ``"min_snr"`` (:class:`MinSNRLoss`), ``"ssm"``, ``"ssm_vr"``,
-    ``"ism"`` (:class:`ScoreMatchingObjective` at the sampled ``t``); ``kw`` go to the
-    constructor.
-
-    Example:
-        >>> from scorekit import EDM
-        >>> make_objective("edm", EDM(), sigma_data=0.5).sample_t(3).shape
-        torch.Size([3])
-    """
-    if name not in _FACTORY:
-        raise ValueError(f"name must be one of {', '.join(OBJECTIVES)}; got {name!r}")
-    build = _FACTORY[name]
-    try:
-        inspect.signature(build).bind(process, **kw)
-    except TypeError as e:
-        raise ValueError(
-            f"make_objective({name!r}, ...): bad keyword arguments {kw}: {e}"
-        ) from None
-    return build(process, **kw)
