@@ -1,12 +1,14 @@
 """Cost of each training objective relative to a bare training step of the same network.
 
 For an MLP of width 256 (input ``(x, t)``, two hidden layers, SiLU) at d = 2, 16, 64 and batch
-1024, every row reports the fastest of several timed optimizer steps with that loss (the machine
-is shared, so the minimum is the least noisy; the median is kept too), divided by the same
-for a bare step (forward, MSE to a fixed target, backward, Adam) of the same network.
+1024, on one CPU thread, every row reports ``ratio_to_bare``: the median over interleaved pairs
+of (one optimizer step with that loss) / (one bare step: forward, MSE to a fixed target,
+backward, Adam, of the same network); and the fastest and median seconds per step. The
+``bare`` row's own ratio (bare against bare) shows the noise floor of the machine.
 ``ism_exact`` is also compared with one vectorised Jacobian of the network
-(``torch.func.vmap(torch.func.jacrev(f))``, no parameter gradient), and ``ism_exact_value``
-is the exact-trace ISM value alone (no backward to the parameters).
+(``jacobian``: ``torch.func.vmap(torch.func.jacrev(f))``; ``jacobian_rows``: the d rows by
+one batched backward pass, ``is_grads_batched``; neither with a parameter gradient), and
+``ism_exact_value`` is the exact-trace ISM value alone (no backward to the parameters).
 
 Goals from the issue: DSM/EDM <= 1.05, SSM <= 2.2, exact ISM at d = 64 <= 1.5 x one Jacobian.
 """
@@ -73,6 +75,15 @@ def _step_fn(name: str, d: int, gen: torch.Generator):
                 jac(x0)
 
         return step
+    if name == "jacobian_rows":
+        t = torch.full((BATCH,), 0.5)
+        eye = torch.eye(d)[:, None, :].expand(d, BATCH, d)
+
+        def step():
+            x = x0.detach().requires_grad_(True)
+            torch.autograd.grad(net(x, t), x, eye, is_grads_batched=True)
+
+        return step
     if name == "ism_exact_value":
         t = torch.full((BATCH,), 0.5)
 
@@ -113,15 +124,46 @@ METHODS = (
     "ism_exact",
     "ism_exact_value",
     "jacobian",
+    "jacobian_rows",
 )
 
 
-def _time(step, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - t0)
+def _once(step) -> float:
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def _measure(steps: dict, d: int, quick: bool) -> dict:
+    """Interleave each method with the bare step (and the Jacobian), so that load drift on a
+    shared machine hits both sides of every ratio alike; report medians of paired ratios."""
+    pairs = 3 if quick else 24
+    out = {}
+    for m, step in steps.items():
+        heavy = m.startswith(("ism_exact", "jacobian")) and d >= 16
+        n = max(2, pairs // 8) if heavy else pairs
+        _once(step)  # warm-up
+        times, bare, jac, jac_rows = [], [], [], []
+        for _ in range(n):
+            bare.append(_once(steps["bare"]))
+            times.append(_once(step))
+            if m.startswith("ism_exact"):
+                jac.append(_once(steps["jacobian"]))
+                jac_rows.append(_once(steps["jacobian_rows"]))
+        row = {
+            "method": m,
+            "seconds_per_step": min(times),
+            "median_seconds": statistics.median(times),
+            "ratio_to_bare": statistics.median(a / b for a, b in zip(times, bare, strict=True)),
+        }
+        if jac:
+            row["ratio_to_jacobian"] = statistics.median(
+                a / b for a, b in zip(times, jac, strict=True)
+            )
+            row["ratio_to_jacobian_rows"] = statistics.median(
+                a / b for a, b in zip(times, jac_rows, strict=True)
+            )
+        out[m] = row
     return out
 
 
@@ -133,28 +175,8 @@ def run(quick: bool = False) -> dict:
         for d in (2,) if quick else (2, 16, 64):
             gen = torch.Generator().manual_seed(0)
             steps = {m: _step_fn(m, d, gen) for m in METHODS}
-            samples = {m: [] for m in METHODS}
-            rounds, reps = (2, 2) if quick else (5, 6)
-            for m in METHODS:  # warm-up
-                _time(steps[m], 1)
-            for _ in range(rounds):  # interleave methods against load drift
-                for m in METHODS:
-                    r = max(1, reps // 4) if m.startswith("ism_exact") and d == 64 else reps
-                    samples[m] += _time(steps[m], r)
-            best = {m: min(v) for m, v in samples.items()}
-            for m in METHODS:
-                rows.append(
-                    {
-                        "d": d,
-                        "batch": BATCH,
-                        "width": WIDTH,
-                        "method": m,
-                        "seconds_per_step": best[m],
-                        "median_seconds": statistics.median(samples[m]),
-                        "ratio_to_bare": best[m] / best["bare"],
-                        "ratio_to_jacobian": best[m] / best["jacobian"],
-                    }
-                )
+            for row in _measure(steps, d, quick).values():
+                rows.append({"d": d, "batch": BATCH, "width": WIDTH, **row})
         return {
             "suite": "losses",
             "threads": 1,
@@ -172,7 +194,8 @@ def run(quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     for row in run(quick=False)["rows"]:
+        jac = f"  x{row['ratio_to_jacobian']:5.2f} jacobian" if "ratio_to_jacobian" in row else ""
         print(
             f"d={row['d']:3d} {row['method']:16s} {1e3 * row['seconds_per_step']:9.2f} ms "
-            f"x{row['ratio_to_bare']:6.2f} bare  x{row['ratio_to_jacobian']:6.2f} jacobian"
+            f"x{row['ratio_to_bare']:6.2f} bare{jac}"
         )

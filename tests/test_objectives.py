@@ -199,6 +199,28 @@ def test_ssm_and_ism_objectives_match_dsm_up_to_a_constant(mix):
         assert se < 0.1 * abs(float(ref.mean()))
 
 
+def test_any_callable_score_model_is_accepted(mix):
+    # e.g. DistributedDataParallel(score_model): trained through forward(), which gives the score
+    vp = VP()
+    inner = ScoreModel(_Net(seed=6), vp, prediction="eps")
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x, t):
+            return self.module(x, t)
+
+    x0 = mix.sample(32, generator=_gen(26))
+    t = torch.linspace(0.05, 0.95, 32, dtype=D64)
+    for name in ("dsm", "edm", "likelihood", "ssm"):
+        obj = make_objective(name, vp)
+        a = obj(inner, x0, t, _gen(27))
+        b = obj(Wrapper(inner), x0, t, _gen(27))
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
+
+
 def test_min_snr_and_constant_weightings(mix):
     vp = VP()
     model = ScoreModel(_Net(seed=5), vp, prediction="x0")
@@ -224,7 +246,8 @@ def test_bad_input(mix):
         (lambda: obj(model, x0, t=torch.full((3,), 0.5)), "t"),
         (lambda: obj(model, x0, t=torch.full((4,), 1.5)), "t"),
         (lambda: obj(ExactScore(mix, VE()), x0), "process"),
-        (lambda: obj(lambda x, t: x, x0), "model"),
+        (lambda: obj("model", x0), "model"),
+        (lambda: obj(lambda x, t: x[:, :1], x0), "model"),
         (lambda: obj(model, x0[:, 0]), "x0"),
         (lambda: obj.sample_t(0), "batch"),
         (lambda: DiffusionLoss(vp, prediction_target="noise"), "prediction_target"),

@@ -344,9 +344,17 @@ class LogNormalSigma:
         """The support ``(low, high)`` in ``t`` for ``process``."""
         return _bounds(process, self.low, self.high)
 
-    def _z(self, process, t: float) -> float:
-        lam = float(process.log_snr(torch.tensor(t, dtype=torch.float64)))
-        return (-0.5 * lam - self.p_mean) / self.p_std  # standardised ln(sigma_hat)
+    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
+        """``(low, high, Phi(z_low), Phi(z_high))``, cached for the last process seen."""
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is process:
+            return cached[1]
+        lo, hi = self.bounds(process)
+        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+        z = [(-0.5 * lam - self.p_mean) / self.p_std for lam in lams]  # standardised ln(s_hat)
+        phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
+        self._cache = (process, (lo, hi, phi[0], phi[1]))
+        return self._cache[1]
 
     def sample(
         self,
@@ -357,10 +365,7 @@ class LogNormalSigma:
         device=None,
     ) -> Tensor:
         """Draw ``batch`` times, shape ``(B,)``."""
-        lo, hi = self.bounds(process)
-        normal = torch.distributions.Normal(0.0, 1.0)
-        c_lo = float(normal.cdf(torch.tensor(self._z(process, lo), dtype=torch.float64)))
-        c_hi = float(normal.cdf(torch.tensor(self._z(process, hi), dtype=torch.float64)))
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
         u = _rand((batch,), generator, torch.float64, device)
         z = torch.special.ndtri(c_lo + (c_hi - c_lo) * u)
         log_sh = self.p_mean + self.p_std * z
@@ -370,12 +375,8 @@ class LogNormalSigma:
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         r"""Density of ``t``: the truncated normal density of :math:`\ln\hat\sigma` times
         :math:`|d\ln\hat\sigma/dt| = g^2/(2\sigma^2)`."""
-        lo, hi = self.bounds(process)
-        normal = torch.distributions.Normal(0.0, 1.0)
-        mass = float(
-            normal.cdf(torch.tensor(self._z(process, hi), dtype=torch.float64))
-            - normal.cdf(torch.tensor(self._z(process, lo), dtype=torch.float64))
-        )
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        mass = c_hi - c_lo
         alpha, sigma = process.marginal(t)
         z = (torch.log(sigma / alpha) - self.p_mean) / self.p_std
         dens_log = torch.exp(-0.5 * z**2) / (self.p_std * math.sqrt(2 * math.pi) * mass)

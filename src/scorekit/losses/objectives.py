@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int, check_positive, check_tensor
-from ..parametrize import PREDICTIONS, EDMPrecond, ScoreModel
+from ..parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
 from ..processes import EDM, VP, Process
 from ..weighting import (
     EDMWeighting,
@@ -110,12 +110,14 @@ class _NoiseConditional:
         return self.t_sampler.sample(self.process, batch, generator, dtype, device)
 
     def _prepare(self, model, x0, t, generator):
-        if not isinstance(model, ScoreModel):
-            raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
-        if model.process is not self.process and _config(model.process) != _config(self.process):
-            raise ValueError(
-                f"model.process {model.process!r} differs from the objective's {self.process!r}"
-            )
+        if not callable(model):
+            raise ValueError(f"model must be a ScoreModel or a callable model(x, t), got {model!r}")
+        proc = getattr(model, "process", None)
+        if isinstance(proc, Process) and proc is not self.process:
+            if _config(proc) != _config(self.process):
+                raise ValueError(
+                    f"model.process {proc!r} differs from the objective's {self.process!r}"
+                )
         check_tensor("x0", x0, min_dim=2)
         B = x0.shape[0]
         if t is None:
@@ -199,14 +201,23 @@ class DiffusionLoss(_NoiseConditional):
         r"""Per-example loss, shape ``(B,)``; ``t`` (shape ``(B,)``) is sampled when ``None``.
 
         Arguments:
-            model: a :class:`~scorekit.ScoreModel` on the same process.
+            model: a :class:`~scorekit.ScoreModel` on the same process, or any callable
+                ``model(x, t)`` returning the score (its output is then converted to
+                ``prediction_target``; this is how a wrapper such as
+                ``DistributedDataParallel(score_model)`` is trained through its ``forward``).
             x0: clean data, shape ``(B, *D)``.
             t: noise levels, shape ``(B,)``, or ``None``.
             generator: randomness for ``t`` and the noise.
         """
         t, eps, alpha, sigma, xt = self._prepare(model, x0, t, generator)
         target = self.prediction_target
-        pred = model.predict(xt, t, target)
+        if isinstance(model, ScoreModel):
+            pred = model.predict(xt, t, target)
+        else:  # any model(x, t) -> score, e.g. a ScoreModel inside DistributedDataParallel
+            score = model(xt, t)
+            if not isinstance(score, Tensor) or score.shape != xt.shape:
+                raise ValueError(f"model(x, t) must return the shape of x {tuple(xt.shape)}")
+            pred = convert(score, "score", target, xt, alpha, sigma)
         if target == "eps":
             y = eps
         elif target == "score":
