@@ -163,3 +163,21 @@ def test_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=name):
             make()
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import scorekit.losses.objectives
+    import scorekit.losses.registry
+    import scorekit.losses.score_matching
+    import scorekit.weighting
+
+    for mod in (
+        scorekit.losses.score_matching,
+        scorekit.losses.objectives,
+        scorekit.losses.registry,
+        scorekit.weighting,
+    ):
+        result = doctest.testmod(mod, extraglobs={"torch": torch})
+        assert result.failed == 0, mod.__name__
