@@ -44,7 +44,8 @@ class ScoreMatchingObjective(_NoiseConditional):
         weighting: score-space :math:`\lambda(t)`; default ``SigmaSquared()``.
         t_sampler: default ``UniformT()``.
         n_projections, probe: for SSM / SSM-VR (and Hutchinson ISM: ``n_probes``).
-        trace: ``"exact"`` or ``"hutchinson"`` (ISM).
+        trace: ``"exact"`` or ``"hutchinson"`` (ISM). The exact trace costs ``d``
+            vector-Jacobian products per step; for images prefer ``"hutchinson"`` or SSM.
         half: keep the ½.
     """
 
