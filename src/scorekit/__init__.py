@@ -1,12 +1,49 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
+from . import losses, weighting
 from .advise import Advice, advise, save_advice
 from .distributions import ExactScore, Gaussian, GaussianMixture
 from .likelihood import BitsPerDim, LikelihoodResult, bits_per_dim
+from .losses import (
+    OBJECTIVES,
+    DDPMObjective,
+    DiffusionLoss,
+    DSMObjective,
+    EDMLoss,
+    LikelihoodLoss,
+    MinSNRLoss,
+    Objective,
+    ScoreMatchingObjective,
+    dsm,
+    esm,
+    ism,
+    make_objective,
+    ncsn_loss,
+    ssm,
+    ssm_vr,
+)
 from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
 
 __all__ = [
+    "OBJECTIVES",
+    "DDPMObjective",
+    "DiffusionLoss",
+    "DSMObjective",
+    "EDMLoss",
+    "LikelihoodLoss",
+    "MinSNRLoss",
+    "Objective",
+    "ScoreMatchingObjective",
+    "dsm",
+    "esm",
+    "ism",
+    "make_objective",
+    "ncsn_loss",
+    "ssm",
+    "ssm_vr",
+    "losses",
+    "weighting",
     "Advice",
     "BitsPerDim",
     "LikelihoodResult",

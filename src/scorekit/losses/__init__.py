@@ -1,0 +1,42 @@
+r"""Score-matching objectives.
+
+:mod:`~scorekit.losses.score_matching`: losses at one noise level, on any ``score_fn``
+(ESM, ISM with exact or Hutchinson trace, SSM, SSM-VR, DSM, multi-level NCSN DSM).
+:mod:`~scorekit.losses.objectives`: noise-conditional objectives for training a
+:class:`~scorekit.ScoreModel` (continuous diffusion loss with any weighting, likelihood
+weighting with importance sampling, DDPM, EDM, min-SNR);
+:mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`.
+
+All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
+"""
+
+from .objectives import (
+    DDPMObjective,
+    DiffusionLoss,
+    DSMObjective,
+    EDMLoss,
+    LikelihoodLoss,
+    MinSNRLoss,
+    Objective,
+)
+from .registry import OBJECTIVES, ScoreMatchingObjective, make_objective
+from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
+
+__all__ = [
+    "OBJECTIVES",
+    "DDPMObjective",
+    "DSMObjective",
+    "DiffusionLoss",
+    "EDMLoss",
+    "LikelihoodLoss",
+    "MinSNRLoss",
+    "Objective",
+    "ScoreMatchingObjective",
+    "dsm",
+    "esm",
+    "ism",
+    "make_objective",
+    "ncsn_loss",
+    "ssm",
+    "ssm_vr",
+]

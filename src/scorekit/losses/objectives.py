@@ -1,0 +1,366 @@
+r"""Noise-conditional training objectives: one continuous-time diffusion loss, many settings.
+
+Every objective is an object with ``process``, ``sample_t(batch, generator, dtype, device)``
+(shape ``(B,)``, inside the process domain) and
+``__call__(model, x0, t=None, generator=None)`` returning per-example losses ``(B,)``:
+
+.. math::
+    \ell(x_0, t, \varepsilon) = \frac{\lambda(t)}{\rho(t)}\ \tfrac12
+        \big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2, \qquad
+    x_t = \alpha(t) x_0 + \sigma(t)\varepsilon,
+
+with :math:`\lambda` a score-space weighting (:mod:`scorekit.weighting`), ``t`` drawn by a
+sampler, and :math:`\rho = 1` except under importance sampling, where
+:math:`\rho(t) = q(t)\,(t_{hi} - t_{lo})` makes the estimate unbiased for the uniform-``t``
+objective :math:`E_{t\sim\mathcal U}[\lambda(t)\,\tfrac12\|\cdot\|^2]`. The residual is
+computed in the space ``prediction_target`` (score, eps, x0 or v) and rescaled by
+:func:`~scorekit.weighting.error_scale`, so the target changes the arithmetic, never the
+objective. The ½ is kept by default (``half=True``), as in score_sde; EDM's and DDPM's own
+papers omit it (``half=False``).
+
+References:
+    Song et al. (2021), eq. (7); Song, Durkan, Murray & Ermon (2021); Ho et al. (2020),
+    eq. (14); Karras et al. (2022), eq. (8) and Table 1; Hang et al. (2023).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .._validate import check_choice, check_int, check_positive, check_tensor
+from ..parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
+from ..processes import EDM, VP, Process
+from ..weighting import (
+    EDMWeighting,
+    GridT,
+    LikelihoodWeighting,
+    LogNormalSigma,
+    LogSNRImportance,
+    MinSNRWeighting,
+    SigmaSquared,
+    UniformT,
+    _randn,
+    error_scale,
+)
+from .score_matching import _sqnorm
+
+__all__ = [
+    "DDPMObjective",
+    "DSMObjective",
+    "DiffusionLoss",
+    "EDMLoss",
+    "LikelihoodLoss",
+    "MinSNRLoss",
+    "Objective",
+]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What a trainer needs from an objective."""
+
+    process: Process
+
+    def sample_t(
+        self, batch: int, generator: torch.Generator | None = None, dtype=torch.float32, device=None
+    ) -> Tensor: ...
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: Tensor,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor: ...
+
+
+def _config(process: Process):
+    try:
+        return process.config()
+    except NotImplementedError:
+        return id(process)
+
+
+class _NoiseConditional:
+    """Shared plumbing: checks, ``t`` sampling and the noised input."""
+
+    def __init__(self, process: Process, weighting, t_sampler):
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
+        if not callable(weighting):
+            raise ValueError(f"weighting must be a callable w(process, t), got {weighting!r}")
+        if not callable(getattr(t_sampler, "sample", None)):
+            raise ValueError(f"t_sampler must have a sample(...) method, got {t_sampler!r}")
+        self.process = process
+        self.weighting = weighting
+        self.t_sampler = t_sampler
+
+    def sample_t(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` noise levels ``t``, shape ``(B,)``, from ``t_sampler``."""
+        batch = check_int("batch", batch, minimum=1)
+        return self.t_sampler.sample(self.process, batch, generator, dtype, device)
+
+    def _prepare(self, model, x0, t, generator):
+        if not callable(model):
+            raise ValueError(f"model must be a ScoreModel or a callable model(x, t), got {model!r}")
+        proc = getattr(model, "process", None)
+        if isinstance(proc, Process) and proc is not self.process:
+            if _config(proc) != _config(self.process):
+                raise ValueError(
+                    f"model.process {proc!r} differs from the objective's {self.process!r}"
+                )
+        check_tensor("x0", x0, min_dim=2)
+        B = x0.shape[0]
+        if t is None:
+            t = self.sample_t(B, generator, x0.dtype, x0.device)
+        else:
+            t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
+            if t.shape != (B,):
+                raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
+        self.process.check_t(t)
+        eps = _randn(x0.shape, generator, x0.dtype, x0.device)
+        alpha, sigma = self.process.marginal(t)
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        xt = alpha.reshape(view) * x0 + sigma.reshape(view) * eps
+        return t, eps, alpha, sigma, xt
+
+
+class DiffusionLoss(_NoiseConditional):
+    r"""Continuous-time denoising score matching for any process and any prediction target
+    (Song et al. 2021, eq. (7)): per example
+
+    .. math:: \frac{\lambda(t)}{\rho(t)}\,\tfrac12\|s_\theta(x_t,t) + \varepsilon/\sigma\|^2
+              = \frac{\lambda(t)}{\rho(t)\,c(t)}\,\tfrac12\|\hat y_\theta - y\|^2
+
+    with :math:`y` the true ``prediction_target`` (:math:`-\varepsilon/\sigma`,
+    :math:`\varepsilon`, :math:`x_0` or :math:`\alpha\varepsilon - \sigma x_0`) and
+    :math:`c` its :func:`~scorekit.weighting.error_scale`.
+
+    Arguments:
+        process: the noise process.
+        weighting: score-space :math:`\lambda(t)`, a callable ``w(process, t) -> (B,)``;
+            default :class:`~scorekit.weighting.SigmaSquared` (score_sde).
+        prediction_target: where the residual is computed: ``"score"``, ``"eps"``
+            (default), ``"x0"`` or ``"v"``.
+        t_sampler: draws ``t``; default :class:`~scorekit.weighting.UniformT` on
+            ``[t_min, t_max]``.
+        importance: divide by :math:`q(t)(t_{hi} - t_{lo})` (needs ``t_sampler.pdf`` and
+            ``t_sampler.bounds``), an unbiased estimate of the uniform-``t`` objective.
+        half: keep the ½.
+
+    Example:
+        >>> from scorekit import VP, GaussianMixture, ExactScore
+        >>> gm = GaussianMixture([1.0], [[0.0, 0.0]], stds=1.0)
+        >>> loss = DiffusionLoss(VP())
+        >>> g = torch.Generator().manual_seed(0)
+        >>> loss(ExactScore(gm, VP()), gm.sample(8, generator=g), generator=g).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        process: Process,
+        weighting=None,
+        prediction_target: str = "eps",
+        t_sampler=None,
+        importance: bool = False,
+        half: bool = True,
+    ):
+        super().__init__(
+            process,
+            SigmaSquared() if weighting is None else weighting,
+            UniformT() if t_sampler is None else t_sampler,
+        )
+        self.prediction_target = check_choice("prediction_target", prediction_target, PREDICTIONS)
+        self.importance = bool(importance)
+        if self.importance and not (
+            callable(getattr(self.t_sampler, "pdf", None))
+            and callable(getattr(self.t_sampler, "bounds", None))
+        ):
+            raise ValueError(
+                f"importance=True needs a t_sampler with pdf() and bounds(), got {self.t_sampler!r}"
+            )
+        self.half = bool(half)
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: Tensor,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Per-example loss, shape ``(B,)``; ``t`` (shape ``(B,)``) is sampled when ``None``.
+
+        Arguments:
+            model: a :class:`~scorekit.ScoreModel` on the same process, or any callable
+                ``model(x, t)`` returning the score (its output is then converted to
+                ``prediction_target``; this is how a wrapper such as
+                ``DistributedDataParallel(score_model)`` is trained through its ``forward``).
+            x0: clean data, shape ``(B, *D)``.
+            t: noise levels, shape ``(B,)``, or ``None``.
+            generator: randomness for ``t`` and the noise.
+        """
+        t, eps, alpha, sigma, xt = self._prepare(model, x0, t, generator)
+        target = self.prediction_target
+        if isinstance(model, ScoreModel):
+            pred = model.predict(xt, t, target)
+        else:  # any model(x, t) -> score, e.g. a ScoreModel inside DistributedDataParallel
+            score = model(xt, t)
+            if not isinstance(score, Tensor) or score.shape != xt.shape:
+                raise ValueError(f"model(x, t) must return the shape of x {tuple(xt.shape)}")
+            pred = convert(score, "score", target, xt, alpha, sigma)
+        if target == "eps":
+            y = eps
+        elif target == "score":
+            y = -eps / sigma.reshape((-1,) + (1,) * (x0.dim() - 1))
+        elif target == "x0":
+            y = x0
+        else:
+            view = (-1,) + (1,) * (x0.dim() - 1)
+            y = alpha.reshape(view) * eps - sigma.reshape(view) * x0
+        w = self.weighting(self.process, t) / error_scale(target, alpha, sigma)
+        if self.importance:
+            lo, hi = self.t_sampler.bounds(self.process)
+            w = w / (self.t_sampler.pdf(self.process, t) * (hi - lo))
+        val = w.to(x0.dtype) * _sqnorm(pred - y)
+        return 0.5 * val if self.half else val
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.process!r}, weighting={self.weighting!r}, "
+            f"prediction_target={self.prediction_target!r}, t_sampler={self.t_sampler!r}, "
+            f"importance={self.importance})"
+        )
+
+
+class DSMObjective(DiffusionLoss):
+    r"""Multi-level DSM of NCSN (Song & Ermon 2019): ``t`` uniform over the times of ``levels``
+    geometric noise levels :math:`\sigma_i` from :math:`\sigma(t_{min})` to
+    :math:`\sigma(t_{max})` (for :class:`~scorekit.processes.VE` the grid of
+    :func:`~scorekit.processes.ncsn_sigmas`), weight :math:`\lambda(\sigma) = \sigma^2`
+    by default, or the given ``sigmas``.
+    """
+
+    def __init__(
+        self,
+        process: Process,
+        levels: int = 10,
+        sigmas: Tensor | None = None,
+        weighting=None,
+        prediction_target: str = "eps",
+        half: bool = True,
+    ):
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
+        if sigmas is None:
+            levels = check_int("levels", levels, minimum=2)
+            ends = process.sigma(torch.tensor([process.t_min, process.t_max], dtype=torch.float64))
+            check_positive("sigma(t_min)", float(ends[0]))
+            sigmas = torch.exp(torch.linspace(*torch.log(ends).tolist(), levels, dtype=ends.dtype))
+            sigmas[0], sigmas[-1] = ends  # exact ends, no round-off outside the domain
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        if sigmas.dim() != 1 or not (sigmas > 0).all():
+            raise ValueError(f"sigmas must be a 1-D tensor of values > 0, got {sigmas!r}")
+        self.sigmas = sigmas
+        times = process.t_of_sigma(sigmas).clamp(0.0, process.T)
+        super().__init__(
+            process,
+            weighting=weighting,
+            prediction_target=prediction_target,
+            t_sampler=GridT(times),
+            half=half,
+        )
+
+
+class DDPMObjective(DiffusionLoss):
+    r"""DDPM's "simple" loss (Ho et al. 2020, eq. (14)): ``t`` uniform on the grid
+    :math:`t_i = i\,t_{max}/N`, :math:`i = 1..N` (the grid of
+    :func:`~scorekit.processes.ddpm_betas`) and :math:`\tfrac12\|\hat\varepsilon -
+    \varepsilon\|^2`, i.e. :math:`\lambda = \sigma^2`. ``half=False`` gives Ho et al.'s
+    own scale."""
+
+    def __init__(self, process: Process | None = None, steps: int = 1000, half: bool = True):
+        process = VP() if process is None else process
+        steps = check_int("steps", steps, minimum=1)
+        grid = torch.linspace(0.0, process.t_max, steps + 1, dtype=torch.float64)[1:]
+        super().__init__(process, SigmaSquared(), "eps", GridT(grid), half=half)
+
+
+class LikelihoodLoss(DiffusionLoss):
+    r"""Likelihood weighting :math:`\lambda = g(t)^2` (Song, Durkan, Murray & Ermon 2021) with
+    importance sampling :math:`q(t) \propto g^2/\sigma^2` by default, under which each
+    example pays :math:`(\lambda_{lo} - \lambda_{hi})/(t_{hi} - t_{lo})\cdot
+    \tfrac12\|\hat\varepsilon - \varepsilon\|^2`. Multiplied by :math:`t_{hi} - t_{lo}` the
+    expectation is the score-matching term of the bound on :math:`-\log p_\theta(x_0)`."""
+
+    def __init__(
+        self,
+        process: Process,
+        importance_sampling: bool = True,
+        low: float | None = None,
+        high: float | None = None,
+        prediction_target: str = "eps",
+        half: bool = True,
+    ):
+        sampler = LogSNRImportance(low, high) if importance_sampling else UniformT(low, high)
+        super().__init__(
+            process,
+            LikelihoodWeighting(),
+            prediction_target,
+            sampler,
+            importance=importance_sampling,
+            half=half,
+        )
+
+
+class EDMLoss(DiffusionLoss):
+    r"""EDM training loss (Karras et al. 2022, eq. (8), Table 1):
+    :math:`\ln\hat\sigma \sim \mathcal N(P_{mean}, P_{std}^2)` and
+    :math:`w(\hat\sigma)\,\tfrac12\|D_\theta(x_t, \sigma) - x_0\|^2`,
+    :math:`w = (\hat\sigma^2 + \sigma_d^2)/(\hat\sigma\sigma_d)^2`.
+
+    The objective does not depend on the parametrisation; the preconditioning that makes it
+    well conditioned is the model's: use
+    ``ScoreModel(EDMPrecond(F, process, sigma_data), process, prediction="x0")``.
+    For :class:`~scorekit.processes.EDM` (the default process) ``t = sigma``.
+    """
+
+    def __init__(
+        self,
+        process: Process | None = None,
+        sigma_data: float = 0.5,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        half: bool = True,
+    ):
+        process = EDM() if process is None else process
+        self.sigma_data = check_positive("sigma_data", sigma_data)
+        super().__init__(
+            process, EDMWeighting(sigma_data), "x0", LogNormalSigma(p_mean, p_std), half=half
+        )
+
+    def __call__(self, model, x0, t=None, generator=None):
+        net = getattr(model, "net", None)
+        if isinstance(net, EDMPrecond) and net.sigma_data != self.sigma_data:
+            raise ValueError(
+                f"sigma_data of the loss ({self.sigma_data}) and of the model's EDMPrecond "
+                f"({net.sigma_data}) must agree"
+            )
+        return super().__call__(model, x0, t, generator)
+
+
+class MinSNRLoss(DiffusionLoss):
+    r"""Min-SNR-γ weighting (Hang et al. 2023): :math:`\min(\mathrm{SNR},\gamma)/\mathrm{SNR}`
+    on :math:`\tfrac12\|\hat\varepsilon-\varepsilon\|^2`, ``t`` uniform."""
+
+    def __init__(self, process: Process, gamma: float = 5.0, t_sampler=None, half: bool = True):
+        super().__init__(process, MinSNRWeighting(gamma), "eps", t_sampler, half=half)

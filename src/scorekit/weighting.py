@@ -1,0 +1,420 @@
+r"""Loss weightings :math:`\lambda(t)` and noise-level samplers for training.
+
+Every weighting here is stated **in score space**: the per-example diffusion loss is
+
+.. math::
+    \ell(t) = \lambda(t)\ \tfrac12
+        \big\| s_\theta(x_t, t) - \nabla_{x_t} \log p(x_t \mid x_0) \big\|^2,
+    \qquad \nabla_{x_t} \log p(x_t \mid x_0) = -\varepsilon / \sigma(t),
+
+so a weighting is a property of the objective and not of what the network predicts.
+The residual may be computed in any prediction space; :func:`error_scale` gives the
+factor :math:`c` with :math:`\|\text{error}_{target}\|^2 = c\,\|\text{error}_{score}\|^2`.
+Familiar objectives in this language (with :math:`\mathrm{SNR} = \alpha^2/\sigma^2`):
+
+* NCSN / score_sde: :math:`\lambda = \sigma^2`, the same as the ε-MSE ("DDPM simple").
+* likelihood (Song, Durkan et al.): :math:`\lambda = g(t)^2`, a bound on :math:`-\log p`.
+* EDM: :math:`\lambda = \hat\sigma^2\sigma^2\,(\hat\sigma^2+\sigma_d^2)/(\hat\sigma\sigma_d)^2`,
+  EDM's weight on the x0-MSE.
+* min-SNR-γ: :math:`\lambda = \sigma^2 \min(\mathrm{SNR}, \gamma)/\mathrm{SNR}`, the same in
+  its ε, x0 and v forms.
+
+(:math:`\hat\sigma = \sigma/\alpha`.) A weighting is any callable ``w(process, t) -> (B,)``.
+
+A noise-level sampler is a small object with ``sample(process, batch, generator, dtype,
+device) -> t`` of shape ``(B,)`` inside the process domain, and (when continuous)
+``pdf(process, t)``, the density of ``t``.
+
+References:
+    Song & Ermon (2019); Song et al., "Score-Based Generative Modeling through SDEs" (2021);
+    Song, Durkan, Murray & Ermon, "Maximum Likelihood Training of Score-Based Diffusion
+    Models" (2021); Karras et al. (2022); Hang et al., "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy" (2023); Kingma et al., "Variational Diffusion Models" (2021).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._validate import check_choice, check_finite, check_positive, check_tensor
+from .processes import EDM, VE, VP, CosineVP, Process, SubVP
+
+__all__ = [
+    "Constant",
+    "EDMWeighting",
+    "GridT",
+    "LikelihoodWeighting",
+    "LogNormalSigma",
+    "LogSNRImportance",
+    "MinSNRWeighting",
+    "SigmaSquared",
+    "UniformT",
+    "error_scale",
+    "t_of_log_snr",
+]
+
+
+def _randn(shape, generator, dtype, device) -> Tensor:
+    """Standard normal draws made on the generator's device, then moved to ``device``."""
+    gdev = generator.device if generator is not None else device
+    z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev)
+    return z.to(device) if device is not None else z
+
+
+def _rand(shape, generator, dtype, device) -> Tensor:
+    gdev = generator.device if generator is not None else device
+    u = torch.rand(tuple(shape), generator=generator, dtype=dtype, device=gdev)
+    return u.to(device) if device is not None else u
+
+
+def error_scale(target: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+    r"""Factor :math:`c` with :math:`\|\hat y - y\|^2 = c\,\|\hat s - s\|^2` for a residual in
+    prediction space ``target`` at a fixed :math:`x_t = \alpha x_0 + \sigma\varepsilon`:
+
+    .. math::
+        c_{score} = 1,\quad c_{eps} = \sigma^2,\quad c_{x0} = \sigma^4/\alpha^2,\quad
+        c_v = \sigma^2 (\alpha^2 + \sigma^2)^2 / \alpha^2 .
+
+    (From :math:`\hat\varepsilon - \varepsilon = -\sigma(\hat s - s)`,
+    :math:`\hat x_0 - x_0 = -(\sigma/\alpha)(\hat\varepsilon - \varepsilon)` and
+    :math:`\hat v - v = ((\alpha^2+\sigma^2)/\alpha)(\hat\varepsilon - \varepsilon)`.)
+
+    Arguments:
+        target: ``"score"``, ``"eps"``, ``"x0"`` or ``"v"``.
+        alpha, sigma: tensors of shape ``(B,)``.
+    """
+    check_choice("target", target, ("score", "eps", "x0", "v"))
+    if target == "score":
+        return torch.ones_like(sigma)
+    if target == "eps":
+        return sigma**2
+    if target == "x0":
+        return sigma**4 / alpha**2
+    return sigma**2 * (alpha**2 + sigma**2) ** 2 / alpha**2
+
+
+# -- weightings (score space) -------------------------------------------------------------
+class Constant:
+    r""":math:`\lambda(t) = c`: plain DSM on :math:`\tfrac12\|s + \varepsilon/\sigma\|^2`
+    (Vincent 2011); ``Constant(1.0)``."""
+
+    def __init__(self, value: float = 1.0):
+        self.value = check_positive("value", value)
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        return torch.full_like(t, self.value)
+
+    def __repr__(self) -> str:
+        return f"Constant({self.value!r})"
+
+
+class SigmaSquared:
+    r""":math:`\lambda(t) = \sigma(t)^2` (Song & Ermon 2019; score_sde's default): equals the
+    ε-MSE :math:`\tfrac12\|\hat\varepsilon - \varepsilon\|^2`, i.e. DDPM's "simple" loss."""
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        return process.sigma(t) ** 2
+
+    def __repr__(self) -> str:
+        return "SigmaSquared()"
+
+
+class LikelihoodWeighting:
+    r""":math:`\lambda(t) = g(t)^2`: then :math:`\int_0^T \lambda(t)\, E\,\tfrac12\|\hat s -
+    \nabla\log p_t\|^2 dt` bounds :math:`-\log p_\theta(x_0)` up to terms free of
+    :math:`\theta` (Song, Durkan, Murray & Ermon 2021, Theorem 1)."""
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        return process.g2(t)
+
+    def __repr__(self) -> str:
+        return "LikelihoodWeighting()"
+
+
+class EDMWeighting:
+    r"""Karras et al. (2022) weight :math:`w(\hat\sigma) = (\hat\sigma^2 + \sigma_d^2) /
+    (\hat\sigma\sigma_d)^2` on the denoiser error :math:`\|D - x_0\|^2`, expressed in score
+    space: :math:`\lambda = w(\hat\sigma)\,\hat\sigma^2\sigma^2` with :math:`\hat\sigma =
+    \sigma/\alpha` (for :class:`~scorekit.processes.EDM`, :math:`\hat\sigma = \sigma = t`)."""
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = check_positive("sigma_data", sigma_data)
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        alpha, sigma = process.marginal(t)
+        sh2 = (sigma / alpha) ** 2
+        d2 = self.sigma_data**2
+        return (sh2 + d2) / d2 * sigma**2
+
+    def __repr__(self) -> str:
+        return f"EDMWeighting(sigma_data={self.sigma_data!r})"
+
+
+class MinSNRWeighting:
+    r"""Min-SNR-γ (Hang et al. 2023): weight :math:`\min(\mathrm{SNR}, \gamma)/\mathrm{SNR}` on
+    the ε-MSE, i.e. :math:`\lambda = \sigma^2 \min(\mathrm{SNR},\gamma)/\mathrm{SNR}`. The
+    paper's x0 form (:math:`\min(\mathrm{SNR},\gamma)`) and, for VP, its v form
+    (:math:`\min(\mathrm{SNR},\gamma)/(\mathrm{SNR}+1)`) are this same objective."""
+
+    def __init__(self, gamma: float = 5.0):
+        self.gamma = check_positive("gamma", gamma)
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        alpha, sigma = process.marginal(t)
+        snr = (alpha / sigma) ** 2
+        return sigma**2 * torch.clamp(snr, max=self.gamma) / snr
+
+    def __repr__(self) -> str:
+        return f"MinSNRWeighting(gamma={self.gamma!r})"
+
+
+# -- time from the log-SNR ----------------------------------------------------------------
+def t_of_log_snr(process: Process, log_snr: Tensor) -> Tensor:
+    r"""Invert :math:`\lambda(t) = \log(\alpha^2/\sigma^2)` (decreasing in ``t``).
+
+    Closed forms through :meth:`Process.t_of_sigma` with :math:`\hat\sigma = e^{-\lambda/2}`:
+    :math:`\sigma = \hat\sigma` when :math:`\alpha \equiv 1` (VE, EDM);
+    :math:`\sigma^2 = 1/(1+e^{\lambda})` for variance-preserving processes;
+    :math:`\alpha = (\sqrt{\hat\sigma^2 + 4} - \hat\sigma)/2,\ \sigma = 1 - \alpha^2` for
+    sub-VP; any other process by bisection in float64 to machine precision.
+
+    Arguments:
+        process: the process.
+        log_snr: tensor of any shape, within :math:`[\lambda(T), \lambda(0)]`.
+
+    Returns:
+        ``t`` of the shape and dtype of ``log_snr``, clamped to :math:`[0, T]`.
+    """
+    check_tensor("log_snr", log_snr)
+    lam = log_snr.to(torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    T = torch.tensor(float(process.T), dtype=torch.float64)
+    s_lo, s_hi = process._sigma(zero), process._sigma(T)
+    if isinstance(process, (VE, EDM)):
+        sigma = torch.exp(-0.5 * lam)
+    elif isinstance(process, (VP, CosineVP)):
+        sigma = torch.sigmoid(-lam).sqrt()
+    elif isinstance(process, SubVP):
+        sh = torch.exp(-0.5 * lam)
+        a = 2 / (torch.sqrt(sh**2 + 4) + sh)  # = (sqrt(sh^2 + 4) - sh) / 2, stably
+        sigma = 1 - a**2
+    else:
+        lo = torch.zeros_like(lam)
+        hi = torch.full_like(lam, float(process.T))
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            above = process.log_snr(mid) > lam  # log-SNR decreases in t: go right
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return (0.5 * (lo + hi)).to(log_snr.dtype)
+    t = process._t_of_sigma(sigma.clamp(float(s_lo), float(s_hi)))
+    return t.clamp(0.0, float(process.T)).to(log_snr.dtype)
+
+
+# -- noise-level samplers -----------------------------------------------------------------
+def _bounds(process: Process, low: float | None, high: float | None) -> tuple[float, float]:
+    lo = process.t_min if low is None else low
+    hi = process.t_max if high is None else high
+    if not 0 <= lo < hi <= process.T:
+        raise ValueError(
+            f"low and high must satisfy 0 <= low < high <= T = {process.T:g} for {process!r}, "
+            f"got low={lo!r}, high={hi!r}"
+        )
+    return float(lo), float(hi)
+
+
+class UniformT:
+    r""":math:`t \sim \mathcal{U}[\text{low}, \text{high}]`; the defaults are the process's
+    ``t_min`` and ``t_max`` (score_sde samples :math:`t \sim \mathcal{U}[\epsilon, T]`)."""
+
+    def __init__(self, low: float | None = None, high: float | None = None):
+        self.low, self.high = low, high
+
+    def bounds(self, process: Process) -> tuple[float, float]:
+        """The support ``(low, high)`` for ``process``."""
+        return _bounds(process, self.low, self.high)
+
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
+        lo, hi = self.bounds(process)
+        u = _rand((batch,), generator, torch.float64, device)
+        return (lo + (hi - lo) * u).to(dtype)
+
+    def pdf(self, process: Process, t: Tensor) -> Tensor:
+        """Density of ``t``, same shape as ``t``."""
+        lo, hi = self.bounds(process)
+        inside = (t >= lo) & (t <= hi)
+        return torch.where(inside, 1.0 / (hi - lo), 0.0).to(t.dtype)
+
+    def __repr__(self) -> str:
+        return f"UniformT(low={self.low!r}, high={self.high!r})"
+
+
+class LogSNRImportance:
+    r"""Importance distribution for the likelihood weighting (Song, Durkan, Murray & Ermon
+    2021, Section 5): :math:`q(t) \propto g(t)^2/\sigma(t)^2 = -d\lambda/dt` on
+    [low, high], with :math:`\lambda` the log-SNR; so :math:`\lambda(t)` is uniform between
+    :math:`\lambda(\text{high})` and :math:`\lambda(\text{low})` and ``t`` follows by
+    :func:`t_of_log_snr`.
+
+    Then :math:`g^2\,\|\hat s - s\|^2 / q(t) = Z\,\|\hat\varepsilon - \varepsilon\|^2` with
+    :math:`Z = \lambda(\text{low}) - \lambda(\text{high})`: the variance from :math:`g^2`
+    blowing up is gone.
+    """
+
+    def __init__(self, low: float | None = None, high: float | None = None):
+        self.low, self.high = low, high
+
+    def bounds(self, process: Process) -> tuple[float, float]:
+        """The support ``(low, high)`` for ``process``."""
+        lo, hi = _bounds(process, self.low, self.high)
+        lam_lo, lam_hi = self._lams(process, lo, hi)
+        if not (math.isfinite(lam_lo) and math.isfinite(lam_hi)):
+            raise ValueError(
+                f"the log-SNR must be finite on [low, high] = [{lo:g}, {hi:g}] for "
+                f"{process!r}; got [{lam_hi:g}, {lam_lo:g}] (narrow low/high)"
+            )
+        return lo, hi
+
+    @staticmethod
+    def _lams(process, lo, hi):
+        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64))
+        return float(lams[0]), float(lams[1])
+
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
+        lo, hi = self.bounds(process)
+        lam_lo, lam_hi = self._lams(process, lo, hi)
+        u = _rand((batch,), generator, torch.float64, device)
+        t = t_of_log_snr(process, lam_lo + (lam_hi - lam_lo) * u)
+        return t.clamp(lo, hi).to(dtype)
+
+    def pdf(self, process: Process, t: Tensor) -> Tensor:
+        """Density :math:`q(t)`, same shape as ``t``."""
+        lo, hi = self.bounds(process)
+        lam_lo, lam_hi = self._lams(process, lo, hi)
+        alpha, sigma = process.marginal(t)
+        dens = process.g2(t) / sigma**2 / (lam_lo - lam_hi)
+        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+
+    def __repr__(self) -> str:
+        return f"LogSNRImportance(low={self.low!r}, high={self.high!r})"
+
+
+class LogNormalSigma:
+    r"""EDM's training noise levels (Karras et al. 2022, Table 1):
+    :math:`\ln\hat\sigma \sim \mathcal{N}(P_{mean}, P_{std}^2)` with
+    :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.processes.EDM`),
+    truncated to :math:`[\hat\sigma(\text{low}), \hat\sigma(\text{high})]` so that ``t`` stays
+    in the process domain; drawn exactly by the inverse CDF and mapped to ``t`` by
+    :func:`t_of_log_snr`. The truncation removes :math:`<2\cdot10^{-5}` of the mass for the
+    defaults on ``EDM(0.002, 80)``.
+    """
+
+    def __init__(
+        self,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        low: float | None = None,
+        high: float | None = None,
+    ):
+        self.p_mean = float(p_mean)
+        if not math.isfinite(self.p_mean):
+            raise ValueError(f"p_mean must be finite, got {p_mean!r}")
+        self.p_std = check_positive("p_std", p_std)
+        self.low, self.high = low, high
+
+    def bounds(self, process: Process) -> tuple[float, float]:
+        """The support ``(low, high)`` in ``t`` for ``process``."""
+        return _bounds(process, self.low, self.high)
+
+    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
+        """``(low, high, Phi(z_low), Phi(z_high))``, cached for the last process seen."""
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is process:
+            return cached[1]
+        lo, hi = self.bounds(process)
+        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+        z = [(-0.5 * lam - self.p_mean) / self.p_std for lam in lams]  # standardised ln(s_hat)
+        phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
+        self._cache = (process, (lo, hi, phi[0], phi[1]))
+        return self._cache[1]
+
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` times, shape ``(B,)``."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        u = _rand((batch,), generator, torch.float64, device)
+        z = torch.special.ndtri(c_lo + (c_hi - c_lo) * u)
+        log_sh = self.p_mean + self.p_std * z
+        t = t_of_log_snr(process, -2 * log_sh)
+        return t.clamp(lo, hi).to(dtype)
+
+    def pdf(self, process: Process, t: Tensor) -> Tensor:
+        r"""Density of ``t``: the truncated normal density of :math:`\ln\hat\sigma` times
+        :math:`|d\ln\hat\sigma/dt| = g^2/(2\sigma^2)`."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        mass = c_hi - c_lo
+        alpha, sigma = process.marginal(t)
+        z = (torch.log(sigma / alpha) - self.p_mean) / self.p_std
+        dens_log = torch.exp(-0.5 * z**2) / (self.p_std * math.sqrt(2 * math.pi) * mass)
+        dens = dens_log * process.g2(t) / (2 * sigma**2)
+        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+
+    def __repr__(self) -> str:
+        return f"LogNormalSigma(p_mean={self.p_mean!r}, p_std={self.p_std!r})"
+
+
+class GridT:
+    r"""``t`` uniform on a finite grid: NCSN's noise levels (Song & Ermon 2019, labels drawn
+    uniformly from :math:`\{1..L\}`) or DDPM's :math:`t \in \{1..N\}` (Ho et al. 2020).
+
+    Arguments:
+        times: 1-D tensor of times inside the process domain (checked when sampling).
+    """
+
+    def __init__(self, times: Tensor):
+        times = check_tensor("times", torch.as_tensor(times, dtype=torch.float64), min_dim=1)
+        if times.dim() != 1 or times.numel() < 1:
+            raise ValueError(f"times must be a non-empty 1-D tensor, got {tuple(times.shape)}")
+        self.times = check_finite("times", times)
+
+    def sample(
+        self,
+        process: Process,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> Tensor:
+        """Draw ``batch`` grid times, shape ``(B,)``."""
+        process.check_t(self.times, "times")
+        gdev = generator.device if generator is not None else "cpu"
+        idx = torch.randint(len(self.times), (batch,), generator=generator, device=gdev).cpu()
+        return self.times[idx].to(device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        lo, hi = float(self.times.min()), float(self.times.max())
+        return f"GridT({len(self.times)} times in [{lo:g}, {hi:g}])"
