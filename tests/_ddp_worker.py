@@ -6,13 +6,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-
-from _dsm import SigmaDSM  # noqa: E402
-from scorekit import VE, ScoreModel  # noqa: E402
-from scorekit.data import load_data  # noqa: E402
-from scorekit.nets import MLP  # noqa: E402
-from scorekit.train import TrainConfig, Trainer, init_distributed, shutdown_distributed  # noqa: E402
+from scorekit import VE, ScoreModel, make_objective
+from scorekit.data import load_data
+from scorekit.nets import MLP
+from scorekit.train import TrainConfig, Trainer, init_distributed, shutdown_distributed
 
 
 def main(out: str, accum: int) -> None:
@@ -22,7 +19,7 @@ def main(out: str, accum: int) -> None:
     process = VE(0.01, 3.0)
     model = ScoreModel(MLP(2, hidden=32, depth=2), process)
     cfg = TrainConfig(steps=20, batch_size=64, accum=accum, warmup=5, progress=False)
-    trainer = Trainer(model, SigmaDSM(process), data.x, cfg, None)
+    trainer = Trainer(model, make_objective("dsm", process), data.x, cfg, None)
     trainer.fit()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save(flat, f"{out}/params_rank{rank}_of{world}.pt")
