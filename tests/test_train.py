@@ -271,3 +271,23 @@ def test_training_on_a_mixture_beats_an_untrained_model(mixture2d):
 
     trained_sw, untrained_sw = sw(trainer.ema.module), sw(untrained)
     assert trained_sw < 0.3 * untrained_sw, (trained_sw, untrained_sw)
+
+
+def test_gradient_clipping_matches_torch():
+    from scorekit.train import _clip_grad
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m(torch.randn(5, 3)).pow(2).sum().backward()
+    norm = _clip_grad(list(a.parameters()), 0.1)
+    ref = torch.nn.utils.clip_grad_norm_(list(b.parameters()), 0.1)
+    assert norm == pytest.approx(float(ref), rel=1e-6) and norm > 0.1
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5)
+    assert _clip_grad(list(a.parameters()), None) == pytest.approx(0.1, rel=1e-4)
+    a.weight.grad[0, 0] = float("nan")
+    before = a.bias.grad.clone()
+    assert _clip_grad(list(a.parameters()), 0.01) != _clip_grad(list(a.parameters()), 0.01)
+    assert torch.equal(a.bias.grad, before)  # nothing scaled when the norm is not finite

@@ -139,6 +139,19 @@ def _seed(*ints: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def _clip_grad(params: list[Tensor], max_norm: float | None) -> float:
+    r"""Scale the gradients to global norm at most ``max_norm`` (``None``: no clipping) and
+    return the norm before scaling, :math:`\lVert (\lVert g_i \rVert)_i \rVert_2` (NaN or
+    inf when a gradient is not finite; nothing is scaled then)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if max_norm is not None and math.isfinite(total) and total > max_norm:
+        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+    return total
+
+
 class _Loss(nn.Module):
     """The objective as a module, so DistributedDataParallel wraps the whole loss."""
 
@@ -296,10 +309,18 @@ class Trainer:
         keep = [ln for ln in p.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
         p.write_text("".join(ln + "\n" for ln in keep))
 
-    def _bucket(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        sigma = self.process.sigma(t.detach().double().cpu())
-        idx = torch.bucketize(sigma, self.sigma_edges[1:-1])
-        return idx, sigma
+    def _bucket_stats(self, pending: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Sum and count of the losses per sigma bucket, over the steps since the last log."""
+        nb = self.cfg.sigma_buckets
+        sums = torch.zeros(nb, dtype=torch.float64)
+        counts = torch.zeros(nb, dtype=torch.float64)
+        if pending:
+            t = torch.cat([p[0] for p in pending]).double().cpu()
+            losses = torch.cat([p[1] for p in pending]).double().cpu()
+            idx = torch.bucketize(self.process.sigma(t), self.sigma_edges[1:-1])
+            sums.index_add_(0, idx, losses)
+            counts.index_add_(0, idx, torch.ones_like(losses))
+        return sums, counts
 
     # -- the loop ------------------------------------------------------------------------
     def _step_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -336,9 +357,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.model.train()
-        nb = cfg.sigma_buckets
-        sums = torch.zeros(nb, dtype=torch.float64)
-        counts = torch.zeros(nb, dtype=torch.float64)
+        pending: list[tuple[Tensor, Tensor]] = []  # (t, losses) of the good steps since the log
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = None
         if cfg.progress and self.rank == 0:
@@ -353,15 +372,14 @@ class Trainer:
                     group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
                 self.opt.zero_grad(set_to_none=True)
                 losses, t, _ = self._step_batch(step)
-                clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-                mean = losses.mean()
-                bad = ~(torch.isfinite(mean) & torch.isfinite(gnorm))
+                gnorm = _clip_grad(params, cfg.grad_clip)
+                mean = float(losses.mean())
+                bad = not (math.isfinite(mean) and math.isfinite(gnorm))
                 if self._ddp is not None:
-                    flag = bad.float().reshape(1).cpu()
+                    flag = torch.tensor([float(bad)])
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    bad = flag[0] > 0
-                if bool(bad):
+                    bad = bool(flag[0] > 0)
+                if bad:
                     s = self.process.sigma(t.detach().double().cpu())
                     what = (
                         f"non-finite loss or gradient at step {step + 1} "
@@ -376,19 +394,16 @@ class Trainer:
                 else:
                     self.opt.step()
                     self.ema.update(self.model)
-                    b, _ = self._bucket(t)
-                    sums.index_add_(0, b, losses.double().cpu())
-                    counts.index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
-                    last = float(mean)
+                    pending.append((t, losses))
+                    last = mean
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
                     if self.step % 10 == 0 or self.step == cfg.steps:
                         bar.set_postfix(loss=f"{last:.4g}", skipped=self.skipped)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log(sums, counts, t0, steps0)
-                    sums.zero_()
-                    counts.zero_()
+                    self._log(*self._bucket_stats(pending), t0, steps0)
+                    pending.clear()
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save()
         finally:
