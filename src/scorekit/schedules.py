@@ -61,7 +61,9 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     rho = check_positive("rho", rho)
     ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     inv = 1.0 / rho
-    return (hi**inv + ramp * (lo**inv - hi**inv)) ** rho
+    out = (hi**inv + ramp * (lo**inv - hi**inv)) ** rho
+    out[0], out[-1] = hi, lo  # exact ends, free of round-off
+    return out
 
 
 def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -74,7 +76,9 @@ def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
     steps = check_int("steps", steps, minimum=1)
     lo, hi = _check_range(sigma_min, sigma_max)
     ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    return torch.exp(math.log(hi) + ramp * (math.log(lo) - math.log(hi)))
+    out = torch.exp(math.log(hi) + ramp * (math.log(lo) - math.log(hi)))
+    out[0], out[-1] = hi, lo
+    return out
 
 
 def _check_range(lo: float, hi: float) -> tuple[float, float]:
