@@ -239,5 +239,26 @@ def test_bad_input(mix):
         sample(ScoreModel(lambda x, t: x, VP()), 10, "euler", 5, g)
     with pytest.raises(ValueError, match="predictor"):
         make_sampler("pc", predictor="ode")
+    with pytest.raises(ValueError, match="predictor must step"):
+        make_sampler("pc", predictor=make_sampler("dopri5"))
     with pytest.raises(ValueError, match="annealed_langevin"):
         sample(model, 10, "annealed_langevin", 1, g)
+
+
+def test_pc_with_an_ode_predictor(mix):
+    # Any single-step sampler can predict; the corrector's noise comes first from the
+    # generator, so the predictor step is reproducible by hand.
+    from scorekit.samplers import PredictorCorrector
+
+    model = ExactScore(mix, VE(0.01, 10.0))
+    x = torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grid = torch.tensor([0.9, 0.8], dtype=torch.float64)
+    res = PredictorCorrector(DDIM(0.0), snr=0.1)(model, x, grid, torch.Generator().manual_seed(2))
+    from scorekit.samplers.base import CountingModel
+
+    corrected = LangevinCorrector(0.1)(
+        CountingModel(model), x, grid[0], grid[1], torch.Generator().manual_seed(2)
+    )
+    expect = DDIM(0.0)(model, corrected, grid).x
+    torch.testing.assert_close(res.x, expect)
+    assert res.nfe == 2

@@ -119,7 +119,9 @@ class PredictorCorrector(Sampler):
 
     Arguments:
         predictor: ``"reverse_diffusion"`` (:class:`ReverseDiffusion`), ``"euler_maruyama"``
-            (:class:`EulerMaruyama`) or ``"ancestral"`` (:class:`~scorekit.samplers.ddpm.DDPM`).
+            (:class:`EulerMaruyama`), ``"ancestral"`` (:class:`~scorekit.samplers.ddpm.DDPM`),
+            or any single-step :class:`~scorekit.samplers.base.Sampler` instance (e.g.
+            ``DDIM(0.0)`` or ``Heun()`` for an ODE predictor).
         snr: the corrector's signal-to-noise ratio :math:`r` (0.16 for VE in Song et al.).
         corrector_steps: corrector steps per grid time.
 
@@ -129,16 +131,27 @@ class PredictorCorrector(Sampler):
     stochastic = True
 
     def __init__(
-        self, predictor: str = "reverse_diffusion", snr: float = 0.16, corrector_steps: int = 1
+        self,
+        predictor: str | Sampler = "reverse_diffusion",
+        snr: float = 0.16,
+        corrector_steps: int = 1,
     ):
-        self.predictor = check_choice("predictor", predictor, PREDICTORS)
-        self._predictor = {
-            "euler_maruyama": EulerMaruyama,
-            "reverse_diffusion": ReverseDiffusion,
-            "ancestral": DDPM,
-        }[predictor]()
+        if isinstance(predictor, Sampler):
+            if type(predictor)._run is not Sampler._run or not predictor.strict_grid:
+                raise ValueError(f"predictor must step grid point to grid point, got {predictor!r}")
+            self.predictor, self._predictor = repr(predictor), predictor
+        else:
+            self.predictor = check_choice("predictor", predictor, PREDICTORS)
+            self._predictor = {
+                "euler_maruyama": EulerMaruyama,
+                "reverse_diffusion": ReverseDiffusion,
+                "ancestral": DDPM,
+            }[predictor]()
         self._corrector = LangevinCorrector(snr, corrector_steps)
         self.snr, self.corrector_steps = self._corrector.snr, self._corrector.steps
+
+    def init(self, x, grid):
+        return self._predictor.init(x, grid)
 
     def step(self, model, x, t, t_next, state, generator, last):
         x = self._corrector(model, x, t, t_next, generator)
