@@ -112,10 +112,6 @@ class Sampler:
         """Move ``x`` from time ``t`` to ``t_next``; returns the new state."""
         raise NotImplementedError
 
-    def finish(self, model: CountingModel, x: Tensor, t: Tensor, state: dict) -> Tensor:
-        """Applied once after the last step (identity unless the sampler denoises)."""
-        return x
-
     def _run(self, model, x, grid, generator, return_trajectory):
         traj = [x] if return_trajectory else None
         state = self.init(x, grid)
@@ -124,7 +120,7 @@ class Sampler:
             x, state = self.step(model, x, grid[i], grid[i + 1], state, generator, i == n - 1)
             if traj is not None:
                 traj.append(x)
-        return self.finish(model, x, grid[-1], state), traj, state
+        return x, traj, state
 
     def __call__(
         self,
@@ -150,8 +146,3 @@ class Sampler:
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn from ``generator``."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
-def coef(fn, t: Tensor) -> float:
-    """A process coefficient at a scalar time, as a Python float (computed in float64)."""
-    return float(fn(t))
