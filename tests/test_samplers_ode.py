@@ -121,3 +121,17 @@ def test_midpoint_tableau_is_second_order(mixture2d):
     mid = RungeKutta(a=[[], [0.5]], b=[0.0, 1.0], order=2)
     errors = [rmse(mid(model, x, time_grid(p, n)).x, ref) for n in STEPS]
     assert math.isclose(slope(STEPS, errors), 2.0, abs_tol=0.3), errors
+
+
+def test_dpmpp_lower_order_final(mixture2d):
+    # With lower_order_final on a grid of N < 15 steps the orders are capped by the steps
+    # left: 3 steps -> orders 1, 2, 1 for both 2M and 3M; 2 steps -> 1, 1 (DDIM).
+    p = VP()
+    model = ExactScore(mixture2d, p)
+    x = p.prior_sample((16, 2), torch.Generator().manual_seed(4), torch.float64)
+    g3, g2 = time_grid(p, 3, "geometric"), time_grid(p, 2, "geometric")
+    a = DPMSolverPP(3, lower_order_final=True)(model, x, g3).x
+    torch.testing.assert_close(a, DPMSolverPP(2, lower_order_final=True)(model, x, g3).x)
+    assert not torch.allclose(a, DPMSolverPP(2)(model, x, g3).x)
+    b = DPMSolverPP(2, lower_order_final=True)(model, x, g2).x
+    torch.testing.assert_close(b, DDIM(0.0)(model, x, g2).x)

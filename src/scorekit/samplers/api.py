@@ -23,8 +23,8 @@ __all__ = ["DEFAULT_STEPS", "SAMPLERS", "default_grid", "make_sampler", "sample"
 _FACTORIES = {
     "euler": Euler,
     "heun": Heun,
-    "dpmpp_2m": lambda: DPMSolverPP(order=2),
-    "dpmpp_3m": lambda: DPMSolverPP(order=3),
+    "dpmpp_2m": lambda **kw: DPMSolverPP(order=2, **kw),
+    "dpmpp_3m": lambda **kw: DPMSolverPP(order=3, **kw),
     "dopri5": Dopri5,
     "euler_maruyama": EulerMaruyama,
     "reverse_diffusion": ReverseDiffusion,
