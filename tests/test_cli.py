@@ -118,3 +118,17 @@ def test_advise_prints_and_saves(tmp_path, capsys):
     )
     # Technique 1 on the data the model sees: the largest pairwise distance (all 300 points)
     assert adv["process"]["sigma_max"] == pytest.approx(float(torch.pdist(x.x.double()).max()))
+
+
+def test_demo_smoke(tmp_path):
+    from scorekit.demo import run_demo
+
+    threads = torch.get_num_threads()
+    text = run_demo(tmp_path / "demo", steps=30, quiet=True, n_samples=100, n_nll=10)
+    assert torch.get_num_threads() == threads  # the demo's single thread is restored
+    for name in ("score_field.png", "samples.png", "trajectories.png", "loss_per_sigma.png"):
+        assert f"]({name})" in text
+        assert (tmp_path / "demo" / name).stat().st_size > 10_000
+    assert (tmp_path / "demo" / "report.md").read_text() == text
+    for label in ("annealed_langevin", "euler_maruyama", "heun", "nats", "true density"):
+        assert label in text

@@ -122,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif ckpt.exists():
         raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
     s = _settings(args, stored)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rank, _, device = init_distributed()
     if args.device is not None:
         device = torch.device(args.device)
@@ -387,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.add_argument("--config", help="JSON file with settings (flags override it)")
     t.add_argument("--device", help="torch device (default: cuda if available)")
+    t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -442,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=None, help="training steps (default 3000)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 4000)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return ap
