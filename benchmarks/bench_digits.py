@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import linalg
-from scorekit.losses import make_objective
-from scorekit.samplers import sample
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -31,8 +29,10 @@ from sklearn.model_selection import train_test_split
 
 from scorekit import VP, ScoreModel
 from scorekit.data import Normalizer
+from scorekit.losses import make_objective
 from scorekit.nets import UNet
 from scorekit.plots import plot_image_grid, save_figure
+from scorekit.samplers import sample
 from scorekit.train import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
