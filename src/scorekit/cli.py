@@ -235,7 +235,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
             kw[k] = getattr(args, k)
     if args.divergence == "hutchinson":
         kw["generator"] = torch.Generator().manual_seed(args.seed)
-    bins = meta["data"].get("bins") if args.data == meta["data"]["spec"] else None
+    images = args.data == "digits" or Path(args.data).is_dir()
+    bins = meta["data"].get("bins") if images else None  # discrete pixels: dequantised bpd
     r = nll_report(model, normalizer, x, bins, **kw)
     print(
         f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats, {r['bpd']:.4f} ± {r['bpd_stderr']:.4f}"
