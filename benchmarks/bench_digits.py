@@ -63,7 +63,7 @@ def run(quick: bool = False, steps: int | None = None) -> dict:
     torch.manual_seed(0)
     model = ScoreModel(UNet(1, base=32, mults=(1, 2)), process, prediction="eps")
     cfg = TrainConfig(
-        steps=steps, batch_size=128, lr=2e-3, warmup=200, ema_decay=0.999, progress=not quick
+        steps=steps, batch_size=128, lr=2e-3, warmup=200, ema_decay=0.999, progress=False
     )
     trainer = Trainer(model, make_objective("dsm", process), train, cfg, None, normalizer=norm)
     fit = trainer.fit()
