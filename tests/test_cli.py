@@ -132,3 +132,22 @@ def test_demo_smoke(tmp_path):
     assert (tmp_path / "demo" / "report.md").read_text() == text
     for label in ("annealed_langevin", "euler_maruyama", "heun", "nats", "true density"):
         assert label in text
+
+
+def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
+    run = tmp_path / "dg"
+    assert main(["train", "--data", "digits", "--steps", "2", "--batch", "8", "--quiet",
+                 "--out", str(run)]) == 0  # fmt: skip
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["data"]["bins"] == 17 and meta["model"]["net"]["name"] == "unet"
+    capsys.readouterr()
+    argv = ["likelihood", str(run), "--data", "digits", "--n", "4", "--method", "euler",
+            "--steps", "2", "--divergence", "hutchinson"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    nll, bpd = float(out.split()[1]), float(out.split("nats, ")[1].split()[0])
+    # discrete data: NLL = bpd * D * ln 2, with no change-of-variables term
+    assert nll == pytest.approx(bpd * 64 * np.log(2), rel=1e-3)
+    argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["grid.png", "loss.png"]
