@@ -228,7 +228,11 @@ class Trainer:
         self._ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = nn.parallel.DistributedDataParallel(self._loss, device_ids=ids)
+            # An energy's score -grad_x E does not depend on the output bias: unused there.
+            unused = model.prediction == "energy"
+            self._ddp = nn.parallel.DistributedDataParallel(
+                self._loss, device_ids=ids, find_unused_parameters=unused
+            )
 
     # -- checkpoints -------------------------------------------------------------------
     @property
