@@ -132,6 +132,8 @@ def test_resume_is_bit_identical(tmp_path):
 
     model, obj, data, cfg = _setup(steps=10, log_every=4)
     Trainer(model, obj, data.x, cfg, tmp_path / "b").fit()
+    with open(tmp_path / "b" / "log.jsonl", "a") as fh:  # as if killed while writing a line
+        fh.write('{"step": 12, "loss"')
     model, obj, data, cfg = _setup(steps=24, log_every=4)
     torch.manual_seed(123)  # a different global RNG and init: resume must restore everything
     model = ScoreModel(MLP(2, hidden=32, depth=2), model.process)

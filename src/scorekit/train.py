@@ -37,7 +37,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._validate import check_choice, check_int, check_positive
-from .checkpoint import load_checkpoint, load_state, model_config, prefixed, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    load_state,
+    model_config,
+    prefixed,
+    save_checkpoint,
+    write_atomic,
+)
 from .data import Normalizer
 from .ema import EMA
 from .parametrize import ScoreModel
@@ -310,8 +317,14 @@ class Trainer:
         p = self.log_path
         if p is None or self.rank != 0 or not p.exists():
             return
-        keep = [ln for ln in p.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-        p.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for line in p.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    keep.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by the interruption
+        write_atomic(p, "".join(keep))
 
     def _bucket_stats(self, pending: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """Sum and count of the losses per sigma bucket, over the steps since the last log."""
