@@ -82,10 +82,10 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
     for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
         if getattr(args, flag) is not None:
             s[flag] = getattr(args, flag)
-    if args.process is not None:
-        s["process"] = {"name": args.process}
-    if args.net is not None:
-        s["net"] = {"name": args.net}
+    for flag in ("process", "net"):  # a new name drops the options of the old one
+        name = getattr(args, flag)
+        if name is not None and str(s[flag].get("name", "")).lower() != name:
+            s[flag] = {"name": name}
     flags = {
         "steps": "steps",
         "batch": "batch_size",
