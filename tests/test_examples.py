@@ -72,3 +72,18 @@ def test_noise_levels(tmp_path):
     assert abs(r["levels"] - 232) <= 23.2  # NCSNv2's CIFAR-10 L, within 10 %
     assert float(f"{r['eps']:.1e}") == 6.2e-6  # NCSNv2's CIFAR-10 eps, two figures
     assert 1 < r["ratio"] <= r["grid_min"] + 1e-12  # eps is the minimum of the ratio
+
+
+def test_dsm_exercise(tmp_path):
+    r = run_example("dsm_exercise", tmp_path)
+    for case, loss in (("a", 0.0), ("b", 0.005), ("c", 0.0), ("d", 0.0)):  # the seed's table
+        assert r[f"loss_{case}"] == pytest.approx(loss, abs=1e-12)
+    n = r["n"]
+    # DSM's minimiser is the noised score -x/(1 + sigma^2): a = 1/2, not the clean a = 1;
+    # the regression slope of eps on x~ has standard error 1/(2 sqrt(n))
+    assert abs(r["a_hat"] - 0.5) < 5 * 0.5 / math.sqrt(n)
+    # J_DSM(a) - J_ESM(a; p_sigma) = 1/4 for every a (Vincent's constant), up to Monte Carlo
+    assert abs(r["gap_min"] - 0.25) < 6 / math.sqrt(n) and abs(r["gap_max"] - 0.25) < 6 / math.sqrt(
+        n
+    )
+    assert r["max_dev"] < 8 / math.sqrt(n)  # the closed-form parabola
