@@ -87,3 +87,14 @@ def test_dsm_exercise(tmp_path):
         n
     )
     assert r["max_dev"] < 8 / math.sqrt(n)  # the closed-form parabola
+
+
+def test_ism_ssm(tmp_path):
+    r = run_example("ism_ssm", tmp_path)
+    assert r["mass"] == pytest.approx(1.0, abs=1e-10)  # the quadrature integrates p
+    # Hyvarinen: J_ESM - J_ISM = 1/2 E||grad log p||^2 for every score function (quadrature)
+    assert r["max_dev"] < 1e-9 and r["const"] > 1.0
+    assert r["esm_exact"] < 1e-12  # ESM vanishes at the true score
+    assert abs(r["z_ssm"]) < 4.5 and abs(r["z_ssm_vr"]) < 4.5  # SSM and SSM-VR: unbiased ISM
+    # the exact trace costs d vector-Jacobian products, SSM one: its relative cost grows with d
+    assert r["ratio_large"] > 2 * r["ratio_small"]
