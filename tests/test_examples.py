@@ -98,3 +98,12 @@ def test_ism_ssm(tmp_path):
     assert abs(r["z_ssm"]) < 4.5 and abs(r["z_ssm_vr"]) < 4.5  # SSM and SSM-VR: unbiased ISM
     # the exact trace costs d vector-Jacobian products, SSM one: its relative cost grows with d
     assert r["ratio_large"] > 2 * r["ratio_small"]
+
+
+def test_dae_score(tmp_path):
+    r = run_example("dae_score", tmp_path)
+    assert r["gap"] < 1e-12  # 1/2 ||r - x||^2 = sigma^4 * DSM of (r(x~) - x~) / sigma^2, exactly
+    # both trained networks approach the noised score (relative squared error on p_sigma) ...
+    assert r["err_dae"] < 0.15 and r["err_dsm"] < 0.15
+    # ... which is far from the clean score at the same points
+    assert r["err_clean"] > 10 * max(r["err_dae"], r["err_dsm"])
