@@ -28,7 +28,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks examples
 	$(VENV)/bin/ruff check --fix src tests benchmarks examples
 
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(PIP) -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py --out benchmarks/results
 
 demo: $(STAMP)

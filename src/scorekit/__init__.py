@@ -1,6 +1,6 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
-from . import losses, weighting
+from . import losses, metrics, samplers, schedules, weighting
 from .advise import Advice, advise, save_advice
 from .distributions import ExactScore, Gaussian, GaussianMixture
 from .likelihood import BitsPerDim, LikelihoodResult, bits_per_dim
@@ -22,10 +22,22 @@ from .losses import (
     ssm,
     ssm_vr,
 )
+from .metrics import sliced_wasserstein
 from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
+from .samplers import SAMPLERS, SampleResult, sample
+from .schedules import karras_sigmas, time_grid
 
 __all__ = [
+    "metrics",
+    "samplers",
+    "schedules",
+    "sliced_wasserstein",
+    "SAMPLERS",
+    "SampleResult",
+    "sample",
+    "karras_sigmas",
+    "time_grid",
     "OBJECTIVES",
     "DDPMObjective",
     "DiffusionLoss",

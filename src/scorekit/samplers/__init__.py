@@ -1,0 +1,52 @@
+r"""Samplers for score models: Langevin (ULA, MALA, annealed), reverse SDE
+(Euler–Maruyama, reverse diffusion, predictor–corrector), probability-flow ODE (Euler,
+Heun, dopri5, DPM-Solver++ 2M/3M), DDPM/DDIM and EDM's stochastic sampler.
+
+One calling convention: ``sampler(model, x, grid, generator=None,
+return_trajectory=False) -> SampleResult(x, nfe, trajectory)``, with ``model`` a
+:class:`~scorekit.parametrize.ScoreModel`, ``x`` the state at ``grid[0]`` and ``grid``
+decreasing process times (:mod:`scorekit.schedules`). :func:`sample` is the entry point
+by name, with default grids, the process prior and chunking.
+
+Example:
+    >>> import torch, scorekit as sk
+    >>> from scorekit.samplers import sample
+    >>> target = sk.GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
+    >>> model = sk.ExactScore(target, sk.VP())
+    >>> r = sample(model, 500, "dpmpp_2m", steps=20, generator=torch.Generator().manual_seed(0))
+    >>> r.x.shape, r.nfe
+    (torch.Size([500, 2]), 20)
+"""
+
+from .api import DEFAULT_STEPS, SAMPLERS, default_grid, make_sampler, sample
+from .base import CountingModel, Sampler, SampleResult
+from .ddpm import DDIM, DDPM
+from .edm import EDMSampler
+from .langevin import AnnealedLangevin, Langevin
+from .ode import Dopri5, DPMSolverPP, Euler, Heun, RungeKutta
+from .sde import EulerMaruyama, LangevinCorrector, PredictorCorrector, ReverseDiffusion
+
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "DEFAULT_STEPS",
+    "SAMPLERS",
+    "AnnealedLangevin",
+    "CountingModel",
+    "DPMSolverPP",
+    "Dopri5",
+    "EDMSampler",
+    "Euler",
+    "EulerMaruyama",
+    "Heun",
+    "Langevin",
+    "LangevinCorrector",
+    "PredictorCorrector",
+    "ReverseDiffusion",
+    "RungeKutta",
+    "SampleResult",
+    "Sampler",
+    "default_grid",
+    "make_sampler",
+    "sample",
+]
