@@ -107,3 +107,35 @@ def test_dae_score(tmp_path):
     assert r["err_dae"] < 0.15 and r["err_dsm"] < 0.15
     # ... which is far from the clean score at the same points
     assert r["err_clean"] > 10 * max(r["err_dae"], r["err_dsm"])
+
+
+def test_langevin_annealed(tmp_path):
+    r = run_example("langevin_annealed", tmp_path)
+    n = r["n"]
+    se = math.sqrt(0.8 * 0.2 / n)
+    assert abs(r["frac_true"] - 0.8) < 5 * se  # the exact sampler
+    # Langevin with the clean score keeps the split of its symmetric start, not 0.2 / 0.8 ...
+    assert abs(r["frac_langevin"] - 0.5) < 5 * math.sqrt(0.25 / n) and r["crossed"] == 0
+    assert abs(r["mode_std"] - 1) < 0.1  # ... though it samples each mode well
+    # annealed Langevin recovers the weights (30 steps per level leave a bias of about 0.02)
+    assert abs(r["frac_annealed"] - 0.8) < 5 * se + 0.03
+    assert r["nfe_langevin"] == 300 and r["nfe_annealed"] == 20 * 30 + 1  # + final denoising
+
+
+def test_sde_ode(tmp_path):
+    r = run_example("sde_ode", tmp_path)
+    n = r["n"]
+    # the forward SDE reaches Var(x_1) = alpha^2 Var(x_0) + sigma^2 (Euler-Maruyama, 200 steps)
+    assert abs(r["var_ratio"] - 1) < 5 * math.sqrt(2 / n) + 0.01
+    assert r["ode_gap"] == 0.0 and r["sde_gap"] > 1.0  # same start: ODE same sample, SDE not
+    assert abs(r["z_sde"]) < 4.5 and abs(r["z_ode"]) < 4.5  # both sample the data (E log p)
+    assert r["ll_gap"] < 2e-3  # ODE log-likelihood = true log-density (dopri5, rtol 1e-5)
+
+
+def test_ebm_score_matching(tmp_path):
+    r = run_example("ebm_score_matching", tmp_path)
+    # SSM on data alone learns E = -log p + const (rms error small against the sd of log p)
+    assert r["e_err"] < 0.3 * r["spread"]
+    # MALA samples exp(-E)/Z exactly: E[x_2^2] agrees with quadrature of the learned density
+    assert abs(r["z_mala"]) < 4.5 and 0.5 < r["acceptance"] < 1.0
+    assert 0.15 < r["m2_model"] < 0.35  # near the data's 0.25
