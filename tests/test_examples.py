@@ -96,8 +96,8 @@ def test_ism_ssm(tmp_path):
     assert r["max_dev"] < 1e-9 and r["const"] > 1.0
     assert r["esm_exact"] < 1e-12  # ESM vanishes at the true score
     assert abs(r["z_ssm"]) < 4.5 and abs(r["z_ssm_vr"]) < 4.5  # SSM and SSM-VR: unbiased ISM
-    # the exact trace costs d vector-Jacobian products, SSM one: its relative cost grows with d
-    assert r["ratio_large"] > 2 * r["ratio_small"]
+    # (the cost of the exact trace against SSM is drawn by the lesson; timings are not asserted
+    # in unit tests, they belong to make bench: see benchmarks/bench_losses.py)
 
 
 def test_dae_score(tmp_path):
