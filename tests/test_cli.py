@@ -151,3 +151,23 @@ def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
     argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["grid.png", "loss.png"]
+
+
+def test_process_and_network_defaults(tmp_path):
+    from scorekit.processes import EDM
+    from scorekit.recipe import build_run_model, net_config_for
+
+    assert net_config_for({"name": "auto"}, (1, 8, 8), EDM())["name"] == "unet"
+    assert net_config_for({"name": "auto"}, (2,), EDM())["time_input"] == "log_t"
+    # EDM preconditioning feeds the net c_noise = log(sigma)/4 (negative below sigma = 1)
+    assert "time_input" not in net_config_for({"name": "auto"}, (2,), EDM(), precond=True)
+    settings = {"net": {"name": "auto"}, "prediction": "auto", "loss": "edm", "loss_kwargs": {}}
+    model = build_run_model(settings, (2,), EDM())
+    assert model.prediction == "x0" and type(model.net).__name__ == "EDMPrecond"
+    # the raw network sees distinct inputs for distinct small sigmas
+    x = torch.zeros(2, 2)
+    t = torch.tensor([0.01, 0.1])
+    seen = []
+    model.net.net.register_forward_hook(lambda m, a, out: seen.append(m.embed(a[1])))
+    model(x, t)
+    assert not torch.allclose(seen[0][0], seen[0][1])

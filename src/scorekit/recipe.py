@@ -71,13 +71,17 @@ def build_process(spec: dict, data: torch.Tensor):
     return processes.from_config({"name": PROCESSES[name], **kwargs})
 
 
-def net_config_for(spec: dict, shape: tuple[int, ...], process) -> dict:
-    """A full ``scorekit.nets`` config from a partial ``spec`` for examples of ``shape``."""
+def net_config_for(spec: dict, shape: tuple[int, ...], process, precond: bool = False) -> dict:
+    """A full ``scorekit.nets`` config from a partial ``spec`` for examples of ``shape``.
+
+    With the EDM process the network embeds :math:`\\log t` (``t = sigma`` spans decades),
+    unless EDM preconditioning (``precond``) already hands it :math:`c_{noise} = \tfrac14
+    \\log\\sigma`."""
     name = spec.get("name", "auto")
     if name == "auto":
         name = "unet" if len(shape) == 3 and shape[1] >= 8 and shape[2] >= 8 else "mlp"
     net = {k: v for k, v in spec.items() if k != "name"}
-    if type(process).__name__ == "EDM":
+    if type(process).__name__ == "EDM" and not precond:
         net.setdefault("time_input", "log_t")
     if name == "unet":
         if len(shape) != 3:
@@ -95,7 +99,7 @@ def build_run_model(settings: dict, shape: tuple[int, ...], process):
     """The untrained :class:`~scorekit.parametrize.ScoreModel` the settings describe."""
     from .checkpoint import build_model
 
-    net = net_config_for(settings["net"], shape, process)
+    net = net_config_for(settings["net"], shape, process, precond=settings["loss"] == "edm")
     prediction, precond = settings["prediction"], None
     if settings["loss"] == "edm":
         precond = {"name": "edm", "sigma_data": settings["loss_kwargs"].get("sigma_data", 0.5)}
