@@ -378,9 +378,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = None
         if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
+            try:  # tqdm comes with the 'cli' extra; without it, no bar
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
         t0, steps0, last = time.perf_counter(), self.step, float("nan")
         try:
             while self.step < cfg.steps:
