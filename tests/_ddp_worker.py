@@ -8,8 +8,9 @@ import torch
 
 from scorekit import VE, ScoreModel, make_objective
 from scorekit.data import load_data
+from scorekit.distributed import init_distributed, shutdown_distributed
 from scorekit.nets import MLP
-from scorekit.train import TrainConfig, Trainer, init_distributed, shutdown_distributed
+from scorekit.train import TrainConfig, Trainer
 
 
 def main(out: str, accum: int) -> None:

@@ -110,7 +110,8 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_data
-    from .train import TrainConfig, Trainer, init_distributed, shutdown_distributed
+    from .distributed import init_distributed, shutdown_distributed
+    from .train import TrainConfig, Trainer
 
     out = _out_dir(args.out)
     ckpt = out / "checkpoint.safetensors"

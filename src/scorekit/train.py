@@ -26,7 +26,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +45,7 @@ from .checkpoint import (
     write_atomic,
 )
 from .data import Normalizer
+from .distributed import init_distributed
 from .ema import EMA
 from .parametrize import ScoreModel
 
@@ -53,8 +53,6 @@ __all__ = [
     "NonFiniteLoss",
     "TrainConfig",
     "Trainer",
-    "init_distributed",
-    "shutdown_distributed",
 ]
 
 
@@ -107,33 +105,6 @@ class TrainConfig:
                 f"unknown training setting(s) {sorted(unknown)}; known: {sorted(names)}"
             )
         return cls(**d)
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``):
-    nccl with one GPU per local rank if CUDA is available, else gloo on CPU.
-    Returns ``(rank, world_size, device)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return rank, world, device
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group cleanly: collect garbage (DDP's reducer), wait for every
-    rank, destroy the group. Without it a gloo process can abort at exit."""
-    if dist.is_initialized():
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def _seed(*ints: int) -> int:
