@@ -12,6 +12,7 @@ from scorekit.conditional import (
     ClassifierObjective,
     ConditionalObjective,
     drop_labels,
+    labels_from_column,
     pack_labels,
     unpack_labels,
 )
@@ -119,3 +120,14 @@ def test_classifier_objective_is_smallest_for_the_bayes_classifier(mix):
     assert best < math.log(3) - 0.3
     with pytest.raises(ValueError, match=r"logits of shape \(B, 3\)"):
         ce(lambda x, t: x)
+
+
+def test_labels_from_column():
+    table = torch.tensor([[0.5, 3.0, 1.0], [1.5, 7.0, 2.0], [2.5, 3.0, 3.0]])
+    x, y, classes = labels_from_column(table, 1)
+    assert torch.equal(x, table[:, [0, 2]]) and torch.equal(y, torch.tensor([0, 1, 0]))
+    assert torch.equal(classes[y], table[:, 1])
+    x, y, _ = labels_from_column(table, -1)
+    assert torch.equal(x, table[:, :2]) and torch.equal(y, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"column must be an integer in \[-3, 2\], got 3"):
+        labels_from_column(table, 3)

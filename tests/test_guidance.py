@@ -14,6 +14,7 @@ from scorekit.guidance import (
     class_mixtures,
     sample_conditional,
 )
+from scorekit.samplers import SAMPLERS
 
 CLASSES = [0, 0, 1, 2]
 
@@ -144,3 +145,51 @@ def test_bad_input(mix):
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\] for a classifier"):
         ClassifierGuided(ExactScore(mix, proc), clf, torch.full((8,), 5))(x, t)
     assert isinstance(cond.bind(y), ScoreModel)
+
+
+def _energy_model(mix, proc):
+    """The exact conditional as an energy, -log p_t(x | y) (null label: the whole mixture)."""
+    _, parts = class_mixtures(mix, CLASSES)
+    parts = parts + [mix]
+
+    def energy(x, t, y):
+        a, s = proc.marginal(t)
+        out = torch.empty(x.shape[0], dtype=x.dtype)
+        for c in torch.unique(y).tolist():
+            i = y == c
+            out[i] = -parts[c].noised_log_prob(x[i], a[i], s[i])
+        return out
+
+    return ConditionalScoreModel(energy, proc, 3, prediction="energy", data_shape=(2,))
+
+
+SETTINGS = {  # sampler -> (steps, options), cheap
+    "langevin": (200, {"step_size": 0.02}),
+    "mala": (200, {"step_size": 0.02}),
+    "annealed_langevin": (5, {}),
+    "dopri5": (1, {"rtol": 1e-3, "atol": 1e-3}),
+    "pc": (30, {}),
+    "euler_maruyama": (50, {}),
+    "reverse_diffusion": (50, {}),
+    "ddpm": (30, {}),
+}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_takes_a_guidance_scale(mix, sampler):
+    proc = VP()
+    steps, opts = SETTINGS.get(sampler, (15, {}))
+    model = _energy_model(mix, proc) if sampler == "mala" else ExactConditional(mix, CLASSES, proc)
+    y = torch.arange(3).repeat(20)
+    g = torch.Generator().manual_seed(0)
+    r = sample_conditional(model, y, sampler, steps, g, scale=2.0, dtype=torch.float64, **opts)
+    post = mix.responsibilities(r.x)
+    p_class = torch.stack([post[:, :2].sum(1), post[:, 2], post[:, 3]], 1)
+    assert float(p_class.gather(1, y[:, None]).mean()) > 0.99
+
+
+def test_energy_guidance_matches_score_guidance(mix):
+    proc = VP()
+    x, t, y = _batch(16)
+    e, s = _energy_model(mix, proc), ExactConditional(mix, CLASSES, proc)
+    torch.testing.assert_close(e.bind(y, 3.0)(x, t), s.bind(y, 3.0)(x, t))

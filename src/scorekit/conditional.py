@@ -35,6 +35,7 @@ __all__ = [
     "ClassifierObjective",
     "ConditionalObjective",
     "drop_labels",
+    "labels_from_column",
     "pack_labels",
     "unpack_labels",
 ]
@@ -50,6 +51,31 @@ def drop_labels(
     gen_device = generator.device if generator is not None else labels.device
     u = torch.rand(labels.shape, generator=generator, device=gen_device).to(labels.device)
     return torch.where(u < p, torch.full_like(labels, num_classes), labels)
+
+
+def labels_from_column(table: Tensor, column: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Split a label column off a table (e.g. a user CSV read by ``scorekit.data.load_file``,
+    before normalisation).
+
+    Arguments:
+        table: shape ``(N, F)``, ``F >= 2``.
+        column: index of the label column (negative counts from the end).
+
+    Returns:
+        ``(x, labels, classes)``: the other columns ``(N, F - 1)``; labels ``(N,)`` in
+        ``[0, K)``, the rank of each row's value among the ``K`` distinct values
+        ``classes`` (sorted, shape ``(K,)``), so ``classes[labels]`` is the column.
+    """
+    check_tensor("table", table, min_dim=2)
+    if table.dim() != 2 or table.shape[1] < 2:
+        raise ValueError(f"table must have shape (N, F) with F >= 2, got {tuple(table.shape)}")
+    F_ = table.shape[1]
+    if isinstance(column, bool) or not isinstance(column, int) or not -F_ <= column < F_:
+        raise ValueError(f"column must be an integer in [{-F_}, {F_ - 1}], got {column!r}")
+    col = table[:, column]
+    classes, labels = torch.unique(col, sorted=True, return_inverse=True)
+    keep = [j for j in range(F_) if j != column % F_]
+    return table[:, keep], labels, classes
 
 
 def pack_labels(x: Tensor, labels: Tensor) -> Tensor:
