@@ -73,6 +73,13 @@ def test_class_conditional_embeds_the_label():
         net.net(x, t)
     with pytest.raises(ValueError, match="noise embedding submodule 'embed'"):
         ClassConditional(nn.Linear(2, 2), 3)
+    cfg = ConditionalObjective.trainable(ConditionalScoreModel(net, VP(), 3)).net.config()
+    assert cfg == {
+        "name": "conditional",
+        "num_classes": 3,
+        "null_label": True,
+        "net": {"name": "class_conditional", "num_classes": 3, "net": "ToyNet"},
+    }
     # gradients reach the label table
     net(x, t, torch.tensor([0, 1, 2, 3])).sum().backward()
     assert net._embedding.table.weight.grad[:4].abs().sum() > 0

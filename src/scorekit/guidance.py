@@ -148,6 +148,15 @@ class _CFGNet(nn.Module):
         self.scale = scale
         self.data_shape = cond.data_shape
 
+    def config(self) -> dict:
+        net = self.cond.net
+        return {
+            "name": "conditional",
+            "num_classes": self.cond.num_classes,
+            "null_label": self.cond.null_label,
+            "net": net.config() if hasattr(net, "config") else type(net).__name__,
+        }
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         y = self.labels.to(x.device)
         if x.shape[0] != y.shape[0]:
