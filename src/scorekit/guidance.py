@@ -363,6 +363,15 @@ def sample_conditional(
 
     Returns:
         :class:`~scorekit.samplers.SampleResult` with ``x`` of shape ``(n, *D)``.
+
+    Example:
+        >>> import scorekit as sk
+        >>> mix = sk.GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
+        >>> model = ExactConditional(mix, [0, 1], sk.VP())  # component k is class k
+        >>> y = torch.tensor([0, 1, 1])
+        >>> r = sample_conditional(model, y, "heun", 10, torch.Generator().manual_seed(0))
+        >>> (r.x[:, 0] > 0).long().tolist()
+        [0, 1, 1]
     """
     if classifier is None and not isinstance(model, ConditionalScoreModel):
         raise ValueError(

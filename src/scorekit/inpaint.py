@@ -238,6 +238,16 @@ def inpaint(
     Returns:
         :class:`~scorekit.samplers.SampleResult`, ``x`` of shape ``(n, *D)`` equal to
         ``known`` on the mask.
+
+    Example:
+        >>> import scorekit as sk
+        >>> target = sk.Gaussian(torch.zeros(2), cov=[[1.0, 0.9], [0.9, 1.0]])
+        >>> model = sk.ExactScore(target, sk.VP())
+        >>> known = torch.tensor([[2.0, 0.0]]).repeat(500, 1)  # column 0 known, 1 missing
+        >>> r = inpaint(model, known, torch.tensor([True, False]), "posterior", "heun", 20,
+        ...             torch.Generator().manual_seed(0))
+        >>> round(float(r.x[:, 1].mean()), 1)  # E[x1 | x0 = 2] = 0.9 * 2
+        1.8
     """
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
