@@ -1,0 +1,172 @@
+r"""Checkpoints: tensors in safetensors, configuration in JSON, written atomically.
+
+A checkpoint is one ``.safetensors`` file whose header metadata holds the JSON
+configuration under the key ``"scorekit"`` (network, process, prediction, training
+settings, data normalisation, step), so tensors and configuration can never
+disagree; a copy of the JSON is written beside it (``.json``) for people to read.
+Every file is written to a temporary name in the same folder, flushed to disk and
+renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted save
+never leaves a partial checkpoint. Non-finite tensors are refused. Nothing is
+unpickled when loading.
+
+References:
+    safetensors format, https://huggingface.co/docs/safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .data import Normalizer
+from .nets import build_net
+from .parametrize import EDMPrecond, ScoreModel
+from .processes import from_config as process_from_config
+
+__all__ = [
+    "FORMAT",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "load_state",
+    "model_config",
+    "prefixed",
+    "save_checkpoint",
+    "write_atomic",
+]
+
+FORMAT = "scorekit-checkpoint/1"
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def model_config(model: ScoreModel) -> dict:
+    """JSON-able description of a :class:`ScoreModel` whose network has ``config()``:
+    ``{"net", "process", "prediction", "precond"}``; :func:`build_model` inverts it."""
+    net, precond = model.net, None
+    if isinstance(net, EDMPrecond):
+        precond = {"name": "edm", "sigma_data": net.sigma_data}
+        net = net.net
+    if not hasattr(net, "config"):
+        raise ValueError(
+            f"model.net ({type(net).__name__}) has no config(); use a scorekit.nets network"
+        )
+    return {
+        "net": net.config(),
+        "process": model.process.config(),
+        "prediction": model.prediction,
+        "precond": precond,
+    }
+
+
+def build_model(config: dict) -> ScoreModel:
+    """Rebuild an (untrained) :class:`ScoreModel` from :func:`model_config`."""
+    if not isinstance(config, dict) or not {"net", "process", "prediction"} <= set(config):
+        raise ValueError(f"model config needs 'net', 'process', 'prediction'; got {config!r}")
+    process = process_from_config(config["process"])
+    net = build_net(config["net"])
+    precond = config.get("precond")
+    if precond:
+        if precond.get("name") != "edm":
+            raise ValueError(f"unknown preconditioning {precond!r}; expected name 'edm'")
+        net = EDMPrecond(net, process, precond.get("sigma_data", 0.5))
+    return ScoreModel(net, process, config["prediction"])
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    r"""Write ``tensors`` and the JSON-able ``meta`` to ``path`` (``.safetensors``) and
+    ``path`` with suffix ``.json``, atomically. Raises ``ValueError`` on a non-finite tensor."""
+    path = Path(path)
+    clean = {}
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"refusing to save non-finite values in checkpoint tensor {k!r}")
+        clean[k] = v.detach().to("cpu").contiguous().clone()
+    meta = {"format": FORMAT, **meta}
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(clean, str(tmp), metadata={"scorekit": text})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_atomic(path.with_suffix(".json"), text + "\n")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Read a checkpoint: ``(tensors, meta)``. Raises ``ValueError`` naming the file if it is
+    missing, unreadable or not a scorekit checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.safetensors"
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {str(path)!r}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    try:
+        meta = json.loads(header["scorekit"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{path} is not a scorekit checkpoint (no 'scorekit' metadata)") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return tensors, meta
+
+
+def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``tensors`` under ``prefix + '.'``, with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_state(module: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """``module.load_state_dict(state)``, as a ``ValueError`` naming ``what`` on mismatch."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(f"{what} does not match the network: {' '.join(first[:2])}") from None
+
+
+def load_model(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[ScoreModel, Normalizer, dict]:
+    """Load a trained model (the EMA weights when ``ema`` and present), its data
+    :class:`~scorekit.data.Normalizer` and the checkpoint's ``meta``. The model is in eval mode."""
+    tensors, meta = load_checkpoint(path)
+    model = build_model(meta["model"])
+    state = prefixed(tensors, "ema") if ema else {}
+    if not state:
+        state = prefixed(tensors, "model")
+    load_state(model, state, f"checkpoint {path}")
+    normalizer = Normalizer.from_config(meta.get("normalizer", {"loc": 0.0, "scale": 1.0}))
+    return model.to(device).eval(), normalizer, meta

@@ -1,0 +1,169 @@
+r"""A training run from JSON-able settings, and the test likelihood of a trained model.
+
+The settings (what ``scorekit train`` stores in a checkpoint under ``"cli"``) name the
+data, the process, the objective, the network and the training options;
+:func:`build_process`, :func:`net_config_for` and :func:`build_run_model` turn them into
+objects with sensible defaults:
+
+* VE's :math:`\sigma_{max}` defaults to the largest pairwise distance of the normalised
+  data (Song & Ermon 2020, Technique 1);
+* the network is a U-Net for images ``(C, H, W)`` with sides >= 8, otherwise an MLP
+  on the flattened data; with the EDM process it embeds :math:`\log t`;
+* the prediction is ``eps``, except ``x0`` with EDM preconditioning for the ``"edm"``
+  objective (Karras et al. 2022) and ``energy`` for the energy MLP.
+
+:func:`nll_report` gives the negative log-likelihood in *data* coordinates,
+:math:`-\log p(x) = -\log \tilde p(\tilde x) + \sum \log \mathrm{scale}`, through
+:mod:`scorekit.likelihood`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "DEFAULTS",
+    "PROCESSES",
+    "build_process",
+    "build_run_model",
+    "data_meta",
+    "model_net_config",
+    "net_config_for",
+    "nll_report",
+]
+
+PROCESSES = {"ve": "VE", "vp": "VP", "subvp": "SubVP", "cosine": "CosineVP", "edm": "EDM"}
+
+
+DEFAULTS = {
+    "data": "moons",
+    "n": 20_000,
+    "key": None,
+    "image_size": None,
+    "normalize": "auto",
+    "process": {"name": "ve"},
+    "loss": "dsm",
+    "loss_kwargs": {},
+    "net": {"name": "auto"},
+    "prediction": "auto",
+    "train": {},
+}
+
+
+def build_process(spec: dict, data: torch.Tensor):
+    """The process of ``spec`` (``{"name": one of PROCESSES, **kwargs}``); VE's ``sigma_max``
+    defaults to the largest pairwise distance of ``data`` (shape ``(N, *D)``, model space)."""
+    from . import processes
+
+    name = str(spec.get("name", "ve")).lower()
+    if name not in PROCESSES:
+        raise ValueError(f"process must be one of {sorted(PROCESSES)}, got {spec.get('name')!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if name == "ve" and "sigma_max" not in kwargs:
+        # Song & Ermon (2020), Technique 1: sigma_max = the largest pairwise distance.
+        from .noise_design import max_pairwise_distance
+
+        dist, _, _ = max_pairwise_distance(data, generator=torch.Generator().manual_seed(0))
+        kwargs["sigma_max"] = float(f"{max(dist, 1.0):.3g}")
+    return processes.from_config({"name": PROCESSES[name], **kwargs})
+
+
+def net_config_for(spec: dict, shape: tuple[int, ...], process, precond: bool = False) -> dict:
+    """A full ``scorekit.nets`` config from a partial ``spec`` for examples of ``shape``.
+
+    With the EDM process the network embeds :math:`\\log t` (``t = sigma`` spans decades),
+    unless EDM preconditioning (``precond``) already hands it :math:`c_{noise} = \tfrac14
+    \\log\\sigma`."""
+    name = spec.get("name", "auto")
+    if name == "auto":
+        name = "unet" if len(shape) == 3 and shape[1] >= 8 and shape[2] >= 8 else "mlp"
+    net = {k: v for k, v in spec.items() if k != "name"}
+    if type(process).__name__ == "EDM" and not precond:
+        net.setdefault("time_input", "log_t")
+    if name == "unet":
+        if len(shape) != 3:
+            raise ValueError(
+                f"net 'unet' needs image data (C, H, W), got examples of shape {shape}"
+            )
+        net.setdefault("channels", shape[0])
+        net.setdefault("mults", [1, 2] if max(shape[1:]) <= 16 else [1, 2, 2])
+    else:
+        net.setdefault("dim", math.prod(shape))
+    return {"name": name, **net}
+
+
+def build_run_model(settings: dict, shape: tuple[int, ...], process):
+    """The untrained :class:`~scorekit.parametrize.ScoreModel` the settings describe."""
+    from .checkpoint import build_model
+
+    net = net_config_for(settings["net"], shape, process, precond=settings["loss"] == "edm")
+    prediction, precond = settings["prediction"], None
+    if settings["loss"] == "edm":
+        precond = {"name": "edm", "sigma_data": settings["loss_kwargs"].get("sigma_data", 0.5)}
+        prediction = "x0" if prediction == "auto" else prediction
+    if net["name"] == "energy_mlp":
+        prediction = "energy"
+    if prediction == "auto":
+        prediction = "eps"
+    config = {"net": net, "process": process.config(), "prediction": prediction}
+    return build_model({**config, "precond": precond})
+
+
+def model_net_config(model) -> dict:
+    """The network config of a model (inside any EDM preconditioning)."""
+    from .checkpoint import model_config
+
+    return model_config(model)["net"]
+
+
+def data_meta(s: dict, data) -> dict:
+    """What a checkpoint records of its data: spec, toy size, example shape and, for
+    discrete pixels, the number of levels (17 for sklearn digits, 256 for image files)."""
+    bins = {"digits": 17}.get(s["data"])
+    if bins is None and Path(str(s["data"])).is_dir():
+        bins = 256
+    return {"spec": str(s["data"]), "n": s["n"], "shape": list(data.shape), "bins": bins}
+
+
+def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> dict:
+    r"""Mean negative log-likelihood per example, bits/dim and their standard errors.
+
+    Continuous data (``bins=None``): :func:`scorekit.likelihood.log_prob` of ``x`` (model
+    space, ``(B, *D)``) moved to data coordinates with the normaliser's log-determinant;
+    bits/dim :math:`= \mathrm{NLL}/(D \ln 2)`. Discrete data (``bins`` levels spanning
+    [-1, 1] in model space): :func:`scorekit.likelihood.bits_per_dim` with uniform
+    dequantisation, and NLL :math:`= \mathrm{bpd}\,D \ln 2`, the (bound on the) negative
+    log-probability of the discrete values, which no affine rescaling changes.
+    ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "bpd",
+    "bpd_stderr", "nfe", "n", "dim"}``."""
+    from .likelihood import bits_per_dim, log_prob
+
+    d = math.prod(x.shape[1:])
+    if bins is not None:
+        # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
+        r = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
+        nll = r.bpd.double() * d * math.log(2)
+        return {
+            "nll": float(nll.mean()),
+            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
+            "bpd": r.mean,
+            "bpd_stderr": r.stderr,
+            "nfe": r.nfe,
+            "n": len(nll),
+            "dim": d,
+        }
+    r = log_prob(model, x, **kw)
+    nll = -(r.log_prob.double() + normalizer.log_det_for(tuple(x.shape[1:])))
+    se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+    return {
+        "nll": float(nll.mean()),
+        "nll_stderr": se,
+        "bpd": float(nll.mean()) / (d * math.log(2)),
+        "bpd_stderr": se / (d * math.log(2)),
+        "nfe": r.nfe,
+        "n": len(nll),
+        "dim": d,
+    }

@@ -1,0 +1,31 @@
+"""Run by tests/test_train.py under torchrun: train a tiny model, save parameters per rank."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from scorekit import VE, ScoreModel, make_objective
+from scorekit.data import load_data
+from scorekit.nets import MLP
+from scorekit.train import TrainConfig, Trainer, init_distributed, shutdown_distributed
+
+
+def main(out: str, accum: int) -> None:
+    rank, world, _ = init_distributed()
+    torch.manual_seed(0)
+    data = load_data("moons", n=512, generator=torch.Generator().manual_seed(1))
+    process = VE(0.01, 3.0)
+    model = ScoreModel(MLP(2, hidden=32, depth=2), process)
+    cfg = TrainConfig(steps=20, batch_size=64, accum=accum, warmup=5, progress=False)
+    trainer = Trainer(model, make_objective("dsm", process), data.x, cfg, None)
+    trainer.fit()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.save(flat, f"{out}/params_rank{rank}_of{world}.pt")
+    trainer.close()
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

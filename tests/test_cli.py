@@ -1,0 +1,173 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scorekit.cli import main
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "empty.csv").write_text("a,b\n")
+    (tmp_path / "bad.csv").write_text("1,2\n3,x\n")
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    Image.new("L", (16, 16)).save(tmp_path / "imgs" / "b.png")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["--data", str(tmp_path / "nope.npy")], "data file not found"),
+        (["--data", str(tmp_path / "empty.csv")], "no examples"),
+        (["--data", str(tmp_path / "bad.csv")], "non-numeric cell 'x' at data row 2, column 2"),
+        (["--data", str(tmp_path / "imgs")], "mixed sizes"),
+        (["--data", "moons", "--out", str(tmp_path / "afile")], "is a file"),
+        (["--data", "moons", "--out", str(tmp_path / "x"), "--resume"], "no checkpoint"),
+        (["--config", str(tmp_path / "none.json")], "config file not found"),
+    ]
+    for argv, msg in cases:
+        out = ["--out", str(tmp_path / "run")] if "--out" not in argv else []
+        assert main(["train", *argv, *out, "--quiet"]) == 1
+        assert msg in _err(capsys)
+    assert main(["sample", str(tmp_path / "missing.safetensors")]) == 1
+    assert "checkpoint not found" in _err(capsys)
+    with pytest.raises(ValueError, match="not found"):
+        main(["--debug", "train", "--data", str(tmp_path / "nope.npy"), "--out", str(tmp_path)])
+
+
+def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
+    pytest.importorskip("scorekit.losses")
+    run = tmp_path / "run"
+    common = ["--data", "moons", "--n", "500", "--batch", "64", "--quiet", "--out", str(run)]
+    assert main(["train", *common, "--steps", "20", "--log-every", "5"]) == 0
+    assert main(["train", *common, "--steps", "30", "--log-every", "5", "--resume"]) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["step"] == 30 and meta["model"]["net"]["name"] == "mlp"
+    assert meta["data"]["shape"] == [2]
+    # a second run into the same folder without --resume is refused
+    assert main(["train", *common, "--steps", "30"]) == 1
+    assert "already holds a checkpoint" in _err(capsys)
+    # resuming with another network is refused
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"net": {"hidden": 16}}))
+    assert main(["train", *common, "--steps", "40", "--resume", "--config", str(cfg)]) == 1
+    assert "net config" in _err(capsys)
+    capsys.readouterr()
+
+    pytest.importorskip("scorekit.samplers")
+    out = tmp_path / "s.npy"
+    argv = ["sample", str(run), "--sampler", "heun", "--steps", "5", "--n", "50", "--out", str(out)]
+    assert main(argv) == 0
+    x = np.load(out, allow_pickle=False)
+    assert x.shape == (50, 2) and np.isfinite(x).all()
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    argv = ["plot", str(run), "--out", str(tmp_path / "plots"), "--n", "50", "--steps", "5"]
+    assert main(argv) == 0
+    for k in ("field", "samples", "trajectories", "loss"):
+        assert (tmp_path / "plots" / f"{k}.png").stat().st_size > 1000
+
+    pytest.importorskip("scorekit.likelihood")
+    capsys.readouterr()
+    argv = ["likelihood", str(run), "--data", "moons", "--n", "20", "--method", "euler"]
+    assert main([*argv, "--steps", "10"]) == 0
+    line = capsys.readouterr().out
+    assert "NLL" in line and "bits/dim" in line
+    np.save(tmp_path / "three.npy", np.zeros((5, 3)))
+    assert main(["likelihood", str(run), "--data", str(tmp_path / "three.npy")]) == 1
+    assert "trained on (2,)" in _err(capsys)
+
+
+def test_train_on_images_and_tables(tmp_path, capsys):
+    pytest.importorskip("scorekit.losses")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png"
+        )
+    argv = ["train", "--data", str(tmp_path / "imgs"), "--steps", "2", "--batch", "4", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r1")]) == 0
+    meta = json.loads((tmp_path / "r1" / "checkpoint.json").read_text())
+    assert meta["model"]["net"]["name"] == "unet" and meta["data"]["bins"] == 256
+    assert meta["normalizer"] == {"loc": 127.5, "scale": 127.5}
+    np.savetxt(tmp_path / "t.csv", rng.normal(size=(40, 3)), delimiter=",")
+    argv = ["train", "--data", str(tmp_path / "t.csv"), "--steps", "2", "--batch", "8", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r2"), "--net", "energy_mlp"]) == 0
+    meta = json.loads((tmp_path / "r2" / "checkpoint.json").read_text())
+    assert meta["model"]["prediction"] == "energy" and meta["data"]["shape"] == [3]
+    assert torch.tensor(meta["normalizer"]["scale"]).shape == (3,)
+
+
+def test_advise_prints_and_saves(tmp_path, capsys):
+    out = tmp_path / "advice.json"
+    assert main(["advise", "--data", "8gaussians", "--n", "300", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sigma_max" in text and "wrote" in text
+    adv = json.loads(out.read_text())
+    x = __import__("scorekit.data", fromlist=["load_data"]).load_data(
+        "8gaussians", n=300, generator=torch.Generator().manual_seed(0)
+    )
+    # Technique 1 on the data the model sees: the largest pairwise distance (all 300 points)
+    assert adv["process"]["sigma_max"] == pytest.approx(float(torch.pdist(x.x.double()).max()))
+
+
+def test_demo_smoke(tmp_path):
+    from scorekit.demo import run_demo
+
+    threads = torch.get_num_threads()
+    text = run_demo(tmp_path / "demo", steps=30, quiet=True, n_samples=100, n_nll=10)
+    assert torch.get_num_threads() == threads  # the demo's single thread is restored
+    for name in ("score_field.png", "samples.png", "trajectories.png", "loss_per_sigma.png"):
+        assert f"]({name})" in text
+        assert (tmp_path / "demo" / name).stat().st_size > 10_000
+    assert (tmp_path / "demo" / "report.md").read_text() == text
+    for label in ("annealed_langevin", "euler_maruyama", "heun", "nats", "true density"):
+        assert label in text
+
+
+def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
+    run = tmp_path / "dg"
+    assert main(["train", "--data", "digits", "--steps", "2", "--batch", "8", "--quiet",
+                 "--out", str(run)]) == 0  # fmt: skip
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["data"]["bins"] == 17 and meta["model"]["net"]["name"] == "unet"
+    capsys.readouterr()
+    argv = ["likelihood", str(run), "--data", "digits", "--n", "4", "--method", "euler",
+            "--steps", "2", "--divergence", "hutchinson"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    nll, bpd = float(out.split()[1]), float(out.split("nats, ")[1].split()[0])
+    # discrete data: NLL = bpd * D * ln 2, with no change-of-variables term
+    assert nll == pytest.approx(bpd * 64 * np.log(2), rel=1e-3)
+    argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["grid.png", "loss.png"]
+
+
+def test_process_and_network_defaults(tmp_path):
+    from scorekit.processes import EDM
+    from scorekit.recipe import build_run_model, net_config_for
+
+    assert net_config_for({"name": "auto"}, (1, 8, 8), EDM())["name"] == "unet"
+    assert net_config_for({"name": "auto"}, (2,), EDM())["time_input"] == "log_t"
+    # EDM preconditioning feeds the net c_noise = log(sigma)/4 (negative below sigma = 1)
+    assert "time_input" not in net_config_for({"name": "auto"}, (2,), EDM(), precond=True)
+    settings = {"net": {"name": "auto"}, "prediction": "auto", "loss": "edm", "loss_kwargs": {}}
+    model = build_run_model(settings, (2,), EDM())
+    assert model.prediction == "x0" and type(model.net).__name__ == "EDMPrecond"
+    # the raw network sees distinct inputs for distinct small sigmas
+    x = torch.zeros(2, 2)
+    t = torch.tensor([0.01, 0.1])
+    seen = []
+    model.net.net.register_forward_hook(lambda m, a, out: seen.append(m.embed(a[1])))
+    model(x, t)
+    assert not torch.allclose(seen[0][0], seen[0][1])

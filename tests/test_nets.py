@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from scorekit import VE, ScoreModel
+from scorekit.nets import MLP, NETS, EnergyMLP, NoiseEmbedding, UNet, build_net
+
+
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        ({"name": "mlp", "dim": 2, "hidden": 16, "depth": 2}, (5, 2)),
+        ({"name": "mlp", "dim": 64, "hidden": 16, "depth": 1}, (5, 1, 8, 8)),
+        ({"name": "unet", "channels": 1, "base": 8, "mults": [1, 2]}, (3, 1, 8, 8)),
+        ({"name": "unet", "channels": 3, "base": 8, "mults": [1, 2, 2]}, (2, 3, 32, 32)),
+        ({"name": "energy_mlp", "dim": 2, "hidden": 16, "depth": 1}, (5, 2)),
+    ],
+)
+def test_build_net_roundtrip_rebuilds_the_same_function(config, shape):
+    torch.manual_seed(0)
+    net = build_net(config)
+    for p in net.parameters():  # make the zero-initialised output layers non-trivial
+        p.data.add_(0.1 * torch.randn_like(p))
+    again = build_net(net.config())
+    assert again.config() == net.config()
+    again.load_state_dict(net.state_dict())
+    x, t = torch.randn(shape), torch.rand(shape[0])
+    y = net(x, t)
+    assert y.shape == ((shape[0],) if config["name"] == "energy_mlp" else shape)
+    assert torch.equal(y, again(x, t))
+
+
+def test_build_net_errors_name_the_problem():
+    with pytest.raises(ValueError, match="name"):
+        build_net({"name": "resnet"})
+    with pytest.raises(ValueError, match="unexpected"):
+        build_net({"name": "mlp", "dim": 2, "width": 3})
+    assert set(NETS) == {"mlp", "unet", "energy_mlp"}
+
+
+def test_noise_embedding_features():
+    emb = NoiseEmbedding(8, kind="sinusoidal", scale=100.0)
+    assert torch.allclose(emb.freqs, torch.tensor([1.0, 100 ** (1 / 3), 100 ** (2 / 3), 100.0]))
+    # the fixed random frequencies depend only on the seed
+    assert torch.equal(NoiseEmbedding(16, seed=3).freqs, NoiseEmbedding(16, seed=3).freqs)
+    assert not torch.equal(NoiseEmbedding(16, seed=3).freqs, NoiseEmbedding(16, seed=4).freqs)
+    # log_t input: t and 10 t differ by a constant shift log(10) in the features' argument
+    e = NoiseEmbedding(4, kind="sinusoidal", scale=1.0, input="log_t")
+    e.mlp = torch.nn.Identity()
+    t = torch.tensor([0.5, 5.0])
+    f = e(t)
+    assert torch.allclose(f[:, 0], torch.sin(2 * math.pi * torch.log(t)), atol=1e-6)
+    with pytest.raises(ValueError, match="dim must be even"):
+        NoiseEmbedding(5)
+    with pytest.raises(ValueError, match="shape"):
+        NoiseEmbedding(4)(torch.rand(3, 1))
+
+
+def test_nets_depend_on_t_and_check_shapes():
+    torch.manual_seed(0)
+    net = MLP(2, hidden=16, depth=1)
+    x = torch.randn(4, 2)
+    assert not torch.allclose(net(x, torch.zeros(4)), net(x, torch.ones(4)))
+    with pytest.raises(ValueError, match="features"):
+        net(torch.randn(4, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="t must have shape"):
+        net(x, torch.zeros(3))
+    unet = UNet(1, base=8, mults=(1, 2))
+    assert torch.equal(unet(torch.randn(2, 1, 8, 8), torch.rand(2)), torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="divisible"):
+        unet(torch.randn(2, 1, 7, 7), torch.rand(2))
+    with pytest.raises(ValueError, match="shape"):
+        unet(torch.randn(2, 3, 8, 8), torch.rand(2))
+
+
+def test_unet_attention_is_permutation_equivariant_over_pixels():
+    # self-attention alone commutes with a permutation of the spatial positions
+    from scorekit.nets.unet import _Attention
+
+    torch.manual_seed(0)
+    att = _Attention(8).double()
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    perm = torch.randperm(16)
+    xp = x.flatten(2)[:, :, perm].reshape_as(x)
+    assert torch.allclose(att(xp).flatten(2), att(x).flatten(2)[:, :, perm], atol=1e-12)
+
+
+def test_energy_score_is_minus_gradient_and_conservative():
+    torch.manual_seed(0)
+    net = EnergyMLP(2, hidden=16, depth=2).double()
+    model = ScoreModel(net, VE(), prediction="energy")
+    x = torch.randn(3, 2, dtype=torch.float64)
+    t = torch.full((3,), 0.4, dtype=torch.float64)
+    s = model(x, t)
+    for i in range(3):
+        g = torch.autograd.functional.jacobian(lambda z, i=i: net(z[None], t[i : i + 1])[0], x[i])
+        assert torch.allclose(s[i], -g, atol=1e-12)
+        # the Jacobian of a gradient field is symmetric (the Hessian of E)
+        H = torch.autograd.functional.jacobian(lambda z, i=i: model(z[None], t[i : i + 1])[0], x[i])
+        assert torch.allclose(H, H.T, atol=1e-10)
