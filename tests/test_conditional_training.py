@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from scorekit import VP, ExactScore, GaussianMixture
+from scorekit import VP, ExactScore, GaussianMixture, ScoreModel
 from scorekit.conditional import (
     ClassConditional,
     ClassifierObjective,
     ConditionalObjective,
+    load_conditional,
     pack_labels,
 )
 from scorekit.guidance import ConditionalScoreModel, sample_conditional
@@ -89,3 +90,33 @@ def test_noise_conditional_classifier_guides_the_exact_score(setup):
             dtype=torch.float32,
         )
     assert _hit(mix, r.x, y) > 0.9
+
+
+def test_checkpoint_roundtrip(setup, tmp_path):
+    _, data = setup
+    process = VP()
+    torch.manual_seed(0)
+    cond = ConditionalScoreModel(
+        ClassConditional(nets.MLP(2, hidden=16, depth=1), 3), process, 3, "eps", data_shape=(2,)
+    )
+    obj = ConditionalObjective(make_objective("dsm", process), (2,), label_dropout=0.2)
+    cfg = train.TrainConfig(steps=5, batch_size=32, progress=False, log_every=5, ckpt_every=5)
+    trainer = train.Trainer(obj.trainable(cond), obj, data, cfg, tmp_path, meta=obj.meta())
+    trainer.fit()
+    trainer.save()
+    loaded, _, meta = load_conditional(tmp_path / "checkpoint.safetensors")
+    assert loaded.data_shape == (2,) and loaded.num_classes == 3 and loaded.prediction == "eps"
+    x, t = torch.randn(6, 2), torch.full((6,), 0.4)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, y), trainer.ema.module.net.cond(x, t, y))
+    with pytest.raises(ValueError, match="does not hold a ClassConditional"):
+        plain = train.Trainer(
+            ScoreModel(nets.MLP(2, hidden=8, depth=1), process),
+            make_objective("dsm", process),
+            data[:, :2],
+            cfg,
+            tmp_path / "plain",
+        )
+        plain.save()
+        load_conditional(tmp_path / "plain" / "checkpoint.safetensors")

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ __all__ = [
     "ConditionalObjective",
     "drop_labels",
     "labels_from_column",
+    "load_conditional",
     "pack_labels",
     "unpack_labels",
 ]
@@ -182,6 +184,16 @@ class ConditionalObjective:
             raise ValueError(f"model must be a ConditionalScoreModel, got {type(model).__name__}")
         return model.bind(torch.zeros(1, dtype=torch.long))
 
+    def meta(self) -> dict:
+        """What :func:`load_conditional` needs beyond the model config: pass it to the
+        Trainer as ``meta=objective.meta()``."""
+        return {
+            "conditional": {
+                "data_shape": list(self.data_shape),
+                "label_dropout": self.label_dropout,
+            }
+        }
+
     def sample_t(self, batch, generator=None, dtype=None, device=None) -> Tensor:
         return self.objective.sample_t(batch, generator=generator, dtype=dtype, device=device)
 
@@ -236,3 +248,44 @@ class ClassifierObjective:
                 f"got {tuple(logits.shape)}"
             )
         return F.cross_entropy(logits, y, reduction="none")
+
+
+def load_conditional(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[ConditionalScoreModel, object, dict]:
+    r"""Load a :class:`~scorekit.guidance.ConditionalScoreModel` saved by the Trainer
+    (trained through :class:`ConditionalObjective` with ``meta=objective.meta()``).
+
+    Returns:
+        ``(model, normalizer, meta)``, the model in eval mode with the EMA weights when
+        ``ema`` and present.
+    """
+    from .checkpoint import load_checkpoint, load_state, prefixed
+    from .data import Normalizer
+    from .nets import build_net
+    from .processes import from_config
+
+    tensors, meta = load_checkpoint(path)
+    cfg = meta.get("model", {})
+    net_cfg = cfg.get("net", {})
+    inner = net_cfg.get("net", {}) if isinstance(net_cfg, dict) else {}
+    if net_cfg.get("name") != "conditional" or inner.get("name") != "class_conditional":
+        raise ValueError(
+            f"checkpoint {path} does not hold a ClassConditional ConditionalScoreModel "
+            f"(model net config {net_cfg!r})"
+        )
+    k = int(net_cfg["num_classes"])
+    shape = meta.get("conditional", {}).get("data_shape")
+    cond = ConditionalScoreModel(
+        ClassConditional(build_net(inner["net"]), k),
+        from_config(cfg["process"]),
+        k,
+        cfg["prediction"],
+        bool(net_cfg.get("null_label", True)),
+        None if shape is None else tuple(shape),
+    )
+    holder = ConditionalObjective.trainable(cond)
+    state = prefixed(tensors, "ema") if ema else {}
+    load_state(holder, state or prefixed(tensors, "model"), f"checkpoint {path}")
+    normalizer = Normalizer.from_config(meta.get("normalizer", {"loc": 0.0, "scale": 1.0}))
+    return cond.to(device).eval(), normalizer, meta
