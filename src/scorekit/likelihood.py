@@ -127,7 +127,12 @@ def _drift_and_divergence(
         groups = _basis_groups(x) if probes is None else probes.split(_PROBE_GROUP)
         terms = []
         for eps in groups:
-            (vjp,) = torch.autograd.grad(v, xr, eps, retain_graph=True, is_grads_batched=True)
+            try:
+                (vjp,) = torch.autograd.grad(v, xr, eps, retain_graph=True, is_grads_batched=True)
+            except RuntimeError:  # an op without a batched backward (e.g. in diffusers' U-Net)
+                vjp = torch.stack(
+                    [torch.autograd.grad(v, xr, e, retain_graph=True)[0] for e in eps]
+                )
             terms.append((vjp * eps).flatten(2).sum(-1))  # (n_group, B)
     div = torch.cat(terms)
     div = div.sum(0, keepdim=True) if probes is None else div
