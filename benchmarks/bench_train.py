@@ -16,10 +16,10 @@ import tempfile
 import time
 
 import torch
-from scorekit.losses import make_objective
 
 from scorekit import VE, VP, ScoreModel
 from scorekit.data import load_data
+from scorekit.losses import make_objective
 from scorekit.nets import MLP, UNet
 from scorekit.train import TrainConfig, Trainer
 

@@ -1,8 +1,33 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
-from . import losses, metrics, samplers, schedules, weighting
+from . import (
+    adapters,
+    checkpoint,
+    conditional,
+    data,
+    guidance,
+    inpaint,
+    likelihood,
+    losses,
+    metrics,
+    nets,
+    samplers,
+    schedules,
+    weighting,
+)
+from .adapters import DiscreteVP, from_denoiser, from_diffusers_unet
 from .advise import Advice, advise, save_advice
+from .checkpoint import build_model, load_checkpoint, load_model, model_config, save_checkpoint
+from .data import TOYS, Normalizer, load_data, toy_2d
 from .distributions import ExactScore, Gaussian, GaussianMixture
+from .ema import EMA
+from .guidance import (
+    ClassifierGuided,
+    ConditionalScoreModel,
+    ExactClassifier,
+    ExactConditional,
+    sample_conditional,
+)
 from .likelihood import BitsPerDim, LikelihoodResult, bits_per_dim
 from .losses import (
     OBJECTIVES,
@@ -23,12 +48,47 @@ from .losses import (
     ssm_vr,
 )
 from .metrics import sliced_wasserstein
+from .nets import MLP, EnergyMLP, UNet, build_net
 from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
 from .samplers import SAMPLERS, SampleResult, sample
 from .schedules import karras_sigmas, time_grid
+from .train import NonFiniteLoss, TrainConfig, Trainer
 
 __all__ = [
+    "adapters",
+    "checkpoint",
+    "conditional",
+    "data",
+    "guidance",
+    "inpaint",
+    "likelihood",
+    "nets",
+    "DiscreteVP",
+    "from_denoiser",
+    "from_diffusers_unet",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "model_config",
+    "save_checkpoint",
+    "TOYS",
+    "Normalizer",
+    "load_data",
+    "toy_2d",
+    "EMA",
+    "ClassifierGuided",
+    "ConditionalScoreModel",
+    "ExactClassifier",
+    "ExactConditional",
+    "sample_conditional",
+    "MLP",
+    "EnergyMLP",
+    "UNet",
+    "build_net",
+    "NonFiniteLoss",
+    "TrainConfig",
+    "Trainer",
     "metrics",
     "samplers",
     "schedules",
