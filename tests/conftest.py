@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# make test runs two xdist workers on two cores: one intra-op thread each avoids
+# oversubscription (small ops on shared cores ran ~4x slower with torch's default).
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def gen():
