@@ -24,6 +24,18 @@ score is known, so :math:`L^\star` is a Monte-Carlo average with no learning err
 bucket for a trainer's logged loss: :func:`irreducible_buckets` averages the objective itself
 with the exact score as the model, and :func:`normalized_log` divides the log by it.
 
+A bounded score error adds an :math:`O(1)` term to a floor of order :math:`d/(2\sigma^2)`, so
+the ratio goes to 1 as :math:`\sigma \to 0` whatever the model; it is informative where
+:math:`\sigma` is comparable to the data's own scales.
+
+Example:
+    >>> from scorekit import VP, GaussianMixture, ExactScore
+    >>> gm = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], stds=0.3)
+    >>> ratio, se = normalized_dsm(ExactScore(gm, VP()), gm, torch.tensor([0.3]),
+    ...                            n=20_000, generator=torch.Generator().manual_seed(0))
+    >>> bool(abs(ratio[0] - 1) < 4 * se[0])
+    True
+
 References:
     Vincent, "A Connection Between Score Matching and Denoising Autoencoders", 2011;
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, eq. (7).
@@ -150,6 +162,17 @@ def normalized_dsm(
 ) -> tuple[Tensor, Tensor]:
     r"""The ratio :math:`L(\theta; t) / L^\star(t) \ge 1` at each time of ``t``, with ``n``
     fresh examples of ``target`` for each of the two terms (independent draws).
+
+    A bounded score error :math:`\delta` adds :math:`\tfrac12 E\|\delta\|^2` to a floor that
+    grows like :math:`d/(2\sigma^2)`, so the ratio tends to 1 as :math:`\sigma \to 0` even for
+    a wrong model: read it where :math:`\sigma` is comparable to the data's scales.
+
+    Arguments:
+        model: a :class:`~scorekit.parametrize.ScoreModel` (carries ``.process``).
+        target: the data law, a :class:`~scorekit.distributions.GaussianMixture`.
+        t: 1-D tensor of ``K`` times inside the process domain.
+        n: Monte-Carlo examples per time and per term.
+        generator: draws everything.
 
     Returns:
         ``(ratio, stderr)`` of shape ``(K,)``; the standard error by the delta method,
