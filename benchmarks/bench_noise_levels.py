@@ -3,7 +3,7 @@ loss on four data sets at one training budget) through ``benchmarks/run.py``.
 
     python benchmarks/run.py --only noise_levels [--quick]
 
-The full run (about 25 CPU-minutes on one thread) writes its figures to
+The full run (913 s measured on one thread of a shared machine) writes its figures to
 ``benchmarks/results/``; ``--quick`` (under a minute) is a smoke run whose numbers mean
 nothing.
 """

@@ -20,7 +20,7 @@ coordinates); for digits the Frechet distance in a 16-component PCA space; and, 
 mixtures, the trainer's loss per sigma bucket divided by its irreducible floor
 (:mod:`scorekit.diagnostics`).
 
-Usage (one thread; about 25 CPU-minutes in full, under a minute with --quick):
+Usage (one thread; the full run took 913 s on a shared 2-core machine, --quick < 1 min):
 
     python benchmarks/study_noise_levels.py [--quick] [--out DIR] [--figures DIR]
 """
