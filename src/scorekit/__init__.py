@@ -5,6 +5,7 @@ from . import (
     checkpoint,
     conditional,
     data,
+    diagnostics,
     guidance,
     inpaint,
     likelihood,
@@ -56,6 +57,7 @@ from .schedules import karras_sigmas, time_grid
 from .train import NonFiniteLoss, TrainConfig, Trainer
 
 __all__ = [
+    "diagnostics",
     "adapters",
     "checkpoint",
     "conditional",
