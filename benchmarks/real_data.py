@@ -44,7 +44,15 @@ from scorekit.metrics import digits_quality
 from scorekit.nets import MLP
 from scorekit.samplers import sample
 
-__all__ = ["bpd_from_model_log_prob", "dequantize", "main", "run_digits", "run_moons"]
+__all__ = [
+    "bpd_from_model_log_prob",
+    "dequantize",
+    "main",
+    "real_baseline",
+    "run_digits",
+    "run_moons",
+    "train_budget",
+]
 
 LEVELS = 17  # digits pixels take the values 0..16
 CENTER, SCALE = 8.5, 8.5  # model space z = (x + U - CENTER) / SCALE lies in [-1, 1)

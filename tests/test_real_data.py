@@ -125,9 +125,21 @@ def test_digits_quality_of_real_digits():
 
 def test_quick_table(real_data, tmp_path):
     pytest.importorskip("sklearn")
-    result = real_data.main(
-        ["--out", str(tmp_path), "--quick", "--digits-minutes", "0.04", "--moons-minutes", "0.04"]
-    )
+    threads = torch.get_num_threads()
+    try:
+        result = real_data.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--quick",
+                "--digits-minutes",
+                "0.04",
+                "--moons-minutes",
+                "0.04",
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)  # main() pins one thread
     saved = json.loads((tmp_path / "real_data.json").read_text())
     assert saved["quick"] is True and set(saved) >= {"digits", "moons", "budget_clock"}
     md = (tmp_path / "real_data.md").read_text()
