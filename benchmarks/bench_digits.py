@@ -21,30 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 from sklearn.datasets import load_digits
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from scorekit import VP, ScoreModel
 from scorekit.data import Normalizer
 from scorekit.losses import make_objective
+from scorekit.metrics import digits_quality
 from scorekit.nets import UNet
 from scorekit.plots import plot_image_grid, save_figure
 from scorekit.samplers import sample
 from scorekit.train import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
-
-
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    r""":math:`\|\mu_a-\mu_b\|^2 + \mathrm{tr}(\Sigma_a+\Sigma_b-2(\Sigma_a\Sigma_b)^{1/2})`."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(ca @ cb)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
 
 def run(quick: bool = False, steps: int | None = None) -> dict:
@@ -73,19 +62,8 @@ def run(quick: bool = False, steps: int | None = None) -> dict:
         res = sample(ema, (n_samples, 1, 8, 8), sampler="heun", steps=sampler_steps, generator=g)
     gen = norm.decode(res.x.double()).clamp(0, 16).reshape(n_samples, 64).numpy()
 
-    pca = PCA(16, random_state=0).fit(Xtr)
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(len(Xte))
-    half_a, half_b = Xte[perm[: len(Xte) // 2]], Xte[perm[len(Xte) // 2 :]]
-    m = min(len(half_b), n_samples)
-    fd_gen = frechet(pca.transform(gen[:m]), pca.transform(half_a))
-    fd_real = frechet(pca.transform(half_b[:m]), pca.transform(half_a))
-
-    clf = LogisticRegression(max_iter=5000).fit(Xtr / 16, ytr)
-    p_gen = clf.predict_proba(gen / 16)
-    p_real = clf.predict_proba(Xte / 16)
-    conf_ratio = float(p_gen.max(1).mean() / p_real.max(1).mean())
-    shares = np.bincount(p_gen.argmax(1), minlength=10) / len(gen)
+    q = digits_quality(gen, Xtr, ytr, Xte)
+    fd_gen, fd_real = q["frechet"], q["frechet_real"]
 
     fig = plot_image_grid(
         res.x[:100],
@@ -109,11 +87,11 @@ def run(quick: bool = False, steps: int | None = None) -> dict:
         "frechet_pca16_real_halves": fd_real,
         "frechet_ratio": fd_gen / fd_real,
         "goal_frechet_ratio": 3.0,
-        "top_class_prob_ratio": conf_ratio,
+        "top_class_prob_ratio": q["top_class_prob_ratio"],
         "goal_top_class_prob_ratio": 0.95,
-        "min_class_share": float(shares.min()),
+        "min_class_share": q["min_class_share"],
         "goal_min_class_share": 0.05,
-        "class_shares": shares.tolist(),
+        "class_shares": q["class_shares"],
         "grid": str(grid),
         "seconds": time.perf_counter() - t0,
     }
