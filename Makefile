@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test lint format bench bench-real demo clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py --out benchmarks/results
+
+# digits and moons under fixed CPU-minute budgets (one thread, about 30 CPU-minutes)
+bench-real: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/real_data.py --out benchmarks/results/real_data
 
 demo: $(STAMP)
 	$(VENV)/bin/scorekit demo --out runs/demo
