@@ -43,7 +43,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
 
 
 def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
-    pytest.importorskip("scorekit.losses")
     run = tmp_path / "run"
     common = ["--data", "moons", "--n", "500", "--batch", "64", "--quiet", "--out", str(run)]
     assert main(["train", *common, "--steps", "20", "--log-every", "5"]) == 0
@@ -61,7 +60,6 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     assert "net config" in _err(capsys)
     capsys.readouterr()
 
-    pytest.importorskip("scorekit.samplers")
     out = tmp_path / "s.npy"
     argv = ["sample", str(run), "--sampler", "heun", "--steps", "5", "--n", "50", "--out", str(out)]
     assert main(argv) == 0
@@ -73,7 +71,6 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     for k in ("field", "samples", "trajectories", "loss"):
         assert (tmp_path / "plots" / f"{k}.png").stat().st_size > 1000
 
-    pytest.importorskip("scorekit.likelihood")
     capsys.readouterr()
     argv = ["likelihood", str(run), "--data", "moons", "--n", "20", "--method", "euler"]
     assert main([*argv, "--steps", "10"]) == 0
@@ -85,7 +82,6 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
 
 
 def test_train_on_images_and_tables(tmp_path, capsys):
-    pytest.importorskip("scorekit.losses")
     from PIL import Image
 
     rng = np.random.default_rng(0)

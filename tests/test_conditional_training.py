@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scorekit import VP, ExactScore, GaussianMixture, ScoreModel
+from scorekit import VP, ExactScore, GaussianMixture, ScoreModel, nets, train
 from scorekit.conditional import (
     ClassConditional,
     ClassifierObjective,
@@ -13,9 +13,6 @@ from scorekit.conditional import (
 )
 from scorekit.guidance import ConditionalScoreModel, sample_conditional
 from scorekit.losses import make_objective
-
-train = pytest.importorskip("scorekit.train")
-nets = pytest.importorskip("scorekit.nets")
 
 
 @pytest.fixture(scope="module")
