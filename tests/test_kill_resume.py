@@ -146,3 +146,20 @@ def test_save_refuses_nonfinite_tensors_and_keeps_the_old_checkpoint(tmp_path):
             save_checkpoint(path, {"w": torch.tensor([1.0, bad, 0.0])}, {"step": 2})
     assert load_checkpoint(path)[1]["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+
+
+def test_config_file_options_survive_a_net_flag_of_the_same_name(tmp_path):
+    # the kill/resume runs pass --net mlp with --config {"net": {"hidden": 32}}: the first
+    # run and every resume must build the same network
+    from scorekit.cli import _settings, build_parser
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"net": {"hidden": 32, "depth": 2}}))
+    argv = ["train", "--net", "mlp", "--config", str(cfg)]
+    s = _settings(build_parser().parse_args(argv), None)
+    assert s["net"] == {"hidden": 32, "depth": 2, "name": "mlp"}
+    stored = {**s, "net": {"name": "mlp", "hidden": 32, "depth": 2, "dim": 2}}
+    assert _settings(build_parser().parse_args(argv), stored)["net"]["hidden"] == 32
+    # options given for another network are dropped with the old name
+    cfg.write_text(json.dumps({"net": {"name": "unet", "mults": [1, 2]}}))
+    assert _settings(build_parser().parse_args(argv), None)["net"] == {"name": "mlp"}

@@ -64,6 +64,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 def model_config(model: ScoreModel) -> dict:
     """JSON-able description of a :class:`ScoreModel` whose network has ``config()``:
     ``{"net", "process", "prediction", "precond"}``; :func:`build_model` inverts it."""
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")
     net, precond = model.net, None
     if isinstance(net, EDMPrecond):
         precond = {"name": "edm", "sigma_data": net.sigma_data}

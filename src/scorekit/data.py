@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_int
+from ._validate import check_choice, check_generator, check_int
 
 __all__ = ["TOYS", "Dataset", "Normalizer", "digits", "load_data", "load_file", "toy_2d"]
 
@@ -144,6 +144,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     """
     check_choice("name", name, TOYS)
     n = check_int("n", n)
+    check_generator("generator", generator)
     g = generator
     if name == "moons":
         upper = _u(n, g) < 0.5
@@ -353,6 +354,7 @@ def load_data(
         A :class:`Dataset` with ``x`` of shape ``(N, *D)`` in model space.
     """
     check_choice("normalize", normalize, NORMALIZE)
+    check_generator("generator", generator)
     labels, name = None, str(spec)
     images = False
     if name in TOYS:
