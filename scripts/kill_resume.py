@@ -70,9 +70,10 @@ def _logged_step(log: Path) -> int:
 
 def check_checkpoint(out: Path, ckpt_every: int, steps: int) -> int:
     """Load the checkpoint in ``out`` and check it is complete; returns its step."""
-    from scorekit.checkpoint import load_checkpoint
+    from scorekit.checkpoint import load_checkpoint, load_model
 
     tensors, meta = load_checkpoint(out / "checkpoint.safetensors")
+    load_model(out / "checkpoint.safetensors")  # the network, EMA weights and normaliser
     side = json.loads((out / "checkpoint.json").read_text())
     step = int(meta["step"])
     if step % ckpt_every and step != steps:

@@ -34,3 +34,5 @@ def build_net(config: dict) -> nn.Module:
         return NETS[config["name"]](**kwargs)
     except TypeError as e:
         raise ValueError(f"net config {config!r} has unexpected fields: {e}") from None
+    except (RuntimeError, OverflowError) as e:  # sizes torch cannot allocate or index
+        raise ValueError(f"net config {config!r} cannot be built: {e}") from None
