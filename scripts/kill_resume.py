@@ -110,9 +110,13 @@ def _run_and_kill(out, steps, ckpt_every, seed, resume, target, timeout) -> int:
         stderr=subprocess.PIPE,
     )
     log, t0 = out / "log.jsonl", time.monotonic()
+    # a resumed run first cuts the old log back to its checkpoint (an atomic rewrite: a
+    # new inode); until then the lines logged by the killed run must not count
+    stale = log.stat().st_ino if resume and log.exists() else None
     try:
         while True:
-            if _logged_step(log) >= target and (out / "checkpoint.safetensors").exists():
+            fresh = stale is None or (log.exists() and log.stat().st_ino != stale)
+            if fresh and _logged_step(log) >= target and (out / "checkpoint.safetensors").exists():
                 proc.send_signal(signal.SIGKILL)
                 break
             if proc.poll() is not None:
@@ -161,7 +165,7 @@ def kill_resume(
     for _ in range(kills):
         last = check_checkpoint(run, ckpt_every, steps) if resume else 0
         lo = last + 1
-        target = rng.randint(lo, max(lo, steps - 2 * ckpt_every))
+        target = rng.randint(lo, max(lo, steps - ckpt_every))
         got = _run_and_kill(run, steps, ckpt_every, seed, resume, target, timeout)
         kills_at.append(got)
         step = check_checkpoint(run, ckpt_every, steps)
