@@ -339,3 +339,17 @@ def test_random_bytes_as_training_log_and_cli_config(tmp_path, data):
     p = _write(tmp_path, "log.jsonl", data)
     clean(read_log, p)
     clean(_load_json, str(p))
+
+
+@pytest.mark.parametrize(
+    "field,value", [("depth", 10**9), ("hidden", 10**9), ("dim", 2**62), ("emb_dim", 10**8)]
+)
+def test_a_checkpoint_cannot_ask_for_a_huge_network(tmp_path, good_checkpoint, field, value):
+    # found by the long fuzz run: depth=10**9 built 10**9 blocks before comparing shapes
+    _, tensors, meta = good_checkpoint
+    meta = _mutate({k: v for k, v in meta.items() if k != "format"}, ["model", "net", field], value)
+    p = tmp_path / "huge.safetensors"
+    save_checkpoint(p, tensors, meta)
+    refused = "does not match the network|cannot be built|cannot build"
+    with _alarm(20), pytest.raises(ValueError, match=refused):
+        load_model(p)

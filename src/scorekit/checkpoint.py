@@ -195,6 +195,16 @@ def load_model(
     state = prefixed(tensors, "ema") if ema else {}
     if not state:
         state = prefixed(tensors, "model")
+    net = meta["model"].get("net") if isinstance(meta["model"], dict) else None
+    net = net if isinstance(net, dict) else {}
+    mults = net.get("mults")
+    blocks = {"depth": net.get("depth"), "len(mults)": len(mults) if isinstance(mults, list) else 0}
+    for k, v in blocks.items():  # each block holds tensors: more blocks than tensors is a lie
+        if isinstance(v, int) and v > len(state):
+            raise ValueError(
+                f"checkpoint {path} does not match the network: net {k}={v} needs more "
+                f"than the {len(state)} tensors in the file"
+            )
     check_shapes(lambda: build_model(meta["model"]), state, f"checkpoint {path}")
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
