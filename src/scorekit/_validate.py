@@ -15,7 +15,10 @@ from torch import Tensor
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_generator",
+    "check_instance",
     "check_int",
+    "check_process",
     "check_positive",
     "check_range",
     "check_tensor",
@@ -91,3 +94,25 @@ def check_range(name: str, value: Tensor | float, low: float, high: float) -> No
     lo, hi = float(t.min()), float(t.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < low or hi > high:
         raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got values in [{lo:g}, {hi:g}]")
+
+
+def check_generator(name: str, value: Any) -> torch.Generator | None:
+    """Raise unless `value` is a ``torch.Generator`` or ``None``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator or None, got {_describe(value)}")
+    return value
+
+
+def check_instance(name: str, value: Any, cls: type | tuple[type, ...]) -> Any:
+    """Raise unless `value` is an instance of `cls`."""
+    if not isinstance(value, cls):
+        names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise ValueError(f"{name} must be a {names}, got {type(value).__name__}")
+    return value
+
+
+def check_process(name: str, value: Any) -> Any:
+    """Raise unless `value` is a :class:`scorekit.processes.Process`."""
+    from .processes import Process
+
+    return check_instance(name, value, Process)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ._validate import check_int, check_positive
+from ._validate import check_generator, check_int, check_positive
 from .noise_design import (
     NCSN_GAMMA,
     _as_data,
@@ -201,6 +201,7 @@ def advise(
         Song & Ermon (2020), Section 4; Song & Ermon (2019); Karras et al. (2022), Table 1.
     """
     T = check_int("T", T, minimum=1)
+    check_generator("generator", generator)
     x = _as_data(data)
     n, dim = x.shape
     notes = []

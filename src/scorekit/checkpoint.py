@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .processes import from_config as process_from_config
 __all__ = [
     "FORMAT",
     "build_model",
+    "check_shapes",
     "load_checkpoint",
     "load_model",
     "load_state",
@@ -62,6 +64,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 def model_config(model: ScoreModel) -> dict:
     """JSON-able description of a :class:`ScoreModel` whose network has ``config()``:
     ``{"net", "process", "prediction", "precond"}``; :func:`build_model` inverts it."""
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")
     net, precond = model.net, None
     if isinstance(net, EDMPrecond):
         precond = {"name": "edm", "sigma_data": net.sigma_data}
@@ -86,7 +90,7 @@ def build_model(config: dict) -> ScoreModel:
     net = build_net(config["net"])
     precond = config.get("precond")
     if precond:
-        if precond.get("name") != "edm":
+        if not isinstance(precond, dict) or precond.get("name") != "edm":
             raise ValueError(f"unknown preconditioning {precond!r}; expected name 'edm'")
         net = EDMPrecond(net, process, precond.get("sigma_data", 0.5))
     return ScoreModel(net, process, config["prediction"])
@@ -135,10 +139,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
     try:
         meta = json.loads(header["scorekit"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):
         raise ValueError(f"{path} is not a scorekit checkpoint (no 'scorekit' metadata)") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path} has format {got!r}, expected {FORMAT!r}")
     return tensors, meta
 
 
@@ -157,16 +162,61 @@ def load_state(module: torch.nn.Module, state: dict[str, Tensor], what: str) -> 
         raise ValueError(f"{what} does not match the network: {' '.join(first[:2])}") from None
 
 
+def check_shapes(build: Callable[[], torch.nn.Module], state: dict[str, Tensor], what: str) -> None:
+    """Build the module ``build()`` returns on the ``meta`` device (no memory) and check that
+    ``state`` holds exactly its tensors, with their shapes; a ``ValueError`` naming ``what``
+    otherwise. Run before building the real module, so that a configuration from an
+    untrusted file cannot make it allocate more than the file itself holds."""
+    try:
+        with torch.device("meta"):
+            skeleton = build().state_dict()
+    except (RuntimeError, OverflowError, MemoryError) as e:
+        raise ValueError(f"{what}: cannot build its network: {e}") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))[:3]
+        extra = sorted(set(have) - set(want))[:3]
+        wrong = [f"{k}: {have[k]} != {want[k]}" for k in want if k in have and have[k] != want[k]]
+        raise ValueError(
+            f"{what} does not match the network: missing {missing}, unexpected {extra}, "
+            f"shape mismatch {wrong[:3]}"
+        )
+
+
 def load_model(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[ScoreModel, Normalizer, dict]:
     """Load a trained model (the EMA weights when ``ema`` and present), its data
     :class:`~scorekit.data.Normalizer` and the checkpoint's ``meta``. The model is in eval mode."""
     tensors, meta = load_checkpoint(path)
-    model = build_model(meta["model"])
+    if "model" not in meta:
+        raise ValueError(f"checkpoint {path} has no 'model' configuration")
     state = prefixed(tensors, "ema") if ema else {}
     if not state:
         state = prefixed(tensors, "model")
+    net = meta["model"].get("net") if isinstance(meta["model"], dict) else None
+    net = net if isinstance(net, dict) else {}
+    mults = net.get("mults")
+    blocks = {"depth": net.get("depth"), "len(mults)": len(mults) if isinstance(mults, list) else 0}
+    for k, v in blocks.items():  # each block holds tensors: more blocks than tensors is a lie
+        if isinstance(v, int) and v > len(state):
+            raise ValueError(
+                f"checkpoint {path} does not match the network: net {k}={v} needs more "
+                f"than the {len(state)} tensors in the file"
+            )
+    check_shapes(lambda: build_model(meta["model"]), state, f"checkpoint {path}")
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"checkpoint {path} holds non-finite values in tensor {k!r}")
+    model = build_model(meta["model"])
     load_state(model, state, f"checkpoint {path}")
     normalizer = Normalizer.from_config(meta.get("normalizer", {"loc": 0.0, "scale": 1.0}))
+    shape = meta.get("data_shape")
+    if shape is not None:
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        ):
+            raise ValueError(f"checkpoint {path} has data_shape {shape!r}, expected a list of ints")
+        normalizer.check_shape(tuple(shape), f"checkpoint {path}'s normalizer")
     return model.to(device).eval(), normalizer, meta

@@ -50,8 +50,8 @@ def _load_json(path: str | None) -> dict:
     if not p.is_file():
         raise ValueError(f"config file not found: {path!r}")
     try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"config file {path} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"config file {path} must hold a JSON object, got {type(cfg).__name__}")
@@ -82,10 +82,13 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
     for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
         if getattr(args, flag) is not None:
             s[flag] = getattr(args, flag)
-    for flag in ("process", "net"):  # a new name drops the options of the old one
+    for flag in ("process", "net"):  # a new name drops the options of the old one ...
         name = getattr(args, flag)
         if name is not None and str(s[flag].get("name", "")).lower() != name:
-            s[flag] = {"name": name}
+            # ... but keeps those the --config file gives for this name (or without one)
+            given = cfg.get(flag) if isinstance(cfg.get(flag), dict) else {}
+            same = str(given.get("name", name)).lower() == name
+            s[flag] = {**(given if same else {}), "name": name}
     flags = {
         "steps": "steps",
         "batch": "batch_size",

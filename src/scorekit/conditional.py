@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validate import check_int, check_range, check_tensor
+from ._validate import check_finite, check_int, check_range, check_tensor
 from .guidance import ConditionalScoreModel, GuidedScoreModel, check_labels
 from .parametrize import ScoreModel
 from .processes import Process
@@ -84,6 +84,7 @@ def pack_labels(x: Tensor, labels: Tensor) -> Tensor:
     r"""Examples ``x`` of shape ``(N, *D)`` and integer labels ``(N,)`` as one float tensor
     of shape ``(N, prod(D) + 1)``, the label last (exact in float32 below :math:`2^{24}`)."""
     check_tensor("x", x, min_dim=2)
+    check_finite("x", x)
     y = check_labels("labels", labels, 2**24, batch=x.shape[0])
     return torch.cat([x.reshape(x.shape[0], -1).float(), y[:, None].float()], dim=1)
 
@@ -129,6 +130,8 @@ class ClassConditional(nn.Module):
     def __init__(self, net: nn.Module, num_classes: int):
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         embeds = [(m, n) for m in net.modules() for n, c in m.named_children() if n == "embed"]
         if len(embeds) != 1:
             raise ValueError(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_int
+from ._validate import check_choice, check_generator, check_int
 
 __all__ = ["TOYS", "Dataset", "Normalizer", "digits", "load_data", "load_file", "toy_2d"]
 
@@ -87,7 +87,29 @@ class Normalizer:
         if not isinstance(config, dict) or not {"loc", "scale"} <= set(config):
             raise ValueError(f"normalizer config must have 'loc' and 'scale', got {config!r}")
         f64 = torch.float64
-        return cls(torch.tensor(config["loc"], dtype=f64), torch.tensor(config["scale"], dtype=f64))
+        try:
+            loc = torch.tensor(config["loc"], dtype=f64)
+            scale = torch.tensor(config["scale"], dtype=f64)
+            torch.broadcast_shapes(loc.shape, scale.shape)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise ValueError(
+                "normalizer config 'loc' and 'scale' must be numbers or nested lists of "
+                f"numbers of broadcastable shapes, got {config!r}"
+            ) from None
+        return cls(loc, scale)
+
+    def check_shape(self, shape: tuple[int, ...], what: str = "normalizer") -> None:
+        """Raise ``ValueError`` unless ``loc`` and ``scale`` broadcast to one example of
+        ``shape`` without changing it."""
+        try:
+            ok = torch.broadcast_shapes(self.loc.shape, self.scale.shape, shape) == shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{what} has loc of shape {tuple(self.loc.shape)} and scale of shape "
+                f"{tuple(self.scale.shape)}, which do not fit examples of shape {shape}"
+            )
 
 
 @dataclass
@@ -122,6 +144,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     """
     check_choice("name", name, TOYS)
     n = check_int("n", n)
+    check_generator("generator", generator)
     g = generator
     if name == "moons":
         upper = _u(n, g) < 0.5
@@ -240,8 +263,8 @@ def _load_images(folder: Path, image_size: int | None) -> np.ndarray:
             with Image.open(p) as im:
                 im.load()
                 images.append(im.copy())
-        except OSError as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
+        except Exception as e:  # noqa: BLE001 -- Pillow raises OSError, SyntaxError, ...
+            raise ValueError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
     grey = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in images)
     mode = "L" if grey else "RGB"
     if image_size is None:
@@ -302,6 +325,8 @@ def load_file(path: str | Path, *, key: str | None = None, image_size: int | Non
         if str(path) in str(e):
             raise
         raise ValueError(f"cannot read data file {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a damaged file may fail anywhere in the parser
+        raise ValueError(f"cannot read data file {path}: {type(e).__name__}: {e}") from None
     return _numeric(arr, path)
 
 
@@ -329,6 +354,7 @@ def load_data(
         A :class:`Dataset` with ``x`` of shape ``(N, *D)`` in model space.
     """
     check_choice("normalize", normalize, NORMALIZE)
+    check_generator("generator", generator)
     labels, name = None, str(spec)
     images = False
     if name in TOYS:

@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from ._validate import check_range
+from ._validate import check_instance, check_positive, check_range
 
 __all__ = ["EMA"]
 
@@ -42,6 +42,8 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        check_instance("model", model, nn.Module)
+        check_positive("decay", decay, strict=False)
         check_range("decay", float(decay), 0.0, 1.0)
         if decay >= 1:
             raise ValueError(f"decay must be < 1, got {decay}")

@@ -60,7 +60,11 @@ def check_labels(
 ) -> Tensor:
     r"""``labels`` as a long tensor of shape ``(B,)`` with values in ``[0, num_classes)``
     (``[0, num_classes]`` with ``allow_null``, the null label being ``num_classes``)."""
-    y = torch.as_tensor(labels)
+    num_classes = check_int("num_classes", num_classes)
+    try:
+        y = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a tensor of class labels, got {labels!r}") from None
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         if not (y.is_floating_point() and torch.equal(y, y.round())):
             raise ValueError(f"{name} must be integer class labels, got dtype {y.dtype}")
@@ -103,6 +107,8 @@ class ConditionalScoreModel(nn.Module):
         data_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        if net is not None and not callable(net):
+            raise ValueError(f"net must be callable (or None), got {type(net).__name__}")
         if not isinstance(process, Process):
             raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
         if prediction not in PREDICTIONS + ("energy",):

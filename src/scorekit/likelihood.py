@@ -44,6 +44,7 @@ from torchdiffeq import odeint
 from ._validate import (
     check_choice,
     check_finite,
+    check_generator,
     check_int,
     check_positive,
     check_range,
@@ -279,8 +280,8 @@ def log_prob(
             if value is not None:
                 raise ValueError(f"{name} is for adaptive methods; method={method!r} is fixed-step")
         steps = 100 if steps is None else check_int("steps", steps, minimum=1)
-    if divergence == "hutchinson":
-        n_probes = check_int("n_probes", n_probes, minimum=2)
+    n_probes = check_int("n_probes", n_probes, minimum=2)
+    check_generator("generator", generator)
     t_min = process.t_min if t_min is None else t_min
     t_max = process.t_max if t_max is None else t_max
     check_range("t_min", t_min, 0.0, process.T)
@@ -388,6 +389,7 @@ def bits_per_dim(
     """
     bins = check_int("bins", bins, minimum=2)
     check_choice("dequantization", dequantization, ("uniform",))
+    check_generator("generator", generator)
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError):

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import check_finite, check_int, check_positive
+from ._validate import check_finite, check_generator, check_int, check_positive
 
 __all__ = [
     "NCSN_GAMMA",
@@ -104,6 +104,7 @@ def max_pairwise_distance(
     """
     x = _as_data(data)
     max_points = check_int("max_points", max_points, minimum=2)
+    check_generator("generator", generator)
     n = x.shape[0]
     exact = n <= max_points
     if not exact:

@@ -125,6 +125,8 @@ class ScoreModel(nn.Module):
         prediction: str = "score",
     ):
         super().__init__()
+        if net is not None and not callable(net):
+            raise ValueError(f"net must be callable (or None), got {type(net).__name__}")
         if not isinstance(process, Process):
             raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
         self.prediction = check_choice("prediction", prediction, PREDICTIONS + ("energy",))
@@ -216,10 +218,24 @@ def edm_coefficients(
         c_{in} = \frac{1}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
         c_{noise} = \tfrac14 \ln\sigma .
 
+    ``sigma`` must be finite and > 0; the check runs on CPU tensors only (on an
+    accelerator it would synchronise every forward pass).
+
     References:
         Karras et al. (2022), Table 1 and Appendix B.6.
     """
     sigma_data = check_positive("sigma_data", sigma_data)
+    if not isinstance(sigma, Tensor):
+        raise ValueError(f"sigma must be a tensor, got {type(sigma).__name__}")
+    if (
+        sigma.device.type == "cpu"
+        and sigma.numel()
+        and not bool(((sigma > 0) & torch.isfinite(sigma)).all())
+    ):
+        raise ValueError(
+            f"sigma must be finite and > 0, got values in [{float(sigma.min())}, "
+            f"{float(sigma.max())}]"
+        )
     s2, d2 = sigma**2, sigma_data**2
     root = torch.sqrt(s2 + d2)
     return d2 / (s2 + d2), sigma * sigma_data / root, 1 / root, torch.log(sigma) / 4
@@ -237,6 +253,10 @@ class EDMPrecond(nn.Module):
 
     def __init__(self, net: nn.Module, process: Process, sigma_data: float = 0.5):
         super().__init__()
+        if not callable(net):
+            raise ValueError(f"net must be a callable network, got {type(net).__name__}")
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
         self.net = net
         self.process = process
         self.sigma_data = check_positive("sigma_data", sigma_data)

@@ -242,7 +242,14 @@ def read_log(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"training log not found: {str(path)!r}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode()
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"training log {path} is not JSON lines: {e}") from None
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"training log {path} must hold one JSON object per line")
+    return records
 
 
 def plot_loss_per_sigma(records: list[dict] | str | Path, *, title: str = "Loss per noise level"):

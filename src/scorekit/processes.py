@@ -438,7 +438,8 @@ _PROCESSES = {cls.__name__: cls for cls in (VE, VP, SubVP, CosineVP, EDM)}
 
 def from_config(config: dict) -> Process:
     """Rebuild a process from :meth:`Process.config` (as stored in checkpoints)."""
-    if not isinstance(config, dict) or config.get("name") not in _PROCESSES:
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or name not in _PROCESSES:
         raise ValueError(
             f"process config must be a dict with 'name' in {sorted(_PROCESSES)}, got {config!r}"
         )

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_int, check_positive
+from ._validate import check_choice, check_int, check_positive, check_process
 from .processes import EDM, VE, Process
 
 __all__ = [
@@ -91,7 +91,12 @@ def _check_range(lo: float, hi: float) -> tuple[float, float]:
 
 def noise_ratio(process: Process, t: Tensor | float) -> Tensor:
     r"""Scale-free noise level :math:`\tilde\sigma(t) = \sigma(t)/\alpha(t)` (increasing in t)."""
-    a, s = process.marginal(torch.as_tensor(t, dtype=torch.float64))
+    check_process("process", process)
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"t must be a tensor or a number, got {type(t).__name__}") from None
+    a, s = process.marginal(t)
     return s / a
 
 
@@ -154,6 +159,7 @@ def time_grid(
         80.0
     """
     check_choice("kind", kind, GRIDS)
+    check_process("process", process)
     steps = check_int("steps", steps, minimum=1)
     hi_t = process.t_max if t_max is None else float(t_max)
     lo_t = process.t_min if t_min is None else float(t_min)
@@ -218,6 +224,7 @@ def ddpm_time_grid(
     Returns:
         float64 tensor of shape ``(steps + 1,)``, strictly decreasing.
     """
+    check_process("process", process)
     ts = ddpm_timesteps(num_train_steps, steps, spacing).to(torch.float64)
     t = (ts + 1) * process.t_max / num_train_steps
     return torch.cat([t, t.new_zeros(1)])

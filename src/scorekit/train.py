@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -130,6 +131,21 @@ def _clip_grad(params: list[Tensor], max_norm: float | None) -> float:
     return total
 
 
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files (``.NAME.tmpPID``) of :func:`write_atomic` and
+    :func:`save_checkpoint` left in ``folder`` by a process that was killed mid-write."""
+    for p in folder.glob(".*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # the writer is gone
+            p.unlink(missing_ok=True)
+        except OSError:
+            continue
+
+
 class _Loss(nn.Module):
     """The objective as a module, so DistributedDataParallel wraps the whole loss."""
 
@@ -196,6 +212,7 @@ class Trainer:
         )
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.step, self.skipped = 0, 0
+        self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
         lo = float(self.process.sigma(torch.tensor(self.process.t_min, dtype=torch.float64)))
         hi = float(self.process.sigma(torch.tensor(self.process.t_max, dtype=torch.float64)))
         lo = max(lo, hi * 1e-6)
@@ -247,10 +264,14 @@ class Trainer:
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write the checkpoint (rank 0 only); returns its path."""
         path = Path(path) if path is not None else self.checkpoint_path
-        if path is None or self.rank != 0:
+        if path is None:
+            return None
+        if self.rank != 0:  # rank 0 writes it; every rank knows where the last one is
+            self.last_checkpoint = (path, self.step)
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, *self.state())
+        self.last_checkpoint = (path, self.step)
         return path
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -276,7 +297,10 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.skipped = int(meta["step"]), int(meta.get("skipped", 0))
         self.ema.updates = int(meta["ema"]["updates"])
+        self.last_checkpoint = (path, self.step)
         self._truncate_log()
+        if self.rank == 0:
+            _remove_stale_temps(path.parent)
 
     # -- logging -------------------------------------------------------------------------
     @property
@@ -377,8 +401,14 @@ class Trainer:
                         f"(batch sigma in [{float(s.min()):.4g}, {float(s.max()):.4g}])"
                     )
                     if cfg.on_nonfinite == "stop":
+                        good = self.last_checkpoint
+                        where = (
+                            f"last good checkpoint {good[0]} (step {good[1]})"
+                            if good is not None
+                            else "no checkpoint saved yet"
+                        )
                         raise NonFiniteLoss(
-                            what + "; lower the learning rate or use --on-nonfinite skip"
+                            f"{what}; {where}; lower the learning rate or use --on-nonfinite skip"
                         )
                     self.opt.zero_grad(set_to_none=True)
                     self.skipped += 1

@@ -267,8 +267,11 @@ class DSMObjective(DiffusionLoss):
             check_positive("sigma(t_min)", float(ends[0]))
             sigmas = torch.exp(torch.linspace(*torch.log(ends).tolist(), levels, dtype=ends.dtype))
             sigmas[0], sigmas[-1] = ends  # exact ends, no round-off outside the domain
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-        if sigmas.dim() != 1 or not (sigmas > 0).all():
+        try:
+            sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"sigmas must be a 1-D tensor of values > 0, got {sigmas!r}") from None
+        if sigmas.dim() != 1 or not (sigmas > 0).all() or not torch.isfinite(sigmas).all():
             raise ValueError(f"sigmas must be a 1-D tensor of values > 0, got {sigmas!r}")
         self.sigmas = sigmas
         times = process.t_of_sigma(sigmas).clamp(0.0, process.T)
@@ -290,6 +293,8 @@ class DDPMObjective(DiffusionLoss):
 
     def __init__(self, process: Process | None = None, steps: int = 1000, half: bool = True):
         process = VP() if process is None else process
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a Process, got {type(process).__name__}")
         steps = check_int("steps", steps, minimum=1)
         grid = torch.linspace(0.0, process.t_max, steps + 1, dtype=torch.float64)[1:]
         super().__init__(process, SigmaSquared(), "eps", GridT(grid), half=half)

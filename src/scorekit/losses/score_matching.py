@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_int, check_tensor
+from .._validate import check_choice, check_generator, check_int, check_tensor
 from ..weighting import _randn
 
 __all__ = ["dsm", "esm", "ism", "ncsn_loss", "ssm", "ssm_vr"]
@@ -201,6 +201,7 @@ def ism(
         [-3.0, -3.0]
     """
     _check_x(x)
+    check_generator("generator", generator)
     check_choice("trace", trace, ("exact", "hutchinson"))
     n_probes = check_int("n_probes", n_probes, minimum=1)
     check_choice("probe", probe, PROBES)
@@ -267,6 +268,7 @@ def ssm(
         [-3.0, -3.0]
     """
     _check_x(x)
+    check_generator("generator", generator)
     n = check_int("n_projections", n_projections, minimum=1)
     check_choice("probe", probe, PROBES)
     create_graph = torch.is_grad_enabled()
@@ -373,6 +375,7 @@ def dsm(
         tensor([0.0050])
     """
     _check_x(x)
+    check_generator("generator", generator)
     sig = _sigma_vector(sigma, x)
     if eps is None:
         eps = _randn(x.shape, generator, x.dtype, x.device)
@@ -420,7 +423,11 @@ def ncsn_loss(
         torch.Size([4])
     """
     _check_x(x)
-    sg = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
+    check_generator("generator", generator)
+    try:
+        sg = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"sigmas must be a 1-D tensor of levels, got {sigmas!r}") from None
     if sg.dim() != 1 or sg.numel() == 0:
         raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sg.shape)}")
     if not (torch.isfinite(sg).all() and (sg > 0).all()):

@@ -26,10 +26,13 @@ def build_net(config: dict) -> nn.Module:
         >>> build_net(net.config()).config() == net.config()
         True
     """
-    if not isinstance(config, dict) or config.get("name") not in NETS:
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or name not in NETS:
         raise ValueError(f"net config must be a dict with 'name' in {sorted(NETS)}, got {config!r}")
     kwargs = {k: v for k, v in config.items() if k != "name"}
     try:
         return NETS[config["name"]](**kwargs)
     except TypeError as e:
         raise ValueError(f"net config {config!r} has unexpected fields: {e}") from None
+    except (RuntimeError, OverflowError) as e:  # sizes torch cannot allocate or index
+        raise ValueError(f"net config {config!r} cannot be built: {e}") from None

@@ -63,6 +63,7 @@ class NoiseEmbedding(nn.Module):
         self.kind = check_choice("kind", kind, KINDS)
         self.input = check_choice("input", input, INPUTS)
         scale = check_positive("scale", scale)
+        seed = check_int("seed", seed, minimum=0)
         half = dim // 2
         if kind == "fourier":
             g = torch.Generator().manual_seed(int(seed))

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_int
+from .._validate import check_int, check_positive
 from .embedding import NoiseEmbedding
 
 __all__ = ["MLP"]
@@ -85,6 +85,8 @@ class MLP(nn.Module):
             "time_input": time_input,
             "out_dim": out_dim,
         }
+        check_int("emb_dim", emb_dim, minimum=2)
+        check_positive("emb_scale", emb_scale)
         self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
         self.inp = nn.Linear(self.dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._validate import check_int
+from .._validate import check_int, check_positive
 from .embedding import NoiseEmbedding
 
 __all__ = ["UNet"]
@@ -116,6 +116,8 @@ class UNet(nn.Module):
             "time_input": time_input,
         }
         self.channels, self.levels = channels, len(mults)
+        check_int("emb_dim", emb_dim, minimum=2)
+        check_positive("emb_scale", emb_scale)
         self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
         self.inp = nn.Conv2d(channels, base, 3, padding=1)
         chans = [base * m for m in mults]

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_int
+from .._validate import check_choice, check_generator, check_int
 from ..parametrize import ScoreModel
 from ..schedules import check_grid, ddpm_time_grid, time_grid
 from .base import Sampler, SampleResult
@@ -174,6 +174,7 @@ def sample(
     """
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
+    check_generator("generator", generator)
     smp = make_sampler(sampler, **options)
     process = model.process
     if grid is None:
