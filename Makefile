@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format bench bench-real demo clean
+.PHONY: install test lint format bench bench-real demo fuzz clean
 
 install: $(STAMP)
 
@@ -21,12 +21,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks examples
-	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+	$(VENV)/bin/ruff format src tests benchmarks examples scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples scripts
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PIP) -e '.[dev,bench]'
@@ -34,6 +34,10 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py --out benchmarks/results
+
+# a longer property-based run of the loader fuzz tests (make test runs 25 examples each)
+fuzz: $(STAMP)
+	SCOREKIT_FUZZ_EXAMPLES=5000 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 # digits and moons under fixed CPU-minute budgets (one thread, about 30 CPU-minutes)
 bench-real: $(STAMP)
