@@ -163,8 +163,15 @@ def _valid_kwargs(fn, qual=""):
     return kwargs, sig
 
 
+# needs a conditional model the generic values cannot make: its labels, mask and model
+# checks are tested in tests/test_guidance.py
+NOT_WALKED = {"scorekit.guidance.sample_conditional"}
+
+
 def _cases():
     for qual, fn in sorted(PUBLIC.items()):
+        if qual in NOT_WALKED:
+            continue
         kwargs, sig = _valid_kwargs(fn, qual)
         if kwargs is None:
             continue
@@ -185,10 +192,7 @@ def test_the_walk_covers_a_good_part_of_the_api():
 def _valid_call(qual):
     fn = PUBLIC[qual]
     kwargs, _ = _valid_kwargs(fn, qual)
-    try:
-        fn(**{k: v for k, v in kwargs.items()})
-    except Exception as e:  # noqa: BLE001 -- the walker's valid guess does not fit this one
-        pytest.skip(f"{qual}: no valid call from the generic values ({type(e).__name__}: {e})")
+    fn(**{k: v for k, v in kwargs.items()})  # the walker's valid call must be valid
     return fn, kwargs
 
 

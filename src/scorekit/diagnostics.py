@@ -48,7 +48,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_int, check_tensor
+from ._validate import check_finite, check_generator, check_int, check_tensor
 from .distributions import ExactScore, GaussianMixture
 from .processes import Process
 
@@ -64,7 +64,10 @@ __all__ = [
 
 
 def _times(process: Process, t) -> Tensor:
-    t = torch.as_tensor(t, dtype=torch.float64)
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"t must be a 1-D tensor of times, got {t!r}") from None
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
     process.check_t(t)
@@ -104,7 +107,8 @@ def dsm_per_level(
     process = getattr(model, "process", None)
     if not isinstance(process, Process):
         raise ValueError(f"model must carry a scorekit Process as .process, got {model!r}")
-    check_tensor("x0", x0, min_dim=2)
+    check_finite("x0", check_tensor("x0", x0, min_dim=2))
+    check_generator("generator", generator)
     t = _times(process, t)
     means, ses = [], []
     for tk in t.tolist():
