@@ -52,6 +52,7 @@ from ._validate import (
 )
 from .parametrize import ScoreModel
 from .processes import Process
+from .weighting import _rand, _randn
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
 
@@ -143,13 +144,12 @@ def _drift_and_divergence(
 def _random(kind: str, shape: tuple[int, ...], like: Tensor, generator) -> Tensor:
     """Uniform [0, 1), standard Gaussian or Rademacher noise of ``shape``, drawn on the
     generator's device and returned with ``like``'s dtype and device."""
-    device = generator.device if generator is not None else like.device
     if kind == "uniform":
-        e = torch.rand(shape, generator=generator, dtype=like.dtype, device=device)
-    elif kind == "gaussian":
-        e = torch.randn(shape, generator=generator, dtype=like.dtype, device=device)
-    else:
-        e = torch.randint(0, 2, shape, generator=generator, device=device).to(like.dtype) * 2 - 1
+        return _rand(shape, generator, like.dtype, like.device)
+    if kind == "gaussian":
+        return _randn(shape, generator, like.dtype, like.device)
+    device = generator.device if generator is not None else like.device
+    e = torch.randint(0, 2, shape, generator=generator, device=device).to(like.dtype) * 2 - 1
     return e.to(like.device)
 
 
