@@ -35,6 +35,7 @@ __all__ = [
     "FORMAT",
     "build_model",
     "check_shapes",
+    "check_state",
     "load_checkpoint",
     "load_model",
     "load_state",
@@ -184,6 +185,29 @@ def check_shapes(build: Callable[[], torch.nn.Module], state: dict[str, Tensor],
         )
 
 
+def check_state(
+    build: Callable[[], torch.nn.Module], state: dict[str, Tensor], net: dict | None, what: str
+) -> None:
+    """Check the tensors ``state`` of a checkpoint before the module ``build()`` returns is
+    built for real: no more blocks in the network config ``net`` (``depth``, ``len(mults)``)
+    than the file holds tensors, exactly the module's tensor names and shapes
+    (:func:`check_shapes`, on the ``meta`` device) and only finite floating-point values.
+    Raises a ``ValueError`` naming ``what`` (e.g. ``"checkpoint PATH"``) otherwise."""
+    net = net if isinstance(net, dict) else {}
+    mults = net.get("mults")
+    blocks = {"depth": net.get("depth"), "len(mults)": len(mults) if isinstance(mults, list) else 0}
+    for k, v in blocks.items():  # each block holds tensors: more blocks than tensors is a lie
+        if isinstance(v, int) and v > len(state):
+            raise ValueError(
+                f"{what} does not match the network: net {k}={v} needs more "
+                f"than the {len(state)} tensors in the file"
+            )
+    check_shapes(build, state, what)
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{what} holds non-finite values in tensor {k!r}")
+
+
 def load_model(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[ScoreModel, Normalizer, dict]:
@@ -197,18 +221,12 @@ def load_model(
         state = prefixed(tensors, "model")
     net = meta["model"].get("net") if isinstance(meta["model"], dict) else None
     net = net if isinstance(net, dict) else {}
-    mults = net.get("mults")
-    blocks = {"depth": net.get("depth"), "len(mults)": len(mults) if isinstance(mults, list) else 0}
-    for k, v in blocks.items():  # each block holds tensors: more blocks than tensors is a lie
-        if isinstance(v, int) and v > len(state):
-            raise ValueError(
-                f"checkpoint {path} does not match the network: net {k}={v} needs more "
-                f"than the {len(state)} tensors in the file"
-            )
-    check_shapes(lambda: build_model(meta["model"]), state, f"checkpoint {path}")
-    for k, v in state.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ValueError(f"checkpoint {path} holds non-finite values in tensor {k!r}")
+    if net.get("name") == "conditional":
+        raise ValueError(
+            f"checkpoint {path} holds a class-conditional model; load it with "
+            "scorekit.conditional.load_conditional (or sample it with scorekit sample --label)"
+        )
+    check_state(lambda: build_model(meta["model"]), state, net, f"checkpoint {path}")
     model = build_model(meta["model"])
     load_state(model, state, f"checkpoint {path}")
     normalizer = Normalizer.from_config(meta.get("normalizer", {"loc": 0.0, "scale": 1.0}))

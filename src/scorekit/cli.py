@@ -2,7 +2,10 @@
 
 ``scorekit train --data moons`` trains with sensible defaults and writes
 ``runs/train/checkpoint.safetensors`` (+ ``.json``) and ``log.jsonl``; the same command
-under ``torchrun --nproc_per_node=N`` trains with DistributedDataParallel. Errors in
+under ``torchrun --nproc_per_node=N`` trains with DistributedDataParallel.
+``scorekit train --data digits --conditional`` trains a class-conditional model with label
+dropout, and ``scorekit sample RUN --label K --guidance W`` samples class ``K`` with
+classifier-free guidance. Errors in
 the input (missing or unreadable data, empty data, mixed image sizes, non-numeric CSV
 cells, a checkpoint of another network, an output path that is a file) end with a
 one-line message and exit code 1; ``--debug`` shows the traceback instead.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,9 +25,12 @@ import torch
 
 from .recipe import (
     DEFAULTS,
+    LABEL_DROPOUT,
     PROCESSES,
+    build_conditional_run,
     build_process,
     build_run_model,
+    conditional_settings,
     data_meta,
     model_net_config,
     nll_report,
@@ -107,6 +114,14 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
             s["train"][name] = getattr(args, flag)
     if args.bf16:
         s["train"]["bf16"] = True
+    cond = conditional_settings(s["conditional"], "'conditional' in the settings")
+    if args.conditional:
+        cond = cond or {}
+    if args.label_dropout is not None:
+        if cond is None:
+            raise ValueError("--label-dropout needs --conditional (class-conditional training)")
+        cond = {**cond, "label_dropout": args.label_dropout}
+    s["conditional"] = conditional_settings(cond, "--conditional")
     return s
 
 
@@ -126,6 +141,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif ckpt.exists():
         raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
     s = _settings(args, stored)
+    if args.resume and bool((stored or {}).get("conditional")) != bool(s["conditional"]):
+        kind = "a class-conditional" if s["conditional"] is None else "an unconditional"
+        raise ValueError(
+            f"--conditional: {str(out)!r} holds {kind} checkpoint; resume it as it was "
+            "trained (with --conditional exactly when it is class-conditional) or use another --out"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rank, _, device = init_distributed()
@@ -152,10 +173,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .losses import make_objective
 
         objective = make_objective(s["loss"], process, **s["loss_kwargs"])
+        examples = data.x
+        if s["conditional"] is not None:
+            model, objective, examples = build_conditional_run(s, data, model, objective)
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
         meta = {"cli": s, "data": data_meta(s, data)}
+        if s["conditional"] is not None:
+            meta.update(objective.meta())
         trainer = Trainer(
-            model, objective, data.x, cfg, out, normalizer=data.normalizer, meta=meta, device=device
+            model,
+            objective,
+            examples,
+            cfg,
+            out,
+            normalizer=data.normalizer,
+            meta=meta,
+            device=device,
         )
         if args.resume:
             trainer.resume(ckpt)
@@ -173,10 +206,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
-def _load(path: Path, ema: bool = True):
-    from .checkpoint import load_model
+def _is_conditional(meta: dict) -> bool:
+    model = meta.get("model")
+    net = model.get("net") if isinstance(model, dict) else None
+    return isinstance(net, dict) and net.get("name") == "conditional"
 
-    return load_model(_checkpoint_path(path), ema=ema)
+
+def _load(path: Path, ema: bool = True, command: str = "sample"):
+    """``(model, normalizer, meta)``; the model is a ``ConditionalScoreModel`` for a
+    class-conditional checkpoint, which only ``scorekit sample`` takes."""
+    from .checkpoint import load_checkpoint, load_model
+    from .conditional import load_conditional
+
+    path = _checkpoint_path(path)
+    if not _is_conditional(load_checkpoint(path)[1]):
+        return load_model(path, ema=ema)
+    if command != "sample":
+        raise ValueError(
+            f"scorekit {command} does not take class-conditional checkpoints ({path}); "
+            "use scorekit sample --label K, or scorekit.conditional.load_conditional in Python"
+        )
+    return load_conditional(path, ema=ema)
+
+
+def _bind(cond, path: Path, n: int, label: int | None, guidance: float | None):
+    """The ConditionalScoreModel ``cond`` bound to ``n`` copies of ``label`` with guidance
+    scale ``guidance`` (default 1), or to the null label when ``label`` is None."""
+    k = cond.num_classes
+    if label is None:
+        if guidance is not None:
+            raise ValueError(f"--guidance needs --label (a class in [0, {k - 1}])")
+        if not cond.null_label:
+            raise ValueError(
+                f"checkpoint {path} has no null label (no label dropout): pass --label "
+                f"(a class in [0, {k - 1}])"
+            )
+        return cond.bind(torch.full((n,), k, dtype=torch.long))
+    if not 0 <= label < k:
+        raise ValueError(
+            f"--label must be a class in [0, {k - 1}] of checkpoint {path}, got {label}"
+        )
+    scale = 1.0 if guidance is None else guidance
+    if not math.isfinite(scale):
+        raise ValueError(f"--guidance must be a finite number, got {guidance}")
+    return cond.bind(torch.full((n,), label, dtype=torch.long), scale)
 
 
 def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
@@ -194,15 +267,29 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .guidance import ConditionalScoreModel
     from .plots import plot_image_grid, plot_samples, save_figure
 
     model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
     shape = tuple(meta["data"]["shape"])
+    what = ""
+    if isinstance(model, ConditionalScoreModel):
+        model = _bind(model, args.checkpoint, args.n, args.label, args.guidance)
+        what = (
+            ", unconditional through the null label"
+            if args.label is None
+            else f", class {args.label}, guidance {model.scale:g}"
+        )
+    elif args.label is not None or args.guidance is not None:
+        raise ValueError(
+            f"--label and --guidance need a class-conditional checkpoint (scorekit train "
+            f"--conditional); {args.checkpoint} holds an unconditional model"
+        )
     res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed)
     x = normalizer.decode(res.x.detach().double()).numpy()
     _save_npy(args.out, x)
     png = args.png or args.out.with_suffix(".png")
-    title = f"{args.n} samples, {args.sampler}, {res.nfe} evaluations"
+    title = f"{args.n} samples{what}, {args.sampler}, {res.nfe} evaluations"
     if shape == (2,):
         fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
     elif len(shape) == 3:
@@ -211,7 +298,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         fig = None
     if fig is not None:
         save_figure(fig, png)
-    print(f"wrote {args.out} ({args.n} samples, NFE {res.nfe})" + (f" and {png}" if fig else ""))
+    print(
+        f"wrote {args.out} ({args.n} samples{what}, NFE {res.nfe})" + (f" and {png}" if fig else "")
+    )
     return 0
 
 
@@ -231,7 +320,7 @@ def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> to
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, "likelihood")
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
     kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
     for k in ("steps", "rtol", "atol"):
@@ -264,7 +353,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
 
     ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt)
+    model, normalizer, meta = _load(ckpt, command="plot")
     out = _out_dir(args.out)
     shape = tuple(meta["data"]["shape"])
     kinds = KINDS if "all" in args.kind else args.kind
@@ -390,6 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on-nonfinite", choices=("stop", "skip"))
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     t.add_argument("--seed", type=int)
+    t.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional model (needs labelled data, e.g. digits); classes = the "
+        "largest label + 1; sample it with scorekit sample --label K [--guidance W]",
+    )
+    t.add_argument(
+        "--label-dropout",
+        type=float,
+        help=f"with --conditional: probability that a label is replaced by the null label, "
+        f"so the model also learns the unconditional score guidance needs (default "
+        f"{LABEL_DROPOUT})",
+    )
     t.add_argument("--out", type=Path, default=Path("runs/train"))
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.add_argument("--config", help="JSON file with settings (flags override it)")
@@ -407,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("samples.npy"))
     s.add_argument("--png", type=Path, help="picture (default: OUT with .png)")
     s.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
+    s.add_argument(
+        "--label",
+        type=int,
+        help="class-conditional checkpoints: sample this class (0..K-1); without --label "
+        "they sample unconditionally, through the null label learned by label dropout",
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="with --label: classifier-free guidance scale W, the score s(x) + W (s(x|y) - "
+        "s(x)): 1 (default) plain conditional, 0 unconditional, > 1 sharper classes; Ho & "
+        "Salimans' w is W - 1",
+    )
     s.set_defaults(func=cmd_sample)
 
     lk = sub.add_parser("likelihood", help="negative log-likelihood of data under a checkpoint")

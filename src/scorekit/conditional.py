@@ -257,38 +257,69 @@ def load_conditional(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[ConditionalScoreModel, object, dict]:
     r"""Load a :class:`~scorekit.guidance.ConditionalScoreModel` saved by the Trainer
-    (trained through :class:`ConditionalObjective` with ``meta=objective.meta()``).
+    (trained through :class:`ConditionalObjective` with ``meta=objective.meta()``, as
+    ``scorekit train --conditional`` does).
+
+    The tensors are checked against the configuration before the network is built
+    (:func:`scorekit.checkpoint.check_state`: names, shapes, finite values), so a damaged or
+    mismatched file gives a ``ValueError`` naming it.
 
     Returns:
         ``(model, normalizer, meta)``, the model in eval mode with the EMA weights when
         ``ema`` and present.
     """
-    from .checkpoint import load_checkpoint, load_state, prefixed
+    from .checkpoint import check_state, load_checkpoint, load_state, prefixed
     from .data import Normalizer
     from .nets import build_net
     from .processes import from_config
 
     tensors, meta = load_checkpoint(path)
-    cfg = meta.get("model", {})
-    net_cfg = cfg.get("net", {})
-    inner = net_cfg.get("net", {}) if isinstance(net_cfg, dict) else {}
-    if net_cfg.get("name") != "conditional" or inner.get("name") != "class_conditional":
+    what = f"checkpoint {path}"
+    cfg = meta.get("model")
+    net_cfg = cfg.get("net") if isinstance(cfg, dict) else None
+    inner = net_cfg.get("net") if isinstance(net_cfg, dict) else None
+    if (
+        not isinstance(inner, dict)
+        or net_cfg.get("name") != "conditional"
+        or inner.get("name") != "class_conditional"
+    ):
         raise ValueError(
-            f"checkpoint {path} does not hold a ClassConditional ConditionalScoreModel "
+            f"{what} does not hold a ClassConditional ConditionalScoreModel "
             f"(model net config {net_cfg!r})"
         )
-    k = int(net_cfg["num_classes"])
-    shape = meta.get("conditional", {}).get("data_shape")
-    cond = ConditionalScoreModel(
-        ClassConditional(build_net(inner["net"]), k),
-        from_config(cfg["process"]),
-        k,
-        cfg["prediction"],
-        bool(net_cfg.get("null_label", True)),
-        None if shape is None else tuple(shape),
-    )
-    holder = ConditionalObjective.trainable(cond)
+    if not {"process", "prediction"} <= set(cfg):
+        raise ValueError(f"{what} has a model config without 'process' and 'prediction'")
+    k = net_cfg.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or inner.get("num_classes") != k:
+        raise ValueError(
+            f"{what} has num_classes {k!r} (inner {inner.get('num_classes')!r}), "
+            "expected one integer >= 1"
+        )
+    stored = meta.get("conditional")
+    shape = stored.get("data_shape") if isinstance(stored, dict) else None
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+    ):
+        raise ValueError(f"{what} has data_shape {shape!r}, expected a list of ints >= 1")
+    shape = None if shape is None else tuple(shape)
+    process = from_config(cfg["process"])
+    null_label = bool(net_cfg.get("null_label", True))
+
+    def build() -> ConditionalScoreModel:
+        net = ClassConditional(build_net(inner.get("net")), k)
+        return ConditionalScoreModel(net, process, k, cfg["prediction"], null_label, shape)
+
     state = prefixed(tensors, "ema") if ema else {}
-    load_state(holder, state or prefixed(tensors, "model"), f"checkpoint {path}")
+    state = state or prefixed(tensors, "model")
+    # The Trainer saved ConditionalObjective.trainable(model), whose only tensors are the
+    # conditional model's, under "net.cond."; check them on the meta device first.
+    skeleton = lambda: nn.ModuleDict({"net": nn.ModuleDict({"cond": build()})})  # noqa: E731
+    check_state(skeleton, state, inner.get("net"), what)
+    cond = build()
+    load_state(ConditionalObjective.trainable(cond), state, what)
     normalizer = Normalizer.from_config(meta.get("normalizer", {"loc": 0.0, "scale": 1.0}))
+    if shape is not None:
+        normalizer.check_shape(shape, f"{what}'s normalizer")
     return cond.to(device).eval(), normalizer, meta

@@ -10,7 +10,12 @@ objects with sensible defaults:
 * the network is a U-Net for images ``(C, H, W)`` with sides >= 8, otherwise an MLP
   on the flattened data; with the EDM process it embeds :math:`\log t`;
 * the prediction is ``eps``, except ``x0`` with EDM preconditioning for the ``"edm"``
-  objective (Karras et al. 2022) and ``energy`` for the energy MLP.
+  objective (Karras et al. 2022) and ``energy`` for the energy MLP;
+* with ``"conditional": {"label_dropout": p}`` (:func:`conditional_settings`) the run is
+  class-conditional: :func:`build_conditional_run` wraps the network in
+  :class:`~scorekit.conditional.ClassConditional` and the objective in
+  :class:`~scorekit.conditional.ConditionalObjective` (label dropout :math:`p`, for
+  classifier-free guidance), with :math:`K` = the largest label of the data + 1.
 
 :func:`nll_report` gives the negative log-likelihood in *data* coordinates,
 :math:`-\log p(x) = -\log \tilde p(\tilde x) + \sum \log \mathrm{scale}`, through
@@ -26,9 +31,12 @@ import torch
 
 __all__ = [
     "DEFAULTS",
+    "LABEL_DROPOUT",
     "PROCESSES",
+    "build_conditional_run",
     "build_process",
     "build_run_model",
+    "conditional_settings",
     "data_meta",
     "model_net_config",
     "net_config_for",
@@ -49,8 +57,11 @@ DEFAULTS = {
     "loss_kwargs": {},
     "net": {"name": "auto"},
     "prediction": "auto",
+    "conditional": None,
     "train": {},
 }
+
+LABEL_DROPOUT = 0.1  # default probability of the null label in class-conditional training
 
 
 def build_process(spec: dict, data: torch.Tensor):
@@ -110,6 +121,81 @@ def build_run_model(settings: dict, shape: tuple[int, ...], process):
         prediction = "eps"
     config = {"net": net, "process": process.config(), "prediction": prediction}
     return build_model({**config, "precond": precond})
+
+
+def conditional_settings(value: dict | bool | None, where: str = "conditional") -> dict | None:
+    """The ``"conditional"`` setting in its stored form: ``None`` (unconditional) or
+    ``{"label_dropout": p, ...}`` with ``p`` in [0, 1] (default :data:`LABEL_DROPOUT`) and,
+    once a run has seen its data, ``"num_classes"``. ``value`` may be ``None``, a bool or
+    such a dict; ``where`` names it in errors."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict) or set(value) - {"label_dropout", "num_classes"}:
+        raise ValueError(f"{where} must be true, false or {{'label_dropout': P}}, got {value!r}")
+    p = value.get("label_dropout", LABEL_DROPOUT)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"label dropout (--label-dropout) must lie in [0, 1], got {p!r}")
+    k = value.get("num_classes")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"{where} num_classes must be an integer >= 1, got {k!r}")
+    return {**value, "label_dropout": float(p)}
+
+
+def build_conditional_run(settings: dict, data, model, objective) -> tuple:
+    r"""The class-conditional version of a run: ``(trainable, objective, packed)`` for
+    :class:`~scorekit.train.Trainer`.
+
+    ``model`` (from :func:`build_run_model`) gives the network, process and prediction of a
+    :class:`~scorekit.guidance.ConditionalScoreModel` around
+    :class:`~scorekit.conditional.ClassConditional` (null label kept); ``objective`` is
+    wrapped in :class:`~scorekit.conditional.ConditionalObjective` with the label dropout of
+    ``settings["conditional"]``; ``packed`` is :func:`~scorekit.conditional.pack_labels` of
+    ``data.x`` (``(N, *D)``) and ``data.labels`` (``(N,)``). The number of classes, the
+    largest label + 1 (or the one already in the settings, on resume), is written into
+    ``settings["conditional"]["num_classes"]``.
+    """
+    from .conditional import ClassConditional, ConditionalObjective, pack_labels
+    from .data import Dataset
+    from .guidance import ConditionalScoreModel
+    from .parametrize import EDMPrecond, ScoreModel
+
+    c = settings.get("conditional") if isinstance(settings, dict) else None
+    if not isinstance(c, dict) or "label_dropout" not in c:
+        raise ValueError(
+            "settings must be a dict whose 'conditional' is {'label_dropout': P, ...} "
+            f"(conditional_settings), got {c!r}"
+        )
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a scorekit.data.Dataset, got {type(data).__name__}")
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
+    if data.labels is None:
+        raise ValueError(
+            f"--conditional needs labelled data, but {settings['data']!r} has no labels "
+            "(labelled data: 'digits')"
+        )
+    if isinstance(model.net, EDMPrecond):
+        raise ValueError(
+            "--conditional does not support the 'edm' loss (EDM preconditioning); "
+            "choose another --loss"
+        )
+    if data.labels.numel() and int(data.labels.min()) < 0:
+        raise ValueError(f"--conditional needs labels >= 0, got {int(data.labels.min())}")
+    k = int(data.labels.max()) + 1
+    stored = c.get("num_classes")
+    if stored is not None and k > stored:
+        raise ValueError(
+            f"the data has labels up to {k - 1}, but the run was set up for {stored} classes"
+        )
+    c["num_classes"] = k = stored or k
+    shape = tuple(data.x.shape[1:])
+    cond = ConditionalScoreModel(
+        ClassConditional(model.net, k), model.process, k, model.prediction, True, shape
+    )
+    obj = ConditionalObjective(objective, shape, c["label_dropout"])
+    return obj.trainable(cond), obj, pack_labels(data.x, data.labels)
 
 
 def model_net_config(model) -> dict:
