@@ -15,6 +15,10 @@ from scorekit.nets import MLP, NETS, EnergyMLP, NoiseEmbedding, UNet, build_net
         ({"name": "unet", "channels": 1, "base": 8, "mults": [1, 2]}, (3, 1, 8, 8)),
         ({"name": "unet", "channels": 3, "base": 8, "mults": [1, 2, 2]}, (2, 3, 32, 32)),
         ({"name": "energy_mlp", "dim": 2, "hidden": 16, "depth": 1}, (5, 2)),
+        (
+            {"name": "mlp", "dim": 64, "hidden": 16, "depth": 1, "fourier_features": [8.5, 17]},
+            (5, 1, 8, 8),
+        ),  # fmt: skip
     ],
 )
 def test_build_net_roundtrip_rebuilds_the_same_function(config, shape):
@@ -55,6 +59,24 @@ def test_noise_embedding_features():
         NoiseEmbedding(5)
     with pytest.raises(ValueError, match="shape"):
         NoiseEmbedding(4)(torch.rand(3, 1))
+
+
+def test_mlp_fourier_features_are_sin_and_cos_of_pi_f_x():
+    net = MLP(3, hidden=8, depth=1, fourier_features=[2, 8.5]).double()
+    x = torch.tensor([[0.1, -0.7, 1 / 17]], dtype=torch.float64)
+    f = net.features(x)
+    want = [*x[0], *[math.sin(math.pi * k * v) for v in x[0] for k in (2, 8.5)]]
+    want += [math.cos(math.pi * k * v) for v in x[0] for k in (2, 8.5)]
+    assert torch.allclose(f[0], torch.tensor(want, dtype=torch.float64), atol=1e-15)
+    assert net.inp.in_features == 15
+    # one period per bin: bins of width 2/17 all look the same to the f = 17 features
+    g = MLP(1, hidden=4, depth=1, fourier_features=[17]).double()
+    z = torch.tensor([[-1 + 0.03], [-1 + 2 / 17 + 0.03]], dtype=torch.float64)
+    assert torch.allclose(g.features(z)[0, 1:], g.features(z)[1, 1:], atol=1e-12)
+    assert "fourier_features" not in MLP(2, hidden=4, depth=1).config()
+    for bad in ([0.0], [-1], "17", [float("nan")], [True]):
+        with pytest.raises(ValueError, match="fourier_features"):
+            MLP(2, hidden=4, depth=1, fourier_features=bad)
 
 
 def test_nets_depend_on_t_and_check_shapes():

@@ -4,7 +4,14 @@ Each block is :math:`h \leftarrow h + W_2\,\mathrm{SiLU}(W_1\,\mathrm{SiLU}(\mat
 + U\gamma(t))`, where :math:`\gamma` is a :class:`~scorekit.nets.embedding.NoiseEmbedding`.
 Inputs of any shape are flattened to ``(B, dim)`` and the output is reshaped back.
 
+With ``fourier_features`` :math:`(f_1..f_K)` the first layer also sees
+:math:`\sin(\pi f_k x_i)` and :math:`\cos(\pi f_k x_i)` of every input coordinate, as
+VDM adds Fourier features of the input so that the network can resolve the fine-scale
+structure that dominates the likelihood of dequantized data (Kingma et al. 2021, App. C).
+For data binned at width :math:`w`, :math:`f = 2/w` has one period per bin.
+
 References:
+    Kingma et al., "Variational Diffusion Models", NeurIPS 2021, Appendix C;
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021 (toy models);
     He et al., "Deep Residual Learning", 2016.
 """
@@ -20,6 +27,19 @@ from .._validate import check_int, check_positive
 from .embedding import NoiseEmbedding
 
 __all__ = ["MLP"]
+
+
+def _check_frequencies(value) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"fourier_features must be a list of positive numbers, got {value!r}")
+    out = []
+    for f in value:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
+            raise ValueError(
+                f"fourier_features must be a list of positive finite numbers, got {value!r}"
+            )
+        out.append(float(f))
+    return tuple(out)
 
 
 class _Block(nn.Module):
@@ -48,6 +68,8 @@ class MLP(nn.Module):
         emb_scale: frequency scale of the embedding.
         time_input: ``"t"`` or ``"log_t"``.
         out_dim: output features (defaults to ``dim``; 1 gives a scalar per example).
+        fourier_features: frequencies :math:`f_k` of the input Fourier features (each adds
+            :math:`2\,dim` inputs); empty (default) for none.
 
     Returns (forward):
         Tensor of shape ``(B, *D)`` (or ``(B,)`` when ``out_dim == 1`` and ``dim > 1``).
@@ -68,6 +90,7 @@ class MLP(nn.Module):
         emb_scale: float = 16.0,
         time_input: str = "t",
         out_dim: int | None = None,
+        fourier_features: tuple[float, ...] | list[float] = (),
     ):
         super().__init__()
         self.dim = check_int("dim", dim)
@@ -85,10 +108,16 @@ class MLP(nn.Module):
             "time_input": time_input,
             "out_dim": out_dim,
         }
+        freqs = _check_frequencies(fourier_features)
+        if freqs:
+            self._config["fourier_features"] = list(freqs)
+        self.register_buffer(
+            "freqs", torch.tensor(freqs, dtype=torch.float64) * math.pi, persistent=False
+        )
         check_int("emb_dim", emb_dim, minimum=2)
         check_positive("emb_scale", emb_scale)
         self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
-        self.inp = nn.Linear(self.dim, hidden)
+        self.inp = nn.Linear(self.dim * (1 + 2 * len(freqs)), hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, self.out_dim)
@@ -96,6 +125,15 @@ class MLP(nn.Module):
     def config(self) -> dict:
         """JSON-able config; ``scorekit.nets.build_net(config)`` rebuilds the network."""
         return dict(self._config)
+
+    def features(self, x: Tensor) -> Tensor:
+        r"""The first layer's inputs: ``x`` of shape ``(B, dim)``, then
+        :math:`\sin(\pi f_k x)` and :math:`\cos(\pi f_k x)` for each frequency (``(B, dim
+        (1 + 2K))``)."""
+        if not len(self.freqs):
+            return x
+        h = (x[:, :, None] * self.freqs.to(x.dtype)).flatten(1)
+        return torch.cat([x, h.sin(), h.cos()], dim=1)
 
     def trunk(self, x: Tensor, t: Tensor) -> Tensor:
         """Hidden features of shape ``(B, hidden)``."""
@@ -107,7 +145,7 @@ class MLP(nn.Module):
         if t.shape != (b,):
             raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
         e = self.embed(t).to(x.dtype)
-        h = self.inp(x.reshape(b, -1))
+        h = self.inp(self.features(x.reshape(b, -1)))
         for block in self.blocks:
             h = block(h, e)
         return torch.nn.functional.silu(self.out_norm(h))
