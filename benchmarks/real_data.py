@@ -3,7 +3,11 @@ r"""Real-data results: sklearn digits and two moons, quality per CPU-minute and 
 Usage::
 
     python benchmarks/real_data.py --out DIR [--quick] [--digits-minutes 5,15]
-                                   [--moons-minutes 5] [--only digits|moons]
+        [--likelihood-minutes 15] [--moons-minutes 5] [--only digits|moons] [--jobs 2]
+
+Each budget is its own run of a named setup (:data:`SETUPS`): digits-samples at 5 and 15
+CPU-minutes, digits-likelihood at 15, moons at 5; ``--jobs`` runs them in parallel
+processes, one thread each.
 
 Writes ``DIR/real_data.json`` and ``DIR/real_data.md``. Budgets are **process CPU time**
 (``time.process_time``) with ``torch.set_num_threads(1)``: one thread, so CPU-minutes and
@@ -36,21 +40,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorekit import VP, ScoreModel
+from scorekit import EDM, EDMPrecond, ScoreModel
 from scorekit.ema import EMA
 from scorekit.likelihood import log_prob
-from scorekit.losses import make_objective
+from scorekit.losses import EDMLoss
 from scorekit.metrics import digits_quality
 from scorekit.nets import MLP
 from scorekit.samplers import sample
 
 __all__ = [
+    "SETUPS",
     "bpd_from_model_log_prob",
+    "build",
     "dequantize",
     "main",
+    "moons_true_nll",
     "real_baseline",
-    "run_digits",
-    "run_moons",
+    "run_task",
     "train_budget",
 ]
 
@@ -78,30 +84,33 @@ def _cpu() -> float:
 
 
 def train_budget(model, objective, batch_fn, minutes, *, lr, warmup, ema_decay, seed):
-    """Adam (grad-norm clip 1, linear warm-up) with an EMA, until each CPU-minute mark in
-    ``minutes``; returns ``[(minute, ema_copy, raw_copy, steps, cpu_seconds, last_loss)]``."""
+    r"""Adam (grad-norm clip 1, linear warm-up, then a cosine decay of the learning rate to
+    zero at the end of the budget, :math:`\eta = \eta_0\,\tfrac12(1 + \cos(\pi c/C))`
+    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``) with an EMA.
+
+    Returns ``(ema_copy, raw_copy, steps, cpu_seconds, mean of the last 200 losses)``.
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema = EMA(model, decay=ema_decay)
-    marks, out, step, spent, losses = sorted(minutes), [], 0, 0.0, []
+    budget, step, spent, losses = 60.0 * minutes, 0, 0.0, []
     model.train()
-    for minute in marks:
-        while spent < 60 * minute:
-            c0 = _cpu()
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
-            loss = objective(model, batch_fn(g), generator=g).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            ema.update(model)
-            step += 1
-            losses.append(float(loss.detach()))
-            spent += _cpu() - c0
-        raw = copy.deepcopy(model).eval().requires_grad_(False)
-        out.append((minute, copy.deepcopy(ema.module), raw, step, spent, np.mean(losses[-200:])))
-    return out
+    while spent < budget:
+        c0 = _cpu()
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * spent / budget))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        loss = objective(model, batch_fn(g), generator=g).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        step += 1
+        losses.append(float(loss.detach()))
+        spent += _cpu() - c0
+    raw = copy.deepcopy(model).eval().requires_grad_(False)
+    return copy.deepcopy(ema.module), raw, step, spent, float(np.mean(losses[-200:]))
 
 
 def _samples_digits(model, n, sampler, steps, seed):
@@ -149,299 +158,492 @@ def real_baseline(Xtr: np.ndarray, Xte: np.ndarray, n: int = 500, draws: int = 1
     return {"n": n, "draws": draws, "mean": float(np.mean(fds)), "min": min(fds), "max": max(fds)}
 
 
-def run_digits(minutes, quick: bool, seed: int = 0, net: tuple[int, int] | None = None) -> dict:
-    """Train one MLP score model on dequantized digits; score snapshots at ``minutes``."""
+# The setups the table is made with. Every run trains one network for one CPU budget
+# (the learning rate decays to zero at its end, so a 15-minute run is not a 5-minute run
+# continued). "digits-samples" is chosen for sample quality, "digits-likelihood" for
+# bits/dim: EDM preconditioning and weighting in both; the latter draws more small noise
+# levels (ln sigma ~ N(-2, 2^2): EDM's weight is then close to the likelihood weighting
+# at sigma << sigma_data) and gives the MLP Fourier features of its input with one and
+# two periods per dequantization bin (bins are 2/17 wide in model space), which the
+# likelihood of dequantized data needs (Kingma et al. 2021, App. C).
+SETUPS = {
+    "digits-samples": {
+        "data": "digits",
+        "hidden": 512,
+        "depth": 4,
+        "fourier": [],
+        "p_mean": -1.2,
+        "p_std": 1.2,
+        "sigma_min": 0.002,
+        "batch": 128,
+        "lr": 2e-3,
+        "ema": 0.999,
+    },
+    "digits-likelihood": {
+        "data": "digits",
+        "hidden": 512,
+        "depth": 4,
+        "fourier": [8.5, 17.0],
+        "p_mean": -2.0,
+        "p_std": 2.0,
+        "sigma_min": 0.002,
+        "batch": 128,
+        "lr": 1e-3,
+        "ema": 0.999,
+    },
+    "moons": {
+        "data": "moons",
+        "hidden": 256,
+        "depth": 4,
+        "fourier": [],
+        "p_mean": -2.0,
+        "p_std": 2.0,
+        "sigma_min": 0.001,
+        "batch": 512,
+        "lr": 1e-3,
+        "ema": 0.999,
+    },
+}
+QUICK = {"hidden": 64, "depth": 2, "batch": 64, "warmup": 20}
+
+
+def _digits_split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     X, y = d.data.astype(np.float64), d.target
-    Xtr, Xte, ytr, _ = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    train = torch.tensor(Xtr, dtype=torch.float32)
-    test = torch.tensor(Xte, dtype=torch.float64)
-    hidden, depth, batch, lr = (128, 2, 64, 2e-3) if quick else (512, 4, 128, 1e-3)
-    hidden, depth = net or (hidden, depth)
-    process = VP()
-    torch.manual_seed(seed)
-    model = ScoreModel(MLP(64, hidden=hidden, depth=depth), process, prediction="eps")
-
-    def batch_fn(g):
-        idx = torch.randint(0, len(train), (batch,), generator=g)
-        return dequantize(train[idx], g)
-
-    snaps = train_budget(
-        model,
-        make_objective("dsm", process),
-        batch_fn,
-        minutes,
-        lr=lr,
-        warmup=20 if quick else 500,
-        ema_decay=0.999,
-        seed=seed,
-    )
-    n_gen = 100 if quick else 500
-    samplers = [("heun", 10)] if quick else [("heun", 50), ("ddim", 50)]
-    n_bpd = 40 if quick else len(test)
-    z_test = dequantize(test[:n_bpd], torch.Generator().manual_seed(seed + 7))
-    rows = []
-    for minute, ema, raw, steps, spent, loss in snaps:
-        for name, net in (("ema", ema), ("raw", raw)):
-            for sampler, k in samplers if name == "ema" else samplers[:1]:
-                gen, nfe, cpu = _samples_digits(net, n_gen, sampler, k, seed + 1)
-                q = digits_quality(gen, Xtr, ytr, Xte, protocol="full")
-                q_halves = digits_quality(gen, Xtr, ytr, Xte, protocol="halves")
-                rows.append(
-                    {
-                        "kind": "samples",
-                        "budget_cpu_min": minute,
-                        "weights": name,
-                        "sampler": sampler,
-                        "sampler_steps": k,
-                        "nfe": nfe,
-                        "n_samples": n_gen,
-                        "sample_cpu_s": cpu,
-                        "frechet_halves": q_halves["frechet"],
-                        "frechet_real_halves": q_halves["frechet_real"],
-                        **{k2: v for k2, v in q.items()},
-                        "train_steps": steps,
-                        "train_cpu_s": spent,
-                        "steps_per_s": steps / spent,
-                        "loss": float(loss),
-                    }
-                )
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        if quick or minute == max(minutes) or minute <= 5:
-            r, cpu = _likelihood(
-                copy.deepcopy(ema).double(),
-                z_test,
-                divergence="hutchinson",
-                rtol=1e-3 if quick else 1e-4,
-                n_probes=2 if quick else 4,
-                seed=seed + 3,
-                chunk=None,
-            )
-            bpd = bpd_from_model_log_prob(r.log_prob, 64)
-            rows.append(
-                {
-                    "kind": "bpd",
-                    "budget_cpu_min": minute,
-                    "weights": "ema",
-                    "n_test": n_bpd,
-                    "bpd": float(bpd.mean()),
-                    "bpd_stderr": float(bpd.std() / math.sqrt(len(bpd))),
-                    "bpd_hutchinson_stderr": float(
-                        (r.stderr.double() ** 2).sum().sqrt() / len(bpd) / (64 * math.log(2))
-                    ),
-                    "divergence": "hutchinson (4 Rademacher probes)" if not quick else "hutch-2",
-                    "ode": f"dopri5 rtol=atol={1e-3 if quick else 1e-4:g}",
-                    "nfe": r.nfe,
-                    "eval_cpu_s": cpu,
-                    "train_steps": steps,
-                    "steps_per_s": steps / spent,
-                }
-            )
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {
-        "real_digits_frechet": real_baseline(Xtr, Xte, n_gen),
-        "choices": {
-            "network": f"MLP(64, hidden={hidden}, depth={depth}) on flattened pixels, "
-            f"{sum(p.numel() for p in model.parameters())} parameters",
-            "process": "VP(beta 0.1..20, t_min=1e-3)",
-            "prediction": "eps",
-            "loss": "dsm: sigma^2 weighting (eps-MSE), uniform t",
-            "optimizer": f"Adam lr={lr:g}, warm-up, grad-norm clip 1, batch {batch}",
-            "ema": "0.999 (rows 'raw': without EMA)",
-            "dequantization": "z = (x + U - 8.5)/8.5, fresh U per batch; samples decoded "
-            "as 8.5 z + 8.5 - 1/2, clamped to [0, 16]",
-            "frechet": "PCA-16 fitted on training digits; 'frechet': all samples vs all 540 "
-            "held-out digits, 'frechet_real': 500 training digits vs the same; "
-            "'frechet_halves': bench_digits' protocol (270 vs half of held-out)",
-        },
-        "rows": rows,
-    }
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
 
 
-def run_moons(minutes, quick: bool, seed: int = 0, objective: str = "likelihood") -> dict:
-    """Train an MLP score model on moons; test NLL (nats/point) through the exact PF-ODE."""
+def _moons_split():
     from sklearn.datasets import make_moons
 
     xtr = torch.tensor(make_moons(20000, noise=0.05, random_state=0)[0], dtype=torch.float32)
     xte = torch.tensor(make_moons(5000, noise=0.05, random_state=1)[0], dtype=torch.float64)
+    return xtr, xte
+
+
+def build(setup: dict, dim: int, sigma_data: float) -> tuple[ScoreModel, EDMLoss]:
+    """The EDM-preconditioned MLP score model and EDM loss of a setup."""
+    process = EDM(sigma_min=setup["sigma_min"])
+    net = MLP(dim, hidden=setup["hidden"], depth=setup["depth"], fourier_features=setup["fourier"])
+    model = ScoreModel(EDMPrecond(net, process, sigma_data), process, prediction="x0")
+    return model, EDMLoss(process, sigma_data, setup["p_mean"], setup["p_std"])
+
+
+def _choices(setup: dict, model: ScoreModel, sigma_data: float, warmup: int) -> dict:
+    return {
+        "network": f"MLP(hidden={setup['hidden']}, depth={setup['depth']}"
+        + (f", fourier_features={setup['fourier']}" if setup["fourier"] else "")
+        + f"), {sum(p.numel() for p in model.parameters())} parameters",
+        "parametrisation": f"EDMPrecond (x0), sigma_data={sigma_data:.3g}",
+        "process": f"EDM(sigma_min={setup['sigma_min']:g}, sigma_max=80)",
+        "loss": f"EDMLoss: ln sigma ~ N({setup['p_mean']:g}, {setup['p_std']:g}^2), EDM weight",
+        "optimizer": f"Adam lr={setup['lr']:g}, {warmup}-step warm-up, cosine decay to 0 at "
+        f"the budget, grad-norm clip 1, batch {setup['batch']}",
+        "ema": f"{setup['ema']:g}",
+    }
+
+
+def run_task(name: str, minutes: float, quick: bool = False, seed: int = 0) -> dict:
+    """Train the setup ``name`` of :data:`SETUPS` for ``minutes`` CPU-minutes (one thread)
+    and evaluate it: digits — 500 samples (EMA and raw weights) and test bits/dim;
+    moons — test NLL through the exact probability-flow ODE."""
+    torch.set_num_threads(1)
+    setup = {**SETUPS[name], "warmup": 500, **(QUICK if quick else {})}
+    if setup["data"] == "digits":
+        return _run_digits(name, setup, minutes, quick, seed)
+    return _run_moons(name, setup, minutes, quick, seed)
+
+
+def _run_digits(name, setup, minutes, quick, seed):
+    Xtr, Xte, ytr, _ = _digits_split()
+    train = torch.tensor(Xtr, dtype=torch.float32)
+    test = torch.tensor(Xte, dtype=torch.float64)
+    sigma_data = float(f"{float(dequantize(train, torch.Generator().manual_seed(5)).std()):.3g}")
+    torch.manual_seed(seed)
+    model, objective = build(setup, 64, sigma_data)
+
+    def batch_fn(g):
+        return dequantize(train[torch.randint(0, len(train), (setup["batch"],), generator=g)], g)
+
+    ema, raw, steps, spent, loss = train_budget(
+        model,
+        objective,
+        batch_fn,
+        minutes,
+        lr=setup["lr"],
+        warmup=setup["warmup"],
+        ema_decay=setup["ema"],
+        seed=seed,
+    )
+    common = {
+        "setup": name,
+        "budget_cpu_min": minutes,
+        "train_steps": steps,
+        "train_cpu_s": spent,
+        "steps_per_s": steps / spent,
+        "loss": loss,
+    }
+    n_gen, k = (100, 10) if quick else (500, 50)
+    rows = []
+    for weights, net in (("ema", ema), ("raw", raw)):
+        gen, nfe, cpu = _samples_digits(net, n_gen, "heun", k, seed + 1)
+        q = digits_quality(gen, Xtr, ytr, Xte, protocol="full")
+        q_halves = digits_quality(gen, Xtr, ytr, Xte, protocol="halves")
+        rows.append(
+            {
+                "kind": "samples",
+                "weights": weights,
+                "sampler": "heun",
+                "sampler_steps": k,
+                "nfe": nfe,
+                "n_samples": n_gen,
+                "sample_cpu_s": cpu,
+                "frechet_halves": q_halves["frechet"],
+                "frechet_real_halves": q_halves["frechet_real"],
+                **q,
+                **common,
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    n_bpd = 40 if quick else len(test)
+    z_test = dequantize(test[:n_bpd], torch.Generator().manual_seed(seed + 7))
+    rtol, probes = (1e-3, 2) if quick else (1e-4, 4)
+    r, cpu = _likelihood(
+        copy.deepcopy(ema).double(),
+        z_test,
+        divergence="hutchinson",
+        rtol=rtol,
+        n_probes=probes,
+        seed=seed + 3,
+        chunk=None,
+    )
+    bpd = bpd_from_model_log_prob(r.log_prob, 64)
+    hutch = (r.stderr.double() ** 2).sum().sqrt() / len(bpd) / (64 * math.log(2))
+    rows.append(
+        {
+            "kind": "bpd",
+            "weights": "ema",
+            "n_test": n_bpd,
+            "bpd": float(bpd.mean()),
+            "bpd_stderr": float(bpd.std() / math.sqrt(len(bpd))),
+            "bpd_hutchinson_stderr": float(hutch),
+            "divergence": f"hutchinson ({probes} Rademacher probes)",
+            "ode": f"dopri5 rtol=atol={rtol:g}",
+            "nfe": r.nfe,
+            "eval_cpu_s": cpu,
+            **common,
+        }
+    )
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {
+        "setup": name,
+        "data": "digits",
+        "minutes": minutes,
+        "rows": rows,
+        "choices": _choices(setup, model, sigma_data, setup["warmup"]),
+    }
+
+
+def _run_moons(name, setup, minutes, quick, seed):
+    xtr, xte = _moons_split()
     loc, scale = xtr.double().mean(0), xtr.double().std(0)
     ztr = ((xtr - loc.float()) / scale.float()).contiguous()
     n_test = 500 if quick else len(xte)
     zte = (xte[:n_test] - loc) / scale
     log_det = float(-torch.log(scale).sum())  # log |dz/dx|
-    hidden, depth, batch, lr = (64, 2, 256, 2e-3) if quick else (256, 4, 512, 1e-3)
-    process = VP(t_min=1e-5)
     torch.manual_seed(seed)
-    model = ScoreModel(MLP(2, hidden=hidden, depth=depth), process, prediction="eps")
+    model, objective = build(setup, 2, 1.0)
 
     def batch_fn(g):
-        return ztr[torch.randint(0, len(ztr), (batch,), generator=g)]
+        return ztr[torch.randint(0, len(ztr), (setup["batch"],), generator=g)]
 
-    snaps = train_budget(
+    ema, _, steps, spent, loss = train_budget(
         model,
-        make_objective(objective, process),
+        objective,
         batch_fn,
         minutes,
-        lr=lr,
-        warmup=20 if quick else 500,
-        ema_decay=0.999,
+        lr=setup["lr"],
+        warmup=setup["warmup"],
+        ema_decay=setup["ema"],
         seed=seed,
     )
-    rows = []
-    for minute, ema, _, steps, spent, loss in snaps:
-        rtol = 1e-4 if quick else 1e-5
-        r, cpu = _likelihood(
-            copy.deepcopy(ema).double(),
-            zte,
-            divergence="exact",
-            rtol=rtol,
-            n_probes=2,
-            seed=seed,
-            chunk=None,
-        )
-        nll = -(r.log_prob.double() + log_det)
-        rows.append(
-            {
-                "kind": "nll",
-                "budget_cpu_min": minute,
-                "weights": "ema",
-                "n_test": n_test,
-                "nll_nats": float(nll.mean()),
-                "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
-                "divergence": "exact",
-                "ode": f"dopri5 rtol=atol={rtol:g}",
-                "nfe": r.nfe,
-                "eval_cpu_s": cpu,
-                "train_steps": steps,
-                "train_cpu_s": spent,
-                "steps_per_s": steps / spent,
-                "loss": float(loss),
-            }
-        )
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {
-        "choices": {
-            "network": f"MLP(2, hidden={hidden}, depth={depth}), "
-            f"{sum(p.numel() for p in model.parameters())} parameters",
-            "process": "VP(beta 0.1..20, t_min=1e-5)",
-            "prediction": "eps",
-            "loss": "likelihood weighting g^2 with log-SNR importance sampling of t"
-            if objective == "likelihood"
-            else objective,
-            "optimizer": f"Adam lr={lr:g}, warm-up, grad-norm clip 1, batch {batch}",
-            "ema": "0.999",
-            "normalisation": "standardised per coordinate (train mean/std); NLL moved back "
-            "to data coordinates with the log-determinant",
-        },
-        "rows": rows,
+    rtol = 1e-4 if quick else 1e-5
+    r, cpu = _likelihood(
+        copy.deepcopy(ema).double(),
+        zte,
+        divergence="exact",
+        rtol=rtol,
+        n_probes=2,
+        seed=seed,
+        chunk=None,
+    )
+    nll = -(r.log_prob.double() + log_det)
+    row = {
+        "kind": "nll",
+        "setup": name,
+        "budget_cpu_min": minutes,
+        "weights": "ema",
+        "n_test": n_test,
+        "nll_nats": float(nll.mean()),
+        "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
+        "true_nll_nats": float(moons_true_nll(xte[:n_test]).mean()),
+        "divergence": "exact",
+        "ode": f"dopri5 rtol=atol={rtol:g}",
+        "nfe": r.nfe,
+        "eval_cpu_s": cpu,
+        "train_steps": steps,
+        "train_cpu_s": spent,
+        "steps_per_s": steps / spent,
+        "loss": loss,
     }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    choices = _choices(setup, model, 1.0, setup["warmup"])
+    choices["normalisation"] = (
+        "standardised per coordinate (train mean/std); NLL moved back "
+        "to data coordinates with the log-determinant"
+    )
+    return {"setup": name, "data": "moons", "minutes": minutes, "rows": [row], "choices": choices}
+
+
+def moons_true_nll(x: torch.Tensor, noise: float = 0.05, n_arc: int = 20001) -> torch.Tensor:
+    r"""The generating density of ``make_moons(noise=...)``: half the points on each arc
+    (outer :math:`(\cos\theta, \sin\theta)`, inner :math:`(1 - \cos\theta, \tfrac12 -
+    \sin\theta)`, :math:`\theta` uniform on :math:`[0, \pi]`) plus :math:`\mathcal N(0,
+    \text{noise}^2 I)`; :math:`-\log p(x)` by the arc integral on ``n_arc`` points per arc.
+    """
+    th = torch.linspace(0, math.pi, n_arc, dtype=torch.float64)
+    arcs = torch.cat(
+        [torch.stack([th.cos(), th.sin()], 1), torch.stack([1 - th.cos(), 0.5 - th.sin()], 1)]
+    )
+    out = []
+    for chunk in x.double().split(256):
+        d2 = torch.cdist(chunk, arcs) ** 2
+        lp = -d2 / (2 * noise**2) - math.log(2 * math.pi * noise**2)
+        out.append(-(torch.logsumexp(lp, 1) - math.log(len(arcs))))
+    return torch.cat(out)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def _markdown(result: dict) -> str:
+    runs = result["runs"]
+    digits = [r for run in runs if run["data"] == "digits" for r in run["rows"]]
+    moons = [r for run in runs if run["data"] == "moons" for r in run["rows"]]
     lines = [
         "# scorekit on real data (measured by `benchmarks/real_data.py`)",
         "",
-        f"Budgets: {result['budget_clock']}. quick={result['quick']}.",
+        f"Budgets: {result['budget_clock']}. quick={result['quick']}, seed={result['seed']}; "
+        f"{result['total_cpu_s'] / 60:.1f} CPU-minutes, {result['total_wall_s'] / 60:.1f} "
+        f"minutes wall with {result['jobs']} job(s).",
         "",
     ]
-    if "digits" in result:
-        rows = result["digits"]["rows"]
+    if digits:
+        b = result["real_digits_frechet"]
+        lines += ["## Digits: sample quality (500 samples, Heun)", ""]
+        lines += _table(
+            [
+                "setup",
+                "CPU-min",
+                "weights",
+                "sampler",
+                "NFE",
+                "Fréchet (vs 540 test)",
+                "Fréchet (halves)",
+                "top-class ratio",
+                "min class share",
+                "steps",
+                "steps/s",
+            ],
+            [
+                [
+                    r["setup"],
+                    f"{r['budget_cpu_min']:g}",
+                    r["weights"],
+                    f"{r['sampler']} {r['sampler_steps']}",
+                    str(r["nfe"]),
+                    f"{r['frechet']:.1f}",
+                    f"{r['frechet_halves']:.1f} (real {r['frechet_real_halves']:.1f})",
+                    f"{r['top_class_prob_ratio']:.3f}",
+                    f"{r['min_class_share']:.3f}",
+                    str(r["train_steps"]),
+                    f"{r['steps_per_s']:.1f}",
+                ]
+                for r in digits
+                if r["kind"] == "samples"
+            ],
+        )
         lines += [
-            "## Digits: sample quality (500 samples)",
             "",
-            "| CPU-min | weights | sampler | NFE | Fréchet (vs 540 test) | real digits | "
-            "Fréchet (halves) | top-class ratio | min class share | steps | steps/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in (r for r in rows if r["kind"] == "samples"):
-            lines.append(
-                f"| {r['budget_cpu_min']:g} | {r['weights']} | {r['sampler']} {r['sampler_steps']}"
-                f" | {r['nfe']} | {r['frechet']:.1f} | {r['frechet_real']:.1f} | "
-                f"{r['frechet_halves']:.1f} (real {r['frechet_real_halves']:.1f}) | "
-                f"{r['top_class_prob_ratio']:.3f} | {r['min_class_share']:.3f} | "
-                f"{r['train_steps']} | {r['steps_per_s']:.1f} |"
-            )
-        b = result["digits"]["real_digits_frechet"]
-        lines += [
-            "",
-            f"Real digits under the same protocol ({b['n']} random training digits vs the "
-            f"540 held-out, {b['draws']} draws): Fréchet {b['mean']:.1f} (range "
+            f"Real digits under the same protocol ({b['n']} random training digits "
+            f"vs the 540 held-out, {b['draws']} draws): Fréchet {b['mean']:.1f} (range "
             f"{b['min']:.1f}-{b['max']:.1f}).",
-        ]
-        lines += [
             "",
             "## Digits: test bits/dim (u = (x+U)/17, one dequantization sample)",
             "",
-            "| CPU-min | bits/dim | ± s.e. (data) | ± s.e. (Hutchinson) | divergence | ODE | NFE "
-            "| eval CPU s |",
-            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in (r for r in rows if r["kind"] == "bpd"):
+        lines += _table(
+            [
+                "setup",
+                "CPU-min",
+                "bits/dim",
+                "± s.e. (data)",
+                "± s.e. (Hutchinson)",
+                "divergence",
+                "ODE",
+                "NFE",
+                "eval CPU s",
+            ],
+            [
+                [
+                    r["setup"],
+                    f"{r['budget_cpu_min']:g}",
+                    f"{r['bpd']:.3f}",
+                    f"{r['bpd_stderr']:.3f}",
+                    f"{r['bpd_hutchinson_stderr']:.3f}",
+                    r["divergence"],
+                    r["ode"],
+                    str(r["nfe"]),
+                    f"{r['eval_cpu_s']:.0f}",
+                ]
+                for r in digits
+                if r["kind"] == "bpd"
+            ],
+        )
+        lines.append("")
+    if moons:
+        lines += ["## Moons: test NLL (nats/point, data coordinates)", ""]
+        lines += _table(
+            [
+                "setup",
+                "CPU-min",
+                "NLL",
+                "± s.e.",
+                "true density",
+                "divergence",
+                "ODE",
+                "NFE",
+                "eval CPU s",
+                "steps",
+                "steps/s",
+            ],
+            [
+                [
+                    r["setup"],
+                    f"{r['budget_cpu_min']:g}",
+                    f"{r['nll_nats']:.4f}",
+                    f"{r['nll_stderr']:.4f}",
+                    f"{r['true_nll_nats']:.4f}",
+                    r["divergence"],
+                    r["ode"],
+                    str(r["nfe"]),
+                    f"{r['eval_cpu_s']:.0f}",
+                    str(r["train_steps"]),
+                    f"{r['steps_per_s']:.1f}",
+                ]
+                for r in moons
+            ],
+        )
+        lines.append("")
+    lines += ["## Choices", ""]
+    seen = set()
+    for run in runs:
+        if run["setup"] not in seen:
+            seen.add(run["setup"])
             lines.append(
-                f"| {r['budget_cpu_min']:g} | {r['bpd']:.3f} | {r['bpd_stderr']:.3f} | "
-                f"{r['bpd_hutchinson_stderr']:.3f} | {r['divergence']} | {r['ode']} | {r['nfe']} "
-                f"| {r['eval_cpu_s']:.0f} |"
+                f"* **{run['setup']}**: "
+                + "; ".join(f"{k}: {v}" for k, v in run["choices"].items())
             )
-        lines += [
-            "",
-            "Choices: " + "; ".join(f"{k}: {v}" for k, v in result["digits"]["choices"].items()),
-            "",
-        ]
-    if "moons" in result:
-        lines += [
-            "## Moons: test NLL (nats/point, data coordinates)",
-            "",
-            "| CPU-min | NLL | ± s.e. | divergence | ODE | NFE | eval CPU s | steps | steps/s |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in result["moons"]["rows"]:
-            lines.append(
-                f"| {r['budget_cpu_min']:g} | {r['nll_nats']:.3f} | {r['nll_stderr']:.3f} | "
-                f"{r['divergence']} | {r['ode']} | {r['nfe']} | {r['eval_cpu_s']:.0f} | "
-                f"{r['train_steps']} | "
-                f"{r['steps_per_s']:.1f} |"
-            )
-        lines += [
-            "",
-            "Choices: " + "; ".join(f"{k}: {v}" for k, v in result["moons"]["choices"].items()),
-            "",
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def _task(args: tuple) -> dict:
+    c0 = _cpu()
+    out = run_task(*args)
+    out["cpu_s"] = _cpu() - c0
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--quick", action="store_true", help="tiny budgets (< 2 min): a smoke run")
-    p.add_argument("--digits-minutes", default=None, help="CPU-minute marks, e.g. 5,15")
-    p.add_argument("--moons-minutes", default=None, help="CPU-minute marks, e.g. 5")
+    p.add_argument(
+        "--digits-minutes",
+        default=None,
+        help="CPU budgets of the digits-samples setup (default 5,15)",
+    )
+    p.add_argument(
+        "--likelihood-minutes",
+        default=None,
+        help="CPU budgets of the digits-likelihood setup (default 15)",
+    )
+    p.add_argument("--moons-minutes", default=None, help="CPU budgets on moons (default 5)")
     p.add_argument("--only", choices=("digits", "moons"), default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs in parallel, one thread each (default 2; 1 with --quick)",
+    )
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    dm = [float(v) for v in (a.digits_minutes or ("0.25" if a.quick else "5,15")).split(",")]
-    mm = [float(v) for v in (a.moons_minutes or ("0.15" if a.quick else "5")).split(",")]
+    jobs = a.jobs or (1 if a.quick else 2)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+
+    def budgets(value, quick, full):
+        return [float(v) for v in (value or (quick if a.quick else full)).split(",") if v]
+
+    tasks = []
+    if a.only in (None, "digits"):
+        tasks += [("digits-samples", m) for m in budgets(a.digits_minutes, "0.25", "5,15")]
+        tasks += [("digits-likelihood", m) for m in budgets(a.likelihood_minutes, "0.25", "15")]
+    if a.only in (None, "moons"):
+        tasks += [("moons", m) for m in budgets(a.moons_minutes, "0.15", "5")]
+    tasks.sort(key=lambda task: -task[1])  # longest first: the jobs finish together
     t0, c0 = time.perf_counter(), _cpu()
+    args = [(name, m, a.quick, a.seed) for name, m in tasks]
+    threads = torch.get_num_threads()
+    if jobs == 1:
+        runs = [_task(x) for x in args]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            runs = list(pool.map(_task, args))
+    torch.set_num_threads(threads)
     result = {
         "quick": a.quick,
         "seed": a.seed,
+        "jobs": jobs,
         "budget_clock": "process CPU time (time.process_time), torch.set_num_threads(1); "
         "training only",
         "torch": torch.__version__,
+        "runs": runs,
     }
-    if a.only in (None, "digits"):
-        result["digits"] = run_digits(dm, a.quick, a.seed)
-    if a.only in (None, "moons"):
-        result["moons"] = run_moons(mm, a.quick, a.seed)
-    result["total_cpu_s"] = _cpu() - c0
+    if any(run["data"] == "digits" for run in runs):
+        Xtr, Xte, _, _ = _digits_split()
+        result["real_digits_frechet"] = real_baseline(Xtr, Xte, 100 if a.quick else 500)
+    result["total_cpu_s"] = sum(run["cpu_s"] for run in runs) + _cpu() - c0
     result["total_wall_s"] = time.perf_counter() - t0
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "real_data.json").write_text(json.dumps(result, indent=2))
-    (a.out / "real_data.md").write_text(_markdown(result))
+    _write(a.out / "real_data.json", json.dumps(result, indent=2))
+    _write(a.out / "real_data.md", _markdown(result))
     return result
+
+
+def _write(path: Path, text: str) -> None:
+    from scorekit.checkpoint import write_atomic
+
+    write_atomic(path, text.encode())
 
 
 if __name__ == "__main__":

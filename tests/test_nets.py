@@ -74,9 +74,30 @@ def test_mlp_fourier_features_are_sin_and_cos_of_pi_f_x():
     z = torch.tensor([[-1 + 0.03], [-1 + 2 / 17 + 0.03]], dtype=torch.float64)
     assert torch.allclose(g.features(z)[0, 1:], g.features(z)[1, 1:], atol=1e-12)
     assert "fourier_features" not in MLP(2, hidden=4, depth=1).config()
+    assert "dropout" not in MLP(2, hidden=4, depth=1).config()
     for bad in ([0.0], [-1], "17", [float("nan")], [True]):
         with pytest.raises(ValueError, match="fourier_features"):
             MLP(2, hidden=4, depth=1, fourier_features=bad)
+
+
+def test_mlp_dropout_acts_in_train_mode_only():
+    torch.manual_seed(0)
+    net = MLP(4, hidden=32, depth=2, dropout=0.5)
+    for p in net.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    x, t = torch.randn(6, 4), torch.rand(6)
+    net.eval()
+    assert torch.equal(net(x, t), net(x, t))
+    net.train()
+    a, b = net(x, t), net(x, t)
+    assert not torch.allclose(a, b)
+    # with p = 0.5 the kept units are doubled: the mean over many masks is the eval output
+    mean = torch.stack([net.blocks[0].drop(torch.ones(32)) for _ in range(4000)]).mean()
+    assert abs(float(mean) - 1) < 0.02
+    assert build_net(net.config()).config()["dropout"] == 0.5
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="dropout"):
+            MLP(2, hidden=4, depth=1, dropout=bad)
 
 
 def test_nets_depend_on_t_and_check_shapes():

@@ -123,36 +123,48 @@ def test_digits_quality_of_real_digits():
         digits_quality(Xtr[:10], Xtr, ytr, Xte, protocol="bad")
 
 
+def test_moons_true_density_is_normalised_and_gives_the_reference_value(real_data):
+    pytest.importorskip("sklearn")
+    # integrates to one over a grid that holds the data (±6 noise s.d. around the arcs)
+    xs, ys = torch.linspace(-1.4, 2.4, 381, dtype=F64), torch.linspace(-0.9, 1.4, 231, dtype=F64)
+    grid = torch.cartesian_prod(xs, ys)
+    p = torch.exp(-real_data.moons_true_nll(grid, n_arc=4001))
+    mass = float(p.sum()) * float(xs[1] - xs[0]) * float(ys[1] - ys[0])
+    assert abs(mass - 1) < 2e-3
+    # the reference's "true generating density 0.300" on the test points
+    _, xte = real_data._moons_split()
+    assert abs(float(real_data.moons_true_nll(xte).mean()) - 0.3004) < 5e-4
+
+
 def test_quick_table(real_data, tmp_path):
     pytest.importorskip("sklearn")
     threads = torch.get_num_threads()
+    minutes = ["--digits-minutes", "0.04", "--likelihood-minutes", "0.04"]
     try:
         result = real_data.main(
-            [
-                "--out",
-                str(tmp_path),
-                "--quick",
-                "--digits-minutes",
-                "0.04",
-                "--moons-minutes",
-                "0.04",
-            ]
+            ["--out", str(tmp_path), "--quick", *minutes, "--moons-minutes", "0.04"]
         )
     finally:
-        torch.set_num_threads(threads)  # main() pins one thread
+        torch.set_num_threads(threads)  # runs pin one thread
+    assert torch.get_num_threads() == threads
     saved = json.loads((tmp_path / "real_data.json").read_text())
-    assert saved["quick"] is True and set(saved) >= {"digits", "moons", "budget_clock"}
+    assert saved["quick"] is True and set(saved) >= {"runs", "budget_clock", "total_cpu_s"}
     md = (tmp_path / "real_data.md").read_text()
-    assert "bits/dim" in md and "Moons" in md
-    kinds = [r["kind"] for r in result["digits"]["rows"]]
-    assert kinds.count("samples") == 2 and kinds.count("bpd") == 1
-    for r in result["digits"]["rows"] + result["moons"]["rows"]:
+    assert "bits/dim" in md and "Moons" in md and "digits-likelihood" in md
+    runs = {run["setup"]: run for run in result["runs"]}
+    assert set(runs) == {"digits-samples", "digits-likelihood", "moons"}
+    for name in ("digits-samples", "digits-likelihood"):
+        kinds = [r["kind"] for r in runs[name]["rows"]]
+        assert kinds == ["samples", "samples", "bpd"]
+    assert "fourier_features" in runs["digits-likelihood"]["choices"]["network"]
+    rows = [r for run in result["runs"] for r in run["rows"]]
+    for r in rows:
         for key in ("nfe", "train_steps", "steps_per_s"):
             assert r[key] > 0
         for v in r.values():
             if isinstance(v, float):
                 assert math.isfinite(v)
-    bpd = next(r for r in result["digits"]["rows"] if r["kind"] == "bpd")
+    bpd = next(r for r in rows if r["kind"] == "bpd")
     assert 0 < bpd["bpd"] < 8 and bpd["bpd_hutchinson_stderr"] > 0
-    (nll,) = result["moons"]["rows"]
-    assert 0 < nll["nll_nats"] < 5
+    (nll,) = runs["moons"]["rows"]
+    assert 0 < nll["nll_nats"] < 5 and 0.25 < nll["true_nll_nats"] < 0.4

@@ -12,6 +12,7 @@ For data binned at width :math:`w`, :math:`f = 2/w` has one period per bin.
 
 References:
     Kingma et al., "Variational Diffusion Models", NeurIPS 2021, Appendix C;
+    Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (dropout);
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021 (toy models);
     He et al., "Deep Residual Learning", 2016.
 """
@@ -43,8 +44,9 @@ def _check_frequencies(value) -> tuple[float, ...]:
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, emb_dim: int):
+    def __init__(self, width: int, emb_dim: int, dropout: float = 0.0):
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(width)
         self.lin1 = nn.Linear(width, width)
         self.emb = nn.Linear(emb_dim, width)
@@ -53,7 +55,7 @@ class _Block(nn.Module):
 
     def forward(self, h: Tensor, e: Tensor) -> Tensor:
         z = self.act(self.lin1(self.act(self.norm(h))) + self.emb(e))
-        return h + self.lin2(z)
+        return h + self.lin2(self.drop(z))
 
 
 class MLP(nn.Module):
@@ -68,6 +70,8 @@ class MLP(nn.Module):
         emb_scale: frequency scale of the embedding.
         time_input: ``"t"`` or ``"log_t"``.
         out_dim: output features (defaults to ``dim``; 1 gives a scalar per example).
+        dropout: dropout probability inside each residual block (before its second layer,
+            as in the DDPM U-Net's blocks; active in ``train()`` mode only).
         fourier_features: frequencies :math:`f_k` of the input Fourier features (each adds
             :math:`2\,dim` inputs); empty (default) for none.
 
@@ -91,6 +95,7 @@ class MLP(nn.Module):
         time_input: str = "t",
         out_dim: int | None = None,
         fourier_features: tuple[float, ...] | list[float] = (),
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.dim = check_int("dim", dim)
@@ -108,6 +113,14 @@ class MLP(nn.Module):
             "time_input": time_input,
             "out_dim": out_dim,
         }
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not (0 <= dropout < 1)
+        ):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if dropout:
+            self._config["dropout"] = float(dropout)
         freqs = _check_frequencies(fourier_features)
         if freqs:
             self._config["fourier_features"] = list(freqs)
@@ -118,7 +131,7 @@ class MLP(nn.Module):
         check_positive("emb_scale", emb_scale)
         self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
         self.inp = nn.Linear(self.dim * (1 + 2 * len(freqs)), hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(hidden, emb_dim, float(dropout)) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, self.out_dim)
 
