@@ -3,10 +3,10 @@ r"""Real-data results: sklearn digits and two moons, quality per CPU-minute and 
 Usage::
 
     python benchmarks/real_data.py --out DIR [--quick] [--digits-minutes 5,15]
-        [--likelihood-minutes 15] [--moons-minutes 5] [--only digits|moons] [--jobs 2]
+        [--likelihood-minutes 5,15] [--moons-minutes 5] [--only digits|moons] [--jobs 2]
 
 Each budget is its own run of a named setup (:data:`SETUPS`): digits-samples at 5 and 15
-CPU-minutes, digits-likelihood at 15, moons at 5; ``--jobs`` runs them in parallel
+CPU-minutes, digits-likelihood at 5 and 15, moons at 5; ``--jobs`` runs them in parallel
 processes, one thread each.
 
 Writes ``DIR/real_data.json`` and ``DIR/real_data.md``. Budgets are **process CPU time**
@@ -110,7 +110,8 @@ def train_budget(model, objective, batch_fn, minutes, *, lr, warmup, ema_decay, 
         losses.append(float(loss.detach()))
         spent += _cpu() - c0
     raw = copy.deepcopy(model).eval().requires_grad_(False)
-    return copy.deepcopy(ema.module), raw, step, spent, float(np.mean(losses[-200:]))
+    ema_copy = copy.deepcopy(ema.module).eval().requires_grad_(False)
+    return ema_copy, raw, step, spent, float(np.mean(losses[-200:]))
 
 
 def _samples_digits(model, n, sampler, steps, seed):
@@ -165,13 +166,16 @@ def real_baseline(Xtr: np.ndarray, Xte: np.ndarray, n: int = 500, draws: int = 1
 # levels (ln sigma ~ N(-2, 2^2): EDM's weight is then close to the likelihood weighting
 # at sigma << sigma_data) and gives the MLP Fourier features of its input with one and
 # two periods per dequantization bin (bins are 2/17 wide in model space), which the
-# likelihood of dequantized data needs (Kingma et al. 2021, App. C).
+# likelihood of dequantized data needs (Kingma et al. 2021, App. C), and dropout 0.1:
+# without it a 15-minute run memorises the 1257 training digits (1.33 bits/dim on training
+# digits, 3.69 on held-out ones, measured).
 SETUPS = {
     "digits-samples": {
         "data": "digits",
         "hidden": 512,
         "depth": 4,
         "fourier": [],
+        "dropout": 0.0,
         "p_mean": -1.2,
         "p_std": 1.2,
         "sigma_min": 0.002,
@@ -184,6 +188,7 @@ SETUPS = {
         "hidden": 512,
         "depth": 4,
         "fourier": [8.5, 17.0],
+        "dropout": 0.1,
         "p_mean": -2.0,
         "p_std": 2.0,
         "sigma_min": 0.002,
@@ -196,8 +201,9 @@ SETUPS = {
         "hidden": 256,
         "depth": 4,
         "fourier": [],
-        "p_mean": -2.0,
-        "p_std": 2.0,
+        "dropout": 0.0,
+        "p_mean": -1.5,
+        "p_std": 1.5,
         "sigma_min": 0.001,
         "batch": 512,
         "lr": 1e-3,
@@ -227,7 +233,13 @@ def _moons_split():
 def build(setup: dict, dim: int, sigma_data: float) -> tuple[ScoreModel, EDMLoss]:
     """The EDM-preconditioned MLP score model and EDM loss of a setup."""
     process = EDM(sigma_min=setup["sigma_min"])
-    net = MLP(dim, hidden=setup["hidden"], depth=setup["depth"], fourier_features=setup["fourier"])
+    net = MLP(
+        dim,
+        hidden=setup["hidden"],
+        depth=setup["depth"],
+        fourier_features=setup["fourier"],
+        dropout=setup["dropout"],
+    )
     model = ScoreModel(EDMPrecond(net, process, sigma_data), process, prediction="x0")
     return model, EDMLoss(process, sigma_data, setup["p_mean"], setup["p_std"])
 
@@ -236,6 +248,7 @@ def _choices(setup: dict, model: ScoreModel, sigma_data: float, warmup: int) -> 
     return {
         "network": f"MLP(hidden={setup['hidden']}, depth={setup['depth']}"
         + (f", fourier_features={setup['fourier']}" if setup["fourier"] else "")
+        + (f", dropout={setup['dropout']:g}" if setup["dropout"] else "")
         + f"), {sum(p.numel() for p in model.parameters())} parameters",
         "parametrisation": f"EDMPrecond (x0), sigma_data={sigma_data:.3g}",
         "process": f"EDM(sigma_min={setup['sigma_min']:g}, sigma_max=80)",
@@ -582,7 +595,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--likelihood-minutes",
         default=None,
-        help="CPU budgets of the digits-likelihood setup (default 15)",
+        help="CPU budgets of the digits-likelihood setup (default 5,15)",
     )
     p.add_argument("--moons-minutes", default=None, help="CPU budgets on moons (default 5)")
     p.add_argument("--only", choices=("digits", "moons"), default=None)
@@ -604,7 +617,7 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = []
     if a.only in (None, "digits"):
         tasks += [("digits-samples", m) for m in budgets(a.digits_minutes, "0.25", "5,15")]
-        tasks += [("digits-likelihood", m) for m in budgets(a.likelihood_minutes, "0.25", "15")]
+        tasks += [("digits-likelihood", m) for m in budgets(a.likelihood_minutes, "0.25", "5,15")]
     if a.only in (None, "moons"):
         tasks += [("moons", m) for m in budgets(a.moons_minutes, "0.15", "5")]
     tasks.sort(key=lambda task: -task[1])  # longest first: the jobs finish together
