@@ -83,16 +83,18 @@ def _cpu() -> float:
     return time.process_time()
 
 
-def train_budget(model, objective, batch_fn, minutes, *, lr, warmup, ema_decay, seed):
+def train_budget(model, objective, batch_fn, minutes, setup: dict, seed: int):
     r"""Adam (grad-norm clip 1, linear warm-up, then a cosine decay of the learning rate to
     zero at the end of the budget, :math:`\eta = \eta_0\,\tfrac12(1 + \cos(\pi c/C))`
-    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``) with an EMA.
+    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``) with an EMA; the
+    setup gives ``lr``, ``warmup`` (steps) and ``ema`` (decay).
 
     Returns ``(ema_copy, raw_copy, steps, cpu_seconds, mean of the last 200 losses)``.
     """
     g = torch.Generator().manual_seed(seed)
+    lr, warmup = setup["lr"], setup["warmup"]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = EMA(model, decay=ema_decay)
+    ema = EMA(model, decay=setup["ema"])
     budget, step, spent, losses = 60.0 * minutes, 0, 0.0, []
     model.train()
     while spent < budget:
@@ -281,16 +283,7 @@ def _run_digits(name, setup, minutes, quick, seed):
     def batch_fn(g):
         return dequantize(train[torch.randint(0, len(train), (setup["batch"],), generator=g)], g)
 
-    ema, raw, steps, spent, loss = train_budget(
-        model,
-        objective,
-        batch_fn,
-        minutes,
-        lr=setup["lr"],
-        warmup=setup["warmup"],
-        ema_decay=setup["ema"],
-        seed=seed,
-    )
+    ema, raw, steps, spent, loss = train_budget(model, objective, batch_fn, minutes, setup, seed)
     common = {
         "setup": name,
         "budget_cpu_min": minutes,
@@ -373,16 +366,7 @@ def _run_moons(name, setup, minutes, quick, seed):
     def batch_fn(g):
         return ztr[torch.randint(0, len(ztr), (setup["batch"],), generator=g)]
 
-    ema, _, steps, spent, loss = train_budget(
-        model,
-        objective,
-        batch_fn,
-        minutes,
-        lr=setup["lr"],
-        warmup=setup["warmup"],
-        ema_decay=setup["ema"],
-        seed=seed,
-    )
+    ema, _, steps, spent, loss = train_budget(model, objective, batch_fn, minutes, setup, seed)
     rtol = 1e-4 if quick else 1e-5
     r, cpu = _likelihood(
         copy.deepcopy(ema).double(),
