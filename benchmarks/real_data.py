@@ -60,7 +60,6 @@ __all__ = [
     "train_budget",
 ]
 
-LEVELS = 17  # digits pixels take the values 0..16
 CENTER, SCALE = 8.5, 8.5  # model space z = (x + U - CENTER) / SCALE lies in [-1, 1)
 
 
@@ -126,7 +125,7 @@ def _samples_digits(model, n, sampler, steps, seed):
     return x, res.nfe, _cpu() - c0
 
 
-def _likelihood(model, z, *, divergence, rtol, n_probes, seed, chunk):
+def _likelihood(model, z, *, divergence, rtol, n_probes, seed):
     g = torch.Generator().manual_seed(seed)
     c0 = _cpu()
     r = log_prob(
@@ -138,7 +137,6 @@ def _likelihood(model, z, *, divergence, rtol, n_probes, seed, chunk):
         atol=rtol,
         n_probes=n_probes,
         generator=g,
-        chunk_size=chunk,
     )
     return r, _cpu() - c0
 
@@ -324,7 +322,6 @@ def _run_digits(name, setup, minutes, quick, seed):
         rtol=rtol,
         n_probes=probes,
         seed=seed + 3,
-        chunk=None,
     )
     bpd = bpd_from_model_log_prob(r.log_prob, 64)
     hutch = (r.stderr.double() ** 2).sum().sqrt() / len(bpd) / (64 * math.log(2))
@@ -375,7 +372,6 @@ def _run_moons(name, setup, minutes, quick, seed):
         rtol=rtol,
         n_probes=2,
         seed=seed,
-        chunk=None,
     )
     nll = -(r.log_prob.double() + log_det)
     row = {
