@@ -36,11 +36,13 @@ __all__ = [
     "build_model",
     "check_shapes",
     "check_state",
+    "is_conditional",
     "load_checkpoint",
     "load_model",
     "load_state",
     "model_config",
     "prefixed",
+    "read_meta",
     "save_checkpoint",
     "write_atomic",
 ]
@@ -122,20 +124,25 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
     write_atomic(path.with_suffix(".json"), text + "\n")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Read a checkpoint: ``(tensors, meta)``. Raises ``ValueError`` naming the file if it is
-    missing, unreadable or not a scorekit checkpoint."""
+def _resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.safetensors"
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {str(path)!r}")
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint's ``meta`` alone, from the safetensors header (no tensor is read).
+    Raises ``ValueError`` naming the file if it is missing, unreadable or not a scorekit
+    checkpoint."""
+    path = _resolve(path)
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
     try:
@@ -145,7 +152,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{path} has format {got!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Read a checkpoint: ``(tensors, meta)``. Raises ``ValueError`` naming the file if it is
+    missing, unreadable or not a scorekit checkpoint."""
+    path = _resolve(path)
+    meta = read_meta(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
     return tensors, meta
+
+
+def is_conditional(meta: dict) -> bool:
+    """Whether a checkpoint's ``meta`` describes a class-conditional model (load it with
+    :func:`scorekit.conditional.load_conditional`)."""
+    model = meta.get("model")
+    net = model.get("net") if isinstance(model, dict) else None
+    return isinstance(net, dict) and net.get("name") == "conditional"
 
 
 def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -221,7 +248,7 @@ def load_model(
         state = prefixed(tensors, "model")
     net = meta["model"].get("net") if isinstance(meta["model"], dict) else None
     net = net if isinstance(net, dict) else {}
-    if net.get("name") == "conditional":
+    if is_conditional(meta):
         raise ValueError(
             f"checkpoint {path} holds a class-conditional model; load it with "
             "scorekit.conditional.load_conditional (or sample it with scorekit sample --label)"

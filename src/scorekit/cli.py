@@ -206,20 +206,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
-def _is_conditional(meta: dict) -> bool:
-    model = meta.get("model")
-    net = model.get("net") if isinstance(model, dict) else None
-    return isinstance(net, dict) and net.get("name") == "conditional"
-
-
 def _load(path: Path, ema: bool = True, command: str = "sample"):
     """``(model, normalizer, meta)``; the model is a ``ConditionalScoreModel`` for a
     class-conditional checkpoint, which only ``scorekit sample`` takes."""
-    from .checkpoint import load_checkpoint, load_model
+    from .checkpoint import is_conditional, load_model, read_meta
     from .conditional import load_conditional
 
     path = _checkpoint_path(path)
-    if not _is_conditional(load_checkpoint(path)[1]):
+    if not is_conditional(read_meta(path)):
         return load_model(path, ema=ema)
     if command != "sample":
         raise ValueError(
