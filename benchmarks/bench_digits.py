@@ -25,13 +25,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from scorekit import VP, ScoreModel
-from scorekit.data import Normalizer
+from scorekit.app.plots import plot_image_grid, save_figure
 from scorekit.losses import make_objective
 from scorekit.metrics import digits_quality
 from scorekit.nets import UNet
-from scorekit.plots import plot_image_grid, save_figure
 from scorekit.samplers import sample
-from scorekit.train import TrainConfig, Trainer
+from scorekit.train.data import Normalizer
+from scorekit.train.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
 

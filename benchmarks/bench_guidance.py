@@ -1,7 +1,7 @@
 """Guided sampling and inpainting on sklearn's 8x8 digits.
 
 A class-conditional MLP (eps prediction, VP, label dropout 0.1) and a noise-conditional
-MLP classifier are trained with :class:`scorekit.train.Trainer` on the training split
+MLP classifier are trained with :class:`scorekit.train.trainer.Trainer` on the training split
 (``train_test_split(test_size=0.3, random_state=0, stratify=y)``). Scores use a
 logistic-regression classifier trained on the real training digits (accuracy on held-out
 real digits reported as the reference):
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _train(model, objective, data, steps, lr, seed):
-    from scorekit.train import TrainConfig, Trainer
+    from scorekit.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(
         steps=steps,
@@ -67,10 +67,10 @@ def _train(model, objective, data, steps, lr, seed):
 
 
 def run(quick: bool = False) -> dict:
-    # scorekit.data, .nets, .plots and .train arrive with the train branch
-    from scorekit.data import Normalizer
+    # scorekit.train.data, .nets, .plots and .train arrive with the train branch
+    from scorekit.app.plots import plot_image_grid, save_figure
     from scorekit.nets import MLP
-    from scorekit.plots import plot_image_grid, save_figure
+    from scorekit.train.data import Normalizer
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)

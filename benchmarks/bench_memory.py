@@ -1,7 +1,7 @@
 """Peak resident memory of sampling and likelihood on large batches, chunked.
 
 Each measurement runs in a fresh subprocess (``python -c``, one thread) that builds a
-small 2-D MLP (hidden 64, depth 2) :class:`~scorekit.parametrize.ScoreModel` (VE process,
+small 2-D MLP (hidden 64, depth 2) :class:`~scorekit.core.parametrize.ScoreModel` (VE process,
 random weights: memory does not depend on training), runs one workload and reports its
 peak resident set size, ``VmHWM`` from ``/proc/self/status`` (``ru_maxrss`` where there is
 no ``/proc``). The

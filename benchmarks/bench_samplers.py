@@ -29,15 +29,15 @@ import numpy as np
 import torch
 
 from scorekit import EDM, VP, ExactScore, Gaussian, GaussianMixture
-from scorekit.metrics import sliced_wasserstein
-from scorekit.samplers import Dopri5, make_sampler
-from scorekit.schedules import (
+from scorekit.core.schedules import (
     geometric_sigmas,
     karras_sigmas,
     noise_ratio,
     t_of_noise_ratio,
     time_grid,
 )
+from scorekit.metrics import sliced_wasserstein
+from scorekit.samplers import Dopri5, make_sampler
 
 NFES = (10, 20, 50, 100)
 DTYPE = torch.float64

@@ -18,10 +18,10 @@ import time
 import torch
 
 from scorekit import VE, VP, ScoreModel
-from scorekit.data import load_data
 from scorekit.losses import make_objective
 from scorekit.nets import MLP, UNet
-from scorekit.train import TrainConfig, Trainer
+from scorekit.train.data import load_data
+from scorekit.train.trainer import TrainConfig, Trainer
 
 
 def _bare(model, objective, data, batch: int, steps: int) -> float:

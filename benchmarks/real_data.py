@@ -41,12 +41,12 @@ import numpy as np
 import torch
 
 from scorekit import EDM, EDMPrecond, ScoreModel
-from scorekit.ema import EMA
 from scorekit.likelihood import log_prob
 from scorekit.losses import EDMLoss
 from scorekit.metrics import digits_quality
 from scorekit.nets import MLP
 from scorekit.samplers import sample
+from scorekit.train.ema import EMA
 
 __all__ = [
     "SETUPS",
@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(path: Path, text: str) -> None:
-    from scorekit.checkpoint import write_atomic
+    from scorekit.train.checkpoint import write_atomic
 
     write_atomic(path, text.encode())
 

@@ -18,7 +18,7 @@ marginal at t_max for every method (so no method pays for a prior mismatch); the
 the mixtures as reference; sliced W2 between ODE samples and test data (in data
 coordinates); for digits the Frechet distance in a 16-component PCA space; and, for the exact
 mixtures, the trainer's loss per sigma bucket divided by its irreducible floor
-(:mod:`scorekit.diagnostics`).
+(:mod:`scorekit.noise.diagnostics`).
 
 Usage (one thread; the full run took 913 s on a shared 2-core machine, --quick < 1 min):
 
@@ -40,17 +40,17 @@ import numpy as np
 import torch
 
 from scorekit import EDM, VE, VP, EDMPrecond, Gaussian, GaussianMixture, ScoreModel
-from scorekit.data import Normalizer, digits, toy_2d
-from scorekit.diagnostics import irreducible_buckets, normalized_log, plot_normalized_loss
+from scorekit.app.plots import read_log, save_figure
+from scorekit.core.weighting import SigmaSquared
 from scorekit.likelihood import bits_per_dim, log_prob
 from scorekit.losses import DDPMObjective, DiffusionLoss, EDMLoss, LikelihoodLoss
 from scorekit.metrics import sliced_wasserstein
 from scorekit.nets import MLP
-from scorekit.noise_design import max_pairwise_distance
-from scorekit.plots import read_log, save_figure
+from scorekit.noise.design import max_pairwise_distance
+from scorekit.noise.diagnostics import irreducible_buckets, normalized_log, plot_normalized_loss
 from scorekit.samplers import sample
-from scorekit.train import TrainConfig, Trainer
-from scorekit.weighting import SigmaSquared
+from scorekit.train.data import Normalizer, digits, toy_2d
+from scorekit.train.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("sigma2_ve", "likelihood_is", "edm", "ddpm_eps")
@@ -237,7 +237,7 @@ def run_one(name: str, method: str, data: dict, cfg: dict, quick: bool) -> dict:
 
 
 def _scatter_figure(samples: dict, title: str):
-    from scorekit.plots import _figure
+    from scorekit.app.plots import _figure
 
     fig, axes = _figure(len(samples), size=3.2)
     for ax, (label, pts) in zip(axes[0], samples.items(), strict=True):

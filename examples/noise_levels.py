@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from scorekit.noise_design import (  # noqa: E402
+from scorekit.noise.design import (  # noqa: E402
     geometric_ratio,
     langevin_ratio,
     langevin_step,

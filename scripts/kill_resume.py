@@ -1,7 +1,7 @@
 r"""Kill ``scorekit train`` with SIGKILL at random steps, resume it, and compare to one run.
 
 A training run of a tiny MLP on a 2-D toy is started as a subprocess
-(``python -m scorekit.cli train``, CPU, one thread). After it has logged a chosen step
+(``python -m scorekit.app.cli train``, CPU, one thread). After it has logged a chosen step
 (drawn from a seeded RNG between the last checkpoint and the end) it is killed with
 SIGKILL, so it stops wherever it is, possibly in the middle of writing a checkpoint or a
 log line. After every kill the checkpoint left behind must load (safetensors + JSON, all
@@ -39,7 +39,7 @@ __all__ = ["kill_resume"]
 
 
 def _command(out: Path, steps: int, ckpt_every: int, seed: int, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "scorekit.cli", "train", "--data", "moons", "--n", "512"]
+    cmd = [sys.executable, "-m", "scorekit.app.cli", "train", "--data", "moons", "--n", "512"]
     cmd += ["--steps", str(steps), "--batch", "32", "--warmup", "5", "--seed", str(seed)]
     cmd += ["--log-every", "1", "--ckpt-every", str(ckpt_every), "--net", "mlp"]
     cmd += ["--config", str(out.parent / "net.json"), "--threads", "1", "--device", "cpu"]
@@ -70,7 +70,7 @@ def _logged_step(log: Path) -> int:
 
 def check_checkpoint(out: Path, ckpt_every: int, steps: int) -> int:
     """Load the checkpoint in ``out`` and check it is complete; returns its step."""
-    from scorekit.checkpoint import load_checkpoint, load_model
+    from scorekit.train.checkpoint import load_checkpoint, load_model
 
     tensors, meta = load_checkpoint(out / "checkpoint.safetensors")
     load_model(out / "checkpoint.safetensors")  # the network, EMA weights and normaliser
@@ -136,7 +136,7 @@ def _run_and_kill(out, steps, ckpt_every, seed, resume, target, timeout) -> int:
 
 
 def _state(out: Path) -> dict:
-    from scorekit.checkpoint import load_checkpoint
+    from scorekit.train.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(out / "checkpoint.safetensors")
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta

@@ -7,10 +7,10 @@ import sys
 import torch
 
 from scorekit import VE, ScoreModel, make_objective
-from scorekit.data import load_data
-from scorekit.distributed import init_distributed, shutdown_distributed
 from scorekit.nets import MLP
-from scorekit.train import TrainConfig, Trainer
+from scorekit.train.data import load_data
+from scorekit.train.distributed import init_distributed, shutdown_distributed
+from scorekit.train.trainer import TrainConfig, Trainer
 
 
 def main(out: str, accum: int) -> None:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scorekit.advise import Advice, advise, save_advice
-from scorekit.noise_design import (
+from scorekit.core.processes import EDM, VE, VP, from_config
+from scorekit.noise.advise import Advice, advise, save_advice
+from scorekit.noise.design import (
     NCSN_GAMMA,
     data_std,
     geometric_ratio,
@@ -17,7 +18,6 @@ from scorekit.noise_design import (
     num_levels,
     shell_overlap,
 )
-from scorekit.processes import EDM, VE, VP, from_config
 
 CIFAR_D, CIFAR_SIGMA1, CIFAR_SIGMAL, CIFAR_T = 3072, 50.0, 0.01, 5
 

@@ -21,10 +21,10 @@ from scorekit.nets import MLP
 
 SKIP_MODULES = {
     "scorekit._validate",  # the checks themselves: their `name` is a label
-    "scorekit.cli",  # argv: tested by tests/test_cli.py
-    "scorekit.distributed",  # process groups
-    "scorekit.demo",  # trains for minutes
-    "scorekit.plots",  # figures; inputs are checked by the functions they draw from
+    "scorekit.app.cli",  # argv: tested by tests/test_cli.py
+    "scorekit.train.distributed",  # process groups
+    "scorekit.app.demo",  # trains for minutes
+    "scorekit.app.plots",  # figures; inputs are checked by the functions they draw from
 }
 
 
@@ -74,16 +74,16 @@ OVERRIDES = {
     "scorekit.losses.score_matching.dsm": {"score_fn": lambda: lambda x, *s: -x},
     "scorekit.samplers.api.default_grid": {"name": lambda: "euler"},
     "scorekit.samplers.api.make_sampler": {"name": lambda: "euler"},
-    "scorekit.noise_design.geometric_ratio": {"dim": lambda: 100},
-    "scorekit.recipe.build_process": {"spec": lambda: {"name": "ve"}},
+    "scorekit.noise.design.geometric_ratio": {"dim": lambda: 100},
+    "scorekit.app.recipes.build_process": {"spec": lambda: {"name": "ve"}},
     "scorekit.likelihood.bits_per_dim": {"x": lambda: torch.full((4, 2), -1.0)},
 }
 
 # wrong values that a callable accepts by design
 ALLOWED = {
-    ("scorekit.train.TrainConfig", "steps"): lambda v: v == 0,  # 0 steps: save the init
+    ("scorekit.train.trainer.TrainConfig", "steps"): lambda v: v == 0,  # 0 steps: save the init
     # subclasses (ExactScore, ExactConditional) compute the score without a network
-    ("scorekit.parametrize.ScoreModel", "net"): lambda v: v is None,
+    ("scorekit.core.parametrize.ScoreModel", "net"): lambda v: v is None,
     ("scorekit.guidance.ConditionalScoreModel", "net"): lambda v: v is None,
     # any label below 2**24 can be packed (the walker's "3" is out of range for 3 classes)
     ("scorekit.conditional.pack_labels", "labels"): lambda v: (

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorekit.cli import main
+from scorekit.app.cli import main
 
 
 def _err(capsys) -> str:
@@ -109,7 +109,7 @@ def test_advise_prints_and_saves(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "sigma_max" in text and "wrote" in text
     adv = json.loads(out.read_text())
-    x = __import__("scorekit.data", fromlist=["load_data"]).load_data(
+    x = __import__("scorekit.train.data", fromlist=["load_data"]).load_data(
         "8gaussians", n=300, generator=torch.Generator().manual_seed(0)
     )
     # Technique 1 on the data the model sees: the largest pairwise distance (all 300 points)
@@ -117,7 +117,7 @@ def test_advise_prints_and_saves(tmp_path, capsys):
 
 
 def test_demo_smoke(tmp_path):
-    from scorekit.demo import run_demo
+    from scorekit.app.demo import run_demo
 
     threads = torch.get_num_threads()
     text = run_demo(tmp_path / "demo", steps=30, quiet=True, n_samples=100, n_nll=10)
@@ -150,8 +150,8 @@ def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
 
 
 def test_process_and_network_defaults(tmp_path):
-    from scorekit.processes import EDM
-    from scorekit.recipe import build_run_model, net_config_for
+    from scorekit.app.recipes import build_run_model, net_config_for
+    from scorekit.core.processes import EDM
 
     assert net_config_for({"name": "auto"}, (1, 8, 8), EDM())["name"] == "unet"
     assert net_config_for({"name": "auto"}, (2,), EDM())["time_input"] == "log_t"

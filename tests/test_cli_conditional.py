@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scorekit.checkpoint import load_checkpoint, load_model, save_checkpoint
-from scorekit.cli import build_parser, main
+from scorekit.app.cli import build_parser, main
 from scorekit.conditional import load_conditional
 from scorekit.guidance import sample_conditional
 from scorekit.samplers import sample
+from scorekit.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 NET = {"net": {"name": "mlp", "hidden": 32, "depth": 1, "emb_dim": 16}}
 STEPS = ["--sampler", "heun", "--steps", "4", "--seed", "7"]

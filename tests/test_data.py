@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorekit.data import TOYS, Normalizer, load_data, load_file, toy_2d
+from scorekit.train.data import TOYS, Normalizer, load_data, load_file, toy_2d
 
 
 @pytest.mark.parametrize("name", TOYS)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from scorekit import VE, VP, ExactScore, Gaussian, GaussianMixture
-from scorekit.diagnostics import (
+from scorekit.losses import DiffusionLoss, LikelihoodLoss
+from scorekit.noise.diagnostics import (
     bucket_loss,
     dsm_per_level,
     irreducible_buckets,
@@ -15,7 +16,6 @@ from scorekit.diagnostics import (
     normalized_log,
     plot_normalized_loss,
 )
-from scorekit.losses import DiffusionLoss, LikelihoodLoss
 
 D64 = torch.float64
 

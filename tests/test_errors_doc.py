@@ -31,4 +31,4 @@ def test_the_list_holds_the_messages_users_meet():
         "`steps` must be an integer >= 1",
     ):
         assert msg in text, msg
-    assert "### `scorekit.train`" in text and "### `scorekit.data`" in text
+    assert "### `scorekit.train.trainer`" in text and "### `scorekit.train.data`" in text

@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scorekit import VE, ScoreModel
-from scorekit.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
-from scorekit.data import Normalizer, load_data, load_file
+from scorekit.core.processes import from_config as process_from_config
 from scorekit.nets import MLP, build_net
-from scorekit.processes import from_config as process_from_config
-from scorekit.train import TrainConfig, Trainer
+from scorekit.train.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
+from scorekit.train.data import Normalizer, load_data, load_file
+from scorekit.train.trainer import TrainConfig, Trainer
 
 EXAMPLES = int(os.environ.get("SCOREKIT_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(
@@ -344,8 +344,8 @@ def test_one_config_field_of_a_wrong_type(key, value):
 @FUZZ
 @given(data=st.binary(max_size=512))
 def test_random_bytes_as_training_log_and_cli_config(tmp_path, data):
-    from scorekit.cli import _load_json
-    from scorekit.plots import read_log
+    from scorekit.app.cli import _load_json
+    from scorekit.app.plots import read_log
 
     p = _write(tmp_path, "log.jsonl", data)
     clean(read_log, p)

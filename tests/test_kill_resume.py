@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from scorekit import VE, ScoreModel, make_objective
-from scorekit.checkpoint import load_checkpoint, save_checkpoint
-from scorekit.data import load_data
 from scorekit.nets import MLP
-from scorekit.train import NonFiniteLoss, TrainConfig, Trainer
+from scorekit.train.checkpoint import load_checkpoint, save_checkpoint
+from scorekit.train.data import load_data
+from scorekit.train.trainer import NonFiniteLoss, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ def test_save_refuses_nonfinite_tensors_and_keeps_the_old_checkpoint(tmp_path):
 def test_config_file_options_survive_a_net_flag_of_the_same_name(tmp_path):
     # the kill/resume runs pass --net mlp with --config {"net": {"hidden": 32}}: the first
     # run and every resume must build the same network
-    from scorekit.cli import _settings, build_parser
+    from scorekit.app.cli import _settings, build_parser
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"net": {"hidden": 32, "depth": 2}}))

@@ -18,6 +18,7 @@ from scorekit import (
     ddpm_betas,
     ncsn_sigmas,
 )
+from scorekit.core.weighting import Constant, LogSNRImportance, MinSNRWeighting, UniformT
 from scorekit.losses import (
     OBJECTIVES,
     DDPMObjective,
@@ -30,7 +31,6 @@ from scorekit.losses import (
     ScoreMatchingObjective,
     make_objective,
 )
-from scorekit.weighting import Constant, LogSNRImportance, MinSNRWeighting, UniformT
 
 D64 = torch.float64
 PROCESSES = [VE(0.01, 50.0), VP(), SubVP(), CosineVP(), EDM()]

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorekit import VE, VP, EDMPrecond, ExactScore, ScoreModel, convert, edm_coefficients
-from scorekit.parametrize import PREDICTIONS
+from scorekit.core.parametrize import PREDICTIONS
 
 floats = st.floats(0.05, 5.0)
 

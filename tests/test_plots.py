@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from scorekit import VE, ExactScore, GaussianMixture
-from scorekit.data import Normalizer
-from scorekit.plots import (
+from scorekit.app.plots import (
     plot_image_grid,
     plot_loss_per_sigma,
     plot_samples,
@@ -13,6 +12,7 @@ from scorekit.plots import (
     plot_trajectories,
     save_figure,
 )
+from scorekit.train.data import Normalizer
 
 
 def _check_labelled(fig):

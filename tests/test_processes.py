@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, CosineVP, SubVP, ddpm_betas, ncsn_sigmas
-from scorekit.processes import from_config
+from scorekit.core.processes import from_config
 
 PROCESSES = [VE(0.01, 50.0), VP(0.1, 20.0), SubVP(0.1, 20.0), CosineVP(), EDM(0.002, 80.0)]
 IDS = [type(p).__name__ for p in PROCESSES]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, ExactScore
+from scorekit.core.schedules import time_grid
 from scorekit.samplers import DDIM, Dopri5, DPMSolverPP, EDMSampler, Euler, Heun, RungeKutta
-from scorekit.schedules import time_grid
 
 STEPS = [16, 32, 64, 128]
 SOLVERS = {

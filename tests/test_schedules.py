@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, CosineVP, SubVP
-from scorekit.schedules import (
+from scorekit.core.schedules import (
     check_grid,
     ddpm_time_grid,
     ddpm_timesteps,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from scorekit import VE, ScoreModel, make_objective
-from scorekit.checkpoint import load_checkpoint, load_model, save_checkpoint
-from scorekit.data import load_data
-from scorekit.ema import EMA
 from scorekit.nets import MLP
-from scorekit.train import NonFiniteLoss, TrainConfig, Trainer
+from scorekit.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from scorekit.train.data import load_data
+from scorekit.train.ema import EMA
+from scorekit.train.trainer import NonFiniteLoss, TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -106,7 +106,7 @@ def test_checkpoint_writes_are_atomic_and_finite(tmp_path, monkeypatch):
     save_checkpoint(path, {"w": torch.ones(2)}, {"step": 1})
     with pytest.raises(ValueError, match="non-finite.*'w'"):
         save_checkpoint(path, {"w": torch.tensor([1.0, float("nan")])}, {"step": 2})
-    import scorekit.checkpoint as ck
+    import scorekit.train.checkpoint as ck
 
     def boom(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -276,7 +276,7 @@ def test_training_on_a_mixture_beats_an_untrained_model(mixture2d):
 
 
 def test_gradient_clipping_matches_torch():
-    from scorekit.train import _clip_grad
+    from scorekit.train.trainer import _clip_grad
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, CosineVP, SubVP, convert
-from scorekit.processes import Process
-from scorekit.weighting import (
+from scorekit.core.processes import Process
+from scorekit.core.weighting import (
     Constant,
     EDMWeighting,
     GridT,
@@ -168,16 +168,16 @@ def test_bad_arguments():
 def test_docstring_examples_run():
     import doctest
 
+    import scorekit.core.weighting
     import scorekit.losses.objectives
     import scorekit.losses.registry
     import scorekit.losses.score_matching
-    import scorekit.weighting
 
     for mod in (
         scorekit.losses.score_matching,
         scorekit.losses.objectives,
         scorekit.losses.registry,
-        scorekit.weighting,
+        scorekit.core.weighting,
     ):
         result = doctest.testmod(mod, extraglobs={"torch": torch})
         assert result.failed == 0, mod.__name__

@@ -1,27 +1,12 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
-from . import (
-    adapters,
-    checkpoint,
-    conditional,
-    data,
-    diagnostics,
-    guidance,
-    inpaint,
-    likelihood,
-    losses,
-    metrics,
-    nets,
-    samplers,
-    schedules,
-    weighting,
-)
+from . import adapters, conditional, guidance, inpaint, likelihood, losses, metrics, nets, samplers
 from .adapters import DiscreteVP, from_denoiser, from_diffusers_unet
-from .advise import Advice, advise, save_advice
-from .checkpoint import build_model, load_checkpoint, load_model, model_config, save_checkpoint
-from .data import TOYS, Normalizer, load_data, toy_2d
-from .distributions import ExactScore, Gaussian, GaussianMixture
-from .ema import EMA
+from .core import schedules, weighting
+from .core.distributions import ExactScore, Gaussian, GaussianMixture
+from .core.parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
+from .core.processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
+from .core.schedules import karras_sigmas, time_grid
 from .guidance import (
     ClassifierGuided,
     ConditionalScoreModel,
@@ -50,11 +35,20 @@ from .losses import (
 )
 from .metrics import sliced_wasserstein
 from .nets import MLP, EnergyMLP, UNet, build_net
-from .parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
-from .processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
+from .noise import diagnostics
+from .noise.advise import Advice, advise, save_advice
 from .samplers import SAMPLERS, SampleResult, sample
-from .schedules import karras_sigmas, time_grid
-from .train import NonFiniteLoss, TrainConfig, Trainer
+from .train import checkpoint, data
+from .train.checkpoint import (
+    build_model,
+    load_checkpoint,
+    load_model,
+    model_config,
+    save_checkpoint,
+)
+from .train.data import TOYS, Normalizer, load_data, toy_2d
+from .train.ema import EMA
+from .train.trainer import NonFiniteLoss, TrainConfig, Trainer
 
 __all__ = [
     "diagnostics",

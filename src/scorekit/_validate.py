@@ -112,7 +112,7 @@ def check_instance(name: str, value: Any, cls: type | tuple[type, ...]) -> Any:
 
 
 def check_process(name: str, value: Any) -> Any:
-    """Raise unless `value` is a :class:`scorekit.processes.Process`."""
-    from .processes import Process
+    """Raise unless `value` is a :class:`scorekit.core.processes.Process`."""
+    from .core.processes import Process
 
     return check_instance(name, value, Process)

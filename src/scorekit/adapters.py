@@ -12,7 +12,7 @@ A diffusers ``UNet2DModel`` is trained on a discrete schedule :math:`\bar\alpha_
 \bar\alpha_{N-1}` with :math:`x_\tau = \sqrt{\bar\alpha_\tau}\,x_0 + \sqrt{1 -
 \bar\alpha_\tau}\,\varepsilon`. :class:`DiscreteVP` is that schedule as a continuous
 process: training timestep :math:`\tau` sits at :math:`t = (\tau + 1)/N` (the convention of
-:func:`~scorekit.schedules.ddpm_time_grid`), :math:`\bar\alpha(0) = 1`, and
+:func:`~scorekit.core.schedules.ddpm_time_grid`), :math:`\bar\alpha(0) = 1`, and
 :math:`\log\bar\alpha(t)` is linear between these knots. :func:`from_diffusers_unet`
 evaluates the U-Net at the fractional timestep :math:`\tau = tN - 1` (clamped to
 :math:`[0, N-1]`; ``timestep="nearest"`` rounds it instead), so on the grid of
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_choice, check_finite
-from .parametrize import ScoreModel
-from .processes import Process, broadcast_like
+from .core.parametrize import ScoreModel
+from .core.processes import Process, broadcast_like
 
 __all__ = ["DiscreteVP", "diffusers_grid", "from_denoiser", "from_diffusers_unet"]
 
@@ -134,11 +134,11 @@ def from_denoiser(denoiser: Callable[[Tensor, Tensor], Tensor], process: Process
     Arguments:
         denoiser: ``D(x, sigma)`` with ``x`` of shape ``(B, *D)`` and ``sigma`` of shape
             ``(B,)``; returns ``(B, *D)``.
-        process: any :class:`~scorekit.processes.Process` (VE and EDM have :math:`\alpha = 1`;
+        process: any :class:`~scorekit.core.processes.Process` (VE and EDM have :math:`\alpha = 1`;
             VP-type processes are rescaled).
 
     Returns:
-        A :class:`~scorekit.parametrize.ScoreModel` with ``prediction="x0"``.
+        A :class:`~scorekit.core.parametrize.ScoreModel` with ``prediction="x0"``.
 
     Example:
         >>> import torch, scorekit as sk
@@ -197,7 +197,7 @@ def from_diffusers_unet(unet: nn.Module, scheduler, timestep: str = "interpolate
             ``"nearest"`` rounds it to the nearest training timestep.
 
     Returns:
-        A :class:`~scorekit.parametrize.ScoreModel` predicting eps, v or x0, whose
+        A :class:`~scorekit.core.parametrize.ScoreModel` predicting eps, v or x0, whose
         ``process`` is the scheduler's :class:`DiscreteVP`.
     """
     check_choice("timestep", timestep, ("interpolate", "nearest"))

@@ -9,7 +9,7 @@ r"""Training class-conditional models and noise-conditional classifiers.
   probability :math:`p`, so that one network learns both :math:`s(x, t \mid y)` and
   :math:`s(x, t)`, as classifier-free guidance needs (Ho & Salimans 2022).
 - :class:`ConditionalObjective` and :class:`ClassifierObjective` let
-  :class:`scorekit.train.Trainer`, which sees examples only, train on labelled data: the
+  :class:`scorekit.train.trainer.Trainer`, which sees examples only, train on labelled data: the
   label travels as one extra column of the (flattened) example (:func:`pack_labels`).
 
 References:
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validate import check_finite, check_int, check_range, check_tensor
+from .core.parametrize import ScoreModel
+from .core.processes import Process
 from .guidance import ConditionalScoreModel, GuidedScoreModel, check_labels
-from .parametrize import ScoreModel
-from .processes import Process
 
 __all__ = [
     "ClassConditional",
@@ -56,7 +56,7 @@ def drop_labels(
 
 
 def labels_from_column(table: Tensor, column: int) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Split a label column off a table (e.g. a user CSV read by ``scorekit.data.load_file``,
+    r"""Split a label column off a table (e.g. a user CSV read by ``scorekit.train.data.load_file``,
     before normalisation).
 
     Arguments:
@@ -163,11 +163,11 @@ class ClassConditional(nn.Module):
 class ConditionalObjective:
     r"""A noise-conditional objective (``scorekit.losses``) for a
     :class:`~scorekit.guidance.ConditionalScoreModel`, trained by
-    :class:`~scorekit.train.Trainer` on :func:`pack_labels` data with label dropout:
+    :class:`~scorekit.train.trainer.Trainer` on :func:`pack_labels` data with label dropout:
     :math:`\ell(x_0, y) = \ell_{obj}(s_\theta(\cdot \mid \tilde y), x_0)`, :math:`\tilde y`
     the label dropped to null with probability ``label_dropout``.
 
-    The Trainer needs a :class:`~scorekit.parametrize.ScoreModel`; give it
+    The Trainer needs a :class:`~scorekit.core.parametrize.ScoreModel`; give it
     :meth:`trainable`, which holds the conditional model's parameters.
     """
 
@@ -216,7 +216,7 @@ class ClassifierObjective:
     :math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon`, ``t`` uniform on
     ``[t_min, t_max]`` of the process; data packed by :func:`pack_labels`.
 
-    The Trainer needs a :class:`~scorekit.parametrize.ScoreModel`; give it
+    The Trainer needs a :class:`~scorekit.core.parametrize.ScoreModel`; give it
     :meth:`trainable`, a container of the classifier (its ``net``), not a score.
     """
 
@@ -261,17 +261,17 @@ def load_conditional(
     ``scorekit train --conditional`` does).
 
     The tensors are checked against the configuration before the network is built
-    (:func:`scorekit.checkpoint.check_state`: names, shapes, finite values), so a damaged or
+    (:func:`scorekit.train.checkpoint.check_state`: names, shapes, finite values), so a damaged or
     mismatched file gives a ``ValueError`` naming it.
 
     Returns:
         ``(model, normalizer, meta)``, the model in eval mode with the EMA weights when
         ``ema`` and present.
     """
-    from .checkpoint import check_state, load_checkpoint, load_state, prefixed
-    from .data import Normalizer
+    from .core.processes import from_config
     from .nets import build_net
-    from .processes import from_config
+    from .train.checkpoint import check_state, load_checkpoint, load_state, prefixed
+    from .train.data import Normalizer
 
     tensors, meta = load_checkpoint(path)
     what = f"checkpoint {path}"

@@ -3,7 +3,7 @@ r"""Class-conditional score models and guidance.
 A conditional network ``net(x, t, y)`` takes integer labels ``y`` of shape ``(B,)`` in
 :math:`\{0, \dots, K-1\}`; the reserved *null* label :math:`y = K` means "no label", i.e.
 the unconditional score, learned by dropping labels during training (label dropout).
-Bound to labels, a conditional model is a plain :class:`~scorekit.parametrize.ScoreModel`,
+Bound to labels, a conditional model is a plain :class:`~scorekit.core.parametrize.ScoreModel`,
 so every sampler runs on it unchanged.
 
 Classifier-free guidance with scale :math:`\gamma` (Ho & Salimans 2022; diffusers'
@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_finite, check_int
-from .distributions import GaussianMixture
-from .parametrize import PREDICTIONS, ScoreModel
-from .processes import Process
+from .core.distributions import GaussianMixture
+from .core.parametrize import PREDICTIONS, ScoreModel
+from .core.processes import Process
 from .samplers import SampleResult, sample
 
 __all__ = [
@@ -87,14 +87,14 @@ class ConditionalScoreModel(nn.Module):
     Arguments:
         net: callable ``net(x, t, y)``; ``x`` of shape ``(B, *D)``, ``t`` and ``y`` of shape
             ``(B,)`` (``y`` long); returns ``(B, *D)`` (``(B,)`` for an energy).
-        process: the :class:`~scorekit.processes.Process` defining ``t``.
+        process: the :class:`~scorekit.core.processes.Process` defining ``t``.
         num_classes: number of classes :math:`K`; the null label is :math:`K`.
-        prediction: what ``net`` predicts (as in :class:`~scorekit.parametrize.ScoreModel`).
+        prediction: what ``net`` predicts (as in :class:`~scorekit.core.parametrize.ScoreModel`).
         null_label: whether ``net`` was trained with label dropout, so that :math:`y = K`
             gives the unconditional prediction; classifier-free guidance needs it.
         data_shape: the per-sample shape ``D``, for ``sample_conditional(model, labels)``.
 
-    :meth:`bind` turns it into a :class:`~scorekit.parametrize.ScoreModel` for fixed labels.
+    :meth:`bind` turns it into a :class:`~scorekit.core.parametrize.ScoreModel` for fixed labels.
     """
 
     def __init__(
@@ -129,7 +129,7 @@ class ConditionalScoreModel(nn.Module):
         return self.net(x, t, y)
 
     def bind(self, labels, scale: float = 1.0) -> GuidedScoreModel:
-        r"""The :class:`~scorekit.parametrize.ScoreModel` of
+        r"""The :class:`~scorekit.core.parametrize.ScoreModel` of
         :math:`s(x) + \gamma (s(x \mid y) - s(x))` for ``labels`` of shape ``(B,)`` (the
         null label allowed); ``scale`` :math:`\gamma = 1` is plain conditional. Inputs must
         then have batch size ``B``."""
@@ -210,7 +210,7 @@ class ClassifierGuided(ScoreModel):
     \operatorname{softmax}(c(x, t))_y`, one backward pass through the classifier per call.
 
     Arguments:
-        model: any :class:`~scorekit.parametrize.ScoreModel` (e.g. unconditional, or a
+        model: any :class:`~scorekit.core.parametrize.ScoreModel` (e.g. unconditional, or a
             bound :class:`ConditionalScoreModel`).
         classifier: ``classifier(x, t) -> logits`` of shape ``(B, K)``, trained on noised
             inputs (:math:`x_t`, ``t`` of shape ``(B,)``).
@@ -355,7 +355,7 @@ def sample_conditional(
     Without ``classifier``: classifier-free guidance of a :class:`ConditionalScoreModel`
     with scale :math:`\gamma` = ``scale``. With ``classifier``: classifier guidance
     :math:`s + \gamma\nabla\log p_\phi(y\mid x_t)` of ``model`` (an unconditional
-    :class:`~scorekit.parametrize.ScoreModel`, or a conditional model at :math:`\gamma = 1`).
+    :class:`~scorekit.core.parametrize.ScoreModel`, or a conditional model at :math:`\gamma = 1`).
 
     Arguments:
         model, labels: the model and labels of shape ``(n,)``.

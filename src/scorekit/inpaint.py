@@ -45,12 +45,12 @@ import torch
 from torch import Tensor
 
 from ._validate import check_choice, check_int, check_positive, check_tensor
-from .parametrize import ScoreModel
-from .processes import broadcast_like
+from .core.parametrize import ScoreModel
+from .core.processes import broadcast_like
+from .core.schedules import check_grid
 from .samplers import Sampler, SampleResult, default_grid, make_sampler
 from .samplers.api import DEFAULT_STEPS
 from .samplers.base import randn_like
-from .schedules import check_grid
 
 __all__ = ["METHODS", "PosteriorGuided", "Replacement", "check_mask", "inpaint"]
 
@@ -130,7 +130,7 @@ class PosteriorGuided(ScoreModel):
     value for Gaussian data (``"isotropic"``).
 
     Arguments:
-        model: the unconditional :class:`~scorekit.parametrize.ScoreModel`.
+        model: the unconditional :class:`~scorekit.core.parametrize.ScoreModel`.
         known, mask: :math:`y` of shape ``(B, *D)`` and the mask (``(B, *D)`` or ``D``).
         covariance: ``"tweedie"`` (:math:`C_t = \tfrac{\sigma^2}{2\alpha}(J + J^\top)`,
             exact for Gaussian targets, :math:`D` vector-Jacobian products per call) or
@@ -225,7 +225,7 @@ def inpaint(
     r"""Fill in the unknown coordinates of ``known`` where ``mask`` is ``False``.
 
     Arguments:
-        model: an unconditional :class:`~scorekit.parametrize.ScoreModel`.
+        model: an unconditional :class:`~scorekit.core.parametrize.ScoreModel`.
         known: shape ``(n, *D)``; values where ``mask`` is ``False`` are ignored.
         mask: bool, ``True`` where known; shape ``(n, *D)`` or ``D``.
         method: ``"replacement"`` (:class:`Replacement`) or ``"posterior"``

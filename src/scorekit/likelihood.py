@@ -50,9 +50,9 @@ from ._validate import (
     check_range,
     check_tensor,
 )
-from .parametrize import ScoreModel
-from .processes import Process
-from .weighting import _rand, _randn
+from .core.parametrize import ScoreModel
+from .core.processes import Process
+from .core.weighting import _rand, _randn
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
 
@@ -216,7 +216,7 @@ def log_prob(
     .. math:: \log p_{t_{min}}(x) = \log\pi(x(t_{max})) + \ell(t_{max}).
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel` (it carries ``.process``);
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` (it carries ``.process``);
             ``model(x, t)`` is the score. Samples must not interact (eval mode, no batch
             statistics): one vector-Jacobian product of the batch serves every sample.
         x: data, shape ``(B, *D)``, finite.
@@ -364,7 +364,7 @@ def bits_per_dim(
     convention the model was trained with.)
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel`.
+        model: a :class:`~scorekit.core.parametrize.ScoreModel`.
         x: discrete data on the grid above, shape ``(B, *D)``.
         bins: number of levels (>= 2).
         data_range: ``(lo, hi)`` the levels are mapped to, e.g. ``(-1, 1)`` or ``(0, 1)``.

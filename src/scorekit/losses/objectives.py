@@ -9,12 +9,12 @@ Every objective is an object with ``process``, ``sample_t(batch, generator, dtyp
         \big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2, \qquad
     x_t = \alpha(t) x_0 + \sigma(t)\varepsilon,
 
-with :math:`\lambda` a score-space weighting (:mod:`scorekit.weighting`), ``t`` drawn by a
+with :math:`\lambda` a score-space weighting (:mod:`scorekit.core.weighting`), ``t`` drawn by a
 sampler, and :math:`\rho = 1` except under importance sampling, where
 :math:`\rho(t) = q(t)\,(t_{hi} - t_{lo})` makes the estimate unbiased for the uniform-``t``
 objective :math:`E_{t\sim\mathcal U}[\lambda(t)\,\tfrac12\|\cdot\|^2]`. The residual is
 computed in the space ``prediction_target`` (score, eps, x0 or v) and rescaled by
-:func:`~scorekit.weighting.error_scale`, so the target changes the arithmetic, never the
+:func:`~scorekit.core.weighting.error_scale`, so the target changes the arithmetic, never the
 objective. The ½ is kept by default (``half=True``), as in score_sde; EDM's and DDPM's own
 papers omit it (``half=False``).
 
@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int, check_positive, check_tensor
-from ..parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
-from ..processes import EDM, VP, Process
-from ..weighting import (
+from ..core.parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
+from ..core.processes import EDM, VP, Process
+from ..core.weighting import (
     EDMWeighting,
     GridT,
     LikelihoodWeighting,
@@ -143,15 +143,15 @@ class DiffusionLoss(_NoiseConditional):
 
     with :math:`y` the true ``prediction_target`` (:math:`-\varepsilon/\sigma`,
     :math:`\varepsilon`, :math:`x_0` or :math:`\alpha\varepsilon - \sigma x_0`) and
-    :math:`c` its :func:`~scorekit.weighting.error_scale`.
+    :math:`c` its :func:`~scorekit.core.weighting.error_scale`.
 
     Arguments:
         process: the noise process.
         weighting: score-space :math:`\lambda(t)`, a callable ``w(process, t) -> (B,)``;
-            default :class:`~scorekit.weighting.SigmaSquared` (score_sde).
+            default :class:`~scorekit.core.weighting.SigmaSquared` (score_sde).
         prediction_target: where the residual is computed: ``"score"``, ``"eps"``
             (default), ``"x0"`` or ``"v"``.
-        t_sampler: draws ``t``; default :class:`~scorekit.weighting.UniformT` on
+        t_sampler: draws ``t``; default :class:`~scorekit.core.weighting.UniformT` on
             ``[t_min, t_max]``.
         importance: divide by :math:`q(t)(t_{hi} - t_{lo})` (needs ``t_sampler.pdf`` and
             ``t_sampler.bounds``), an unbiased estimate of the uniform-``t`` objective.
@@ -245,8 +245,8 @@ class DiffusionLoss(_NoiseConditional):
 class DSMObjective(DiffusionLoss):
     r"""Multi-level DSM of NCSN (Song & Ermon 2019): ``t`` uniform over the times of ``levels``
     geometric noise levels :math:`\sigma_i` from :math:`\sigma(t_{min})` to
-    :math:`\sigma(t_{max})` (for :class:`~scorekit.processes.VE` the grid of
-    :func:`~scorekit.processes.ncsn_sigmas`), weight :math:`\lambda(\sigma) = \sigma^2`
+    :math:`\sigma(t_{max})` (for :class:`~scorekit.core.processes.VE` the grid of
+    :func:`~scorekit.core.processes.ncsn_sigmas`), weight :math:`\lambda(\sigma) = \sigma^2`
     by default, or the given ``sigmas``.
     """
 
@@ -287,7 +287,7 @@ class DSMObjective(DiffusionLoss):
 class DDPMObjective(DiffusionLoss):
     r"""DDPM's "simple" loss (Ho et al. 2020, eq. (14)): ``t`` uniform on the grid
     :math:`t_i = i\,t_{max}/N`, :math:`i = 1..N` (the grid of
-    :func:`~scorekit.processes.ddpm_betas`) and :math:`\tfrac12\|\hat\varepsilon -
+    :func:`~scorekit.core.processes.ddpm_betas`) and :math:`\tfrac12\|\hat\varepsilon -
     \varepsilon\|^2`, i.e. :math:`\lambda = \sigma^2`. ``half=False`` gives Ho et al.'s
     own scale."""
 
@@ -336,7 +336,7 @@ class EDMLoss(DiffusionLoss):
     The objective does not depend on the parametrisation; the preconditioning that makes it
     well conditioned is the model's: use
     ``ScoreModel(EDMPrecond(F, process, sigma_data), process, prediction="x0")``.
-    For :class:`~scorekit.processes.EDM` (the default process) ``t = sigma``.
+    For :class:`~scorekit.core.processes.EDM` (the default process) ``t = sigma``.
     """
 
     def __init__(

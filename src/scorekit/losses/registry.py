@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int
-from ..parametrize import ScoreModel
-from ..processes import Process
-from ..weighting import SigmaSquared, UniformT
+from ..core.parametrize import ScoreModel
+from ..core.processes import Process
+from ..core.weighting import SigmaSquared, UniformT
 from .objectives import (
     DDPMObjective,
     DiffusionLoss,

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_generator, check_int, check_tensor
-from ..weighting import _randn
+from ..core.weighting import _randn
 
 __all__ = ["dsm", "esm", "ism", "ncsn_loss", "ssm", "ssm_vr"]
 
@@ -406,7 +406,7 @@ def ncsn_loss(
         score_fn: ``(x_noisy, sigma) -> s``, with ``sigma`` of shape ``(B,)``.
         x: clean data, shape ``(B, *D)``.
         sigmas: the levels, a 1-D tensor of positive values (e.g. a geometric grid,
-            :func:`~scorekit.processes.ncsn_sigmas`).
+            :func:`~scorekit.core.processes.ncsn_sigmas`).
         weighting: :math:`\lambda(\sigma)`; ``None`` means NCSN's :math:`\sigma^2`.
         generator: randomness for the levels and the noise.
         half: keep the ½.

@@ -2,7 +2,7 @@ r"""Noise-level embeddings shared by the networks.
 
 A network sees the noise level only through the time argument ``t`` of
 ``net(x, t)``. The embedding maps ``t`` (or :math:`\log t`, useful when ``t`` is
-itself a noise level spanning decades, as for :class:`~scorekit.processes.EDM`)
+itself a noise level spanning decades, as for :class:`~scorekit.core.processes.EDM`)
 to features
 
 .. math:: \gamma(c) = [\sin(2\pi \omega_k c), \cos(2\pi \omega_k c)]_{k=1}^{K}

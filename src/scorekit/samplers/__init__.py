@@ -4,8 +4,8 @@ Heun, dopri5, DPM-Solver++ 2M/3M), DDPM/DDIM and EDM's stochastic sampler.
 
 One calling convention: ``sampler(model, x, grid, generator=None,
 return_trajectory=False) -> SampleResult(x, nfe, trajectory)``, with ``model`` a
-:class:`~scorekit.parametrize.ScoreModel`, ``x`` the state at ``grid[0]`` and ``grid``
-decreasing process times (:mod:`scorekit.schedules`). :func:`sample` is the entry point
+:class:`~scorekit.core.parametrize.ScoreModel`, ``x`` the state at ``grid[0]`` and ``grid``
+decreasing process times (:mod:`scorekit.core.schedules`). :func:`sample` is the entry point
 by name, with default grids, the process prior and chunking.
 
 Example:

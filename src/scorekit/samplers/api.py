@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_generator, check_int
-from ..parametrize import ScoreModel
-from ..schedules import check_grid, ddpm_time_grid, time_grid
+from ..core.parametrize import ScoreModel
+from ..core.schedules import check_grid, ddpm_time_grid, time_grid
 from .base import Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
@@ -143,9 +143,9 @@ def sample(
     r"""Draw samples from a score model with the sampler called ``sampler``.
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel` (carries ``.process``).
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` (carries ``.process``).
         shape_or_n: ``(B, *D)``, or a count ``n`` when the data shape is known
-            (``data_shape=``, an :class:`~scorekit.distributions.ExactScore` target, or a
+            (``data_shape=``, an :class:`~scorekit.core.distributions.ExactScore` target, or a
             ``net.data_shape`` attribute).
         sampler: one of :data:`SAMPLERS`.
         steps: grid steps (default :data:`DEFAULT_STEPS`); ignored when ``grid`` is given.
@@ -155,7 +155,7 @@ def sample(
             samples whatever ``batch_size`` (``dopri5`` up to its tolerance).
         batch_size: run at most this many samples at once (``None``: all); trajectories
             are held only when ``return_trajectory``.
-        grid: explicit decreasing process times (see :mod:`scorekit.schedules`).
+        grid: explicit decreasing process times (see :mod:`scorekit.core.schedules`).
         dtype, device: of the samples (default: torch's default dtype, CPU).
         **options: sampler settings (e.g. ``eta=0.5`` for ``ddim``, ``s_churn=40`` for
             ``edm``, ``snr=0.16`` for ``pc``, ``step_size`` for ``langevin``).

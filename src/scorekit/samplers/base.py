@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from .._validate import check_tensor
-from ..parametrize import ScoreModel
-from ..processes import Process
-from ..schedules import check_grid
+from ..core.parametrize import ScoreModel
+from ..core.processes import Process
+from ..core.schedules import check_grid
 
 __all__ = ["CountingModel", "SampleResult", "Sampler"]
 
@@ -47,7 +47,7 @@ class SampleResult:
 
 
 class CountingModel:
-    r"""A :class:`~scorekit.parametrize.ScoreModel` seen through a counter: every call of
+    r"""A :class:`~scorekit.core.parametrize.ScoreModel` seen through a counter: every call of
     :meth:`score`, :meth:`x0`, :meth:`eps` or :meth:`energy_and_score` adds one to
     :attr:`nfe`. Samplers receive this view, so the NFE they report is what they spent."""
 
@@ -86,9 +86,9 @@ class Sampler:
     order of a deterministic solver, fitted in the tests) and implement :meth:`step`.
 
     Calling a sampler: ``sampler(model, x, grid, generator=None, return_trajectory=False)``
-    with ``model`` a :class:`~scorekit.parametrize.ScoreModel`, ``x`` the initial state of
+    with ``model`` a :class:`~scorekit.core.parametrize.ScoreModel`, ``x`` the initial state of
     shape ``(B, *D)`` at time ``grid[0]``, and ``grid`` the decreasing process times
-    (see :mod:`scorekit.schedules`).
+    (see :mod:`scorekit.core.schedules`).
     """
 
     stochastic: bool = False

@@ -12,7 +12,7 @@ DDIM replaces :math:`v` by :math:`\eta^2 v` and plugs in the model's :math:`\hat
 :math:`\eta = 1` is DDPM's ancestral step (:math:`\tilde\beta` variance), :math:`\eta = 0` the
 deterministic DDIM (the exponential-Euler step of the PF-ODE in
 :math:`(x/\alpha, \sigma/\alpha)`). For VP these are Ho et al.'s and Song et al.'s updates on
-the grid of :func:`~scorekit.schedules.ddpm_time_grid`, whose last point :math:`t = 0`
+the grid of :func:`~scorekit.core.schedules.ddpm_time_grid`, whose last point :math:`t = 0`
 (:math:`\bar\alpha = 1`) makes the final step return the denoised :math:`\hat x_0`; on a
 grid that ends at :math:`\sigma > 0` the samplers stop there (no extra denoising step).
 

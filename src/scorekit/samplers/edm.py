@@ -17,7 +17,7 @@ Each step from :math:`\tilde\sigma_i` to :math:`\tilde\sigma_{i+1}`:
 
 :math:`\hat\sigma` is capped at :math:`\tilde\sigma(T)`, the end of the process domain. With
 ``s_churn = 0`` this is deterministic Heun in :math:`\tilde\sigma` (for the
-:class:`~scorekit.processes.EDM` process, exactly :class:`~scorekit.samplers.ode.Heun`).
+:class:`~scorekit.core.processes.EDM` process, exactly :class:`~scorekit.samplers.ode.Heun`).
 The sampler follows the grid to its end: on a grid ending at :math:`\sigma = 0` the last
 step is the denoising step :math:`D(\hat y, \hat\sigma_{N-1})`; otherwise it stops at
 :math:`\sigma_{min}` without one.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 from .._validate import check_positive
-from ..schedules import noise_ratio, t_of_noise_ratio
+from ..core.schedules import noise_ratio, t_of_noise_ratio
 from .base import Sampler, randn_like
 
 __all__ = ["EDMSampler"]

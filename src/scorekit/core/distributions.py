@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_finite, check_int, check_positive, check_tensor
+from .._validate import check_finite, check_int, check_positive, check_tensor
 from .parametrize import ScoreModel
 from .processes import Process
 
@@ -259,7 +259,7 @@ class ExactScore(ScoreModel):
         process: the noise process.
 
     Example:
-        >>> from scorekit.processes import VE
+        >>> from scorekit.core.processes import VE
         >>> m = ExactScore(Gaussian(torch.zeros(2), std=1.0), VE(0.01, 10.0))
         >>> x = torch.randn(5, 2, dtype=torch.float64)
         >>> torch.allclose(m(x, 0.0), -x / (1 + 0.01**2))

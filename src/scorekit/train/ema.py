@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from ._validate import check_instance, check_positive, check_range
+from .._validate import check_instance, check_positive, check_range
 
 __all__ = ["EMA"]
 

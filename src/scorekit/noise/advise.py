@@ -1,9 +1,9 @@
 r"""The sigma-design advisor: noise settings for a data set, printed or saved as JSON.
 
-:func:`advise` applies NCSNv2's Techniques 1, 2 and 4 (:mod:`scorekit.noise_design`) to the
+:func:`advise` applies NCSNv2's Techniques 1, 2 and 4 (:mod:`scorekit.noise.design`) to the
 data, adds :math:`\sigma_{data}` for EDM preconditioning and matching VP and EDM settings;
 :func:`save_advice` writes the result as JSON whose process dicts
-:func:`scorekit.processes.from_config` accepts.
+:func:`scorekit.core.processes.from_config` accepts.
 
 References:
     Song & Ermon, "Improved Techniques for Training Score-Based Generative Models",
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from ._validate import check_generator, check_int, check_positive
-from .noise_design import (
+from .._validate import check_generator, check_int, check_positive
+from .design import (
     NCSN_GAMMA,
     _as_data,
     data_std,
@@ -77,7 +77,7 @@ class Advice:
     notes: tuple[str, ...] = ()
 
     def process_config(self) -> dict:
-        """The VE process, as :func:`scorekit.processes.from_config` accepts it."""
+        """The VE process, as :func:`scorekit.core.processes.from_config` accepts it."""
         return {"name": "VE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
     def to_json(self) -> dict:

@@ -67,7 +67,7 @@ LABEL_DROPOUT = 0.1  # default probability of the null label in class-conditiona
 def build_process(spec: dict, data: torch.Tensor):
     """The process of ``spec`` (``{"name": one of PROCESSES, **kwargs}``); VE's ``sigma_max``
     defaults to the largest pairwise distance of ``data`` (shape ``(N, *D)``, model space)."""
-    from . import processes
+    from ..core import processes
 
     name = str(spec.get("name", "ve")).lower()
     if name not in PROCESSES:
@@ -75,7 +75,7 @@ def build_process(spec: dict, data: torch.Tensor):
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     if name == "ve" and "sigma_max" not in kwargs:
         # Song & Ermon (2020), Technique 1: sigma_max = the largest pairwise distance.
-        from .noise_design import max_pairwise_distance
+        from ..noise.design import max_pairwise_distance
 
         dist, _, _ = max_pairwise_distance(data, generator=torch.Generator().manual_seed(0))
         kwargs["sigma_max"] = float(f"{max(dist, 1.0):.3g}")
@@ -107,8 +107,8 @@ def net_config_for(spec: dict, shape: tuple[int, ...], process, precond: bool = 
 
 
 def build_run_model(settings: dict, shape: tuple[int, ...], process):
-    """The untrained :class:`~scorekit.parametrize.ScoreModel` the settings describe."""
-    from .checkpoint import build_model
+    """The untrained :class:`~scorekit.core.parametrize.ScoreModel` the settings describe."""
+    from ..train.checkpoint import build_model
 
     net = net_config_for(settings["net"], shape, process, precond=settings["loss"] == "edm")
     prediction, precond = settings["prediction"], None
@@ -145,7 +145,7 @@ def conditional_settings(value: dict | bool | None, where: str = "conditional") 
 
 def build_conditional_run(settings: dict, data, model, objective) -> tuple:
     r"""The class-conditional version of a run: ``(trainable, objective, packed)`` for
-    :class:`~scorekit.train.Trainer`.
+    :class:`~scorekit.train.trainer.Trainer`.
 
     ``model`` (from :func:`build_run_model`) gives the network, process and prediction of a
     :class:`~scorekit.guidance.ConditionalScoreModel` around
@@ -156,10 +156,10 @@ def build_conditional_run(settings: dict, data, model, objective) -> tuple:
     largest label + 1 (or the one already in the settings, on resume), is written into
     ``settings["conditional"]["num_classes"]``.
     """
-    from .conditional import ClassConditional, ConditionalObjective, pack_labels
-    from .data import Dataset
-    from .guidance import ConditionalScoreModel
-    from .parametrize import EDMPrecond, ScoreModel
+    from ..conditional import ClassConditional, ConditionalObjective, pack_labels
+    from ..core.parametrize import EDMPrecond, ScoreModel
+    from ..guidance import ConditionalScoreModel
+    from ..train.data import Dataset
 
     c = settings.get("conditional") if isinstance(settings, dict) else None
     if not isinstance(c, dict) or "label_dropout" not in c:
@@ -168,7 +168,7 @@ def build_conditional_run(settings: dict, data, model, objective) -> tuple:
             f"(conditional_settings), got {c!r}"
         )
     if not isinstance(data, Dataset):
-        raise ValueError(f"data must be a scorekit.data.Dataset, got {type(data).__name__}")
+        raise ValueError(f"data must be a scorekit.train.data.Dataset, got {type(data).__name__}")
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
     if data.labels is None:
@@ -200,7 +200,7 @@ def build_conditional_run(settings: dict, data, model, objective) -> tuple:
 
 def model_net_config(model) -> dict:
     """The network config of a model (inside any EDM preconditioning)."""
-    from .checkpoint import model_config
+    from ..train.checkpoint import model_config
 
     return model_config(model)["net"]
 
@@ -225,7 +225,7 @@ def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> di
     log-probability of the discrete values, which no affine rescaling changes.
     ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "bpd",
     "bpd_stderr", "nfe", "n", "dim"}``."""
-    from .likelihood import bits_per_dim, log_prob
+    from ..likelihood import bits_per_dim, log_prob
 
     d = math.prod(x.shape[1:])
     if bins is not None:

@@ -11,7 +11,7 @@ gloo on CPU / nccl on GPU) sees the same examples and noise as one process with
 
 The loss minimised is the mean of the objective's per-example values; the learning
 rate ramps linearly over ``warmup`` steps, :math:`\eta_n = \eta \min(1, (n+1)/n_w)`;
-gradients are clipped to a global norm; the EMA of the weights (:class:`~scorekit.ema.EMA`)
+gradients are clipped to a global norm; the EMA of the weights (:class:`~scorekit.train.ema.EMA`)
 is kept and saved. Every ``log_every`` steps one JSON line goes to ``log.jsonl`` with
 the mean loss and the mean loss per bucket of :math:`\log\sigma` (geometric edges between
 :math:`\sigma(t_{min})` and :math:`\sigma(t_{max})`).
@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._validate import check_choice, check_int, check_positive
+from .._validate import check_choice, check_int, check_positive
+from ..core.parametrize import ScoreModel
 from .checkpoint import (
     load_checkpoint,
     load_state,
@@ -48,7 +49,6 @@ from .checkpoint import (
 from .data import Normalizer
 from .distributed import init_distributed
 from .ema import EMA
-from .parametrize import ScoreModel
 
 __all__ = [
     "NonFiniteLoss",
@@ -161,7 +161,7 @@ class Trainer:
     r"""Train ``model`` on ``data`` with ``objective``; see the module docstring.
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel` over a ``scorekit.nets`` network.
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` over a ``scorekit.nets`` network.
         objective: object with ``.process``, ``.sample_t(B, generator, dtype, device)`` and
             ``__call__(model, x0, t=, generator=) -> (B,)`` (see ``scorekit.losses``).
         data: training examples in model space, shape ``(N, *D)``.

@@ -17,7 +17,7 @@ Song & Ermon (2020) give closed rules for a geometric noise schedule
 
   is as close to 1 as it gets.
 
-:func:`scorekit.advise.advise` applies them to a data set.
+:func:`scorekit.noise.advise.advise` applies them to a data set.
 
 References:
     Song & Ermon, "Improved Techniques for Training Score-Based Generative Models",
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import check_finite, check_generator, check_int, check_positive
+from .._validate import check_finite, check_generator, check_int, check_positive
 
 __all__ = [
     "NCSN_GAMMA",

@@ -26,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..core.parametrize import EDMPrecond, ScoreModel
+from ..core.processes import from_config as process_from_config
+from ..nets import build_net
 from .data import Normalizer
-from .nets import build_net
-from .parametrize import EDMPrecond, ScoreModel
-from .processes import from_config as process_from_config
 
 __all__ = [
     "FORMAT",
@@ -239,7 +239,8 @@ def load_model(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[ScoreModel, Normalizer, dict]:
     """Load a trained model (the EMA weights when ``ema`` and present), its data
-    :class:`~scorekit.data.Normalizer` and the checkpoint's ``meta``. The model is in eval mode."""
+    :class:`~scorekit.train.data.Normalizer` and the checkpoint's ``meta``. The model is in
+    eval mode."""
     tensors, meta = load_checkpoint(path)
     if "model" not in meta:
         raise ValueError(f"checkpoint {path} has no 'model' configuration")

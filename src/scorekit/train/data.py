@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_generator, check_int
+from .._validate import check_choice, check_generator, check_int
 
 __all__ = ["TOYS", "Dataset", "Normalizer", "digits", "load_data", "load_file", "toy_2d"]
 

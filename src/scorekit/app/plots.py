@@ -4,7 +4,7 @@ Every function returns a ``matplotlib.figure.Figure`` (built without pyplot, so 
 global state and no display is needed; PNGs are rendered by the Agg backend), with a
 title and labelled axes. :func:`save_figure` writes a PNG atomically.
 
-Points are drawn in data space: pass the :class:`~scorekit.data.Normalizer` of the
+Points are drawn in data space: pass the :class:`~scorekit.train.data.Normalizer` of the
 training data and samples / fields are mapped back. A score in model space maps to
 data space by the chain rule, :math:`\nabla_x \log p(x) = \nabla_z \log \tilde p(z) /
 \mathrm{scale}` with :math:`z = (x - \mathrm{loc})/\mathrm{scale}`.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import write_atomic
-from .data import Normalizer
+from ..train.checkpoint import write_atomic
+from ..train.data import Normalizer
 
 __all__ = [
     "plot_image_grid",

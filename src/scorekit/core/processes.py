@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_int, check_positive, check_range
+from .._validate import check_int, check_positive, check_range
 
 __all__ = [
     "EDM",

@@ -18,7 +18,7 @@ never reaches zero: since :math:`E[-\varepsilon/\sigma \mid x_t] = \nabla\log p_
 (Vincent 2011). :math:`L^\star(t)` grows like :math:`d/(2\sigma^2)` as :math:`\sigma \to 0`,
 so raw per-σ losses cannot be compared across noise levels; the ratio
 :math:`L(\theta; t)/L^\star(t) \ge 1` can, and equals 1 exactly when the model is the true
-noised score. For a :class:`~scorekit.distributions.GaussianMixture` target the exact noised
+noised score. For a :class:`~scorekit.core.distributions.GaussianMixture` target the exact noised
 score is known, so :math:`L^\star` is a Monte-Carlo average with no learning error
 (:func:`irreducible_dsm`). Under any weighting and any ``t`` sampler the same holds bucket by
 bucket for a trainer's logged loss: :func:`irreducible_buckets` averages the objective itself
@@ -48,10 +48,10 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_finite, check_generator, check_int, check_tensor
-from .distributions import ExactScore, GaussianMixture
-from .processes import Process
-from .weighting import _randn
+from .._validate import check_finite, check_generator, check_int, check_tensor
+from ..core.distributions import ExactScore, GaussianMixture
+from ..core.processes import Process
+from ..core.weighting import _randn
 
 __all__ = [
     "bucket_loss",
@@ -95,7 +95,7 @@ def dsm_per_level(
     at each time of ``t`` (score space, unweighted), on the examples ``x0``.
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel` (``model(x, t)`` is the score;
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` (``model(x, t)`` is the score;
             it carries ``.process``).
         x0: clean examples, shape ``(N, *D)``; every time uses all of them with fresh noise.
         t: 1-D tensor of ``K`` times inside the process domain.
@@ -132,7 +132,7 @@ def irreducible_dsm(
     :math:`L^\star = \tfrac{d}{2}\,\alpha^2\tau^2 / (\sigma^2(\alpha^2\tau^2 + \sigma^2))`.
 
     Arguments:
-        target: the data law, a :class:`~scorekit.distributions.GaussianMixture`.
+        target: the data law, a :class:`~scorekit.core.distributions.GaussianMixture`.
         process: the noise process.
         t: 1-D tensor of ``K`` times inside the process domain.
         n: Monte-Carlo examples per time (float64).
@@ -172,8 +172,8 @@ def normalized_dsm(
     a wrong model: read it where :math:`\sigma` is comparable to the data's scales.
 
     Arguments:
-        model: a :class:`~scorekit.parametrize.ScoreModel` (carries ``.process``).
-        target: the data law, a :class:`~scorekit.distributions.GaussianMixture`.
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` (carries ``.process``).
+        target: the data law, a :class:`~scorekit.core.distributions.GaussianMixture`.
         t: 1-D tensor of ``K`` times inside the process domain.
         n: Monte-Carlo examples per time and per term.
         generator: draws everything.
@@ -206,13 +206,13 @@ def bucket_loss(
 ) -> tuple[Tensor, Tensor]:
     r"""Mean of ``objective``'s per-example loss for ``model`` on examples of ``target``, over
     the objective's own ``t`` sampler, in each bucket :math:`[e_j, e_{j+1})` of
-    :math:`\sigma(t)` (what :class:`~scorekit.train.Trainer` logs as ``"bucket_loss"``).
+    :math:`\sigma(t)` (what :class:`~scorekit.train.trainer.Trainer` logs as ``"bucket_loss"``).
 
     Arguments:
         objective: a noise-conditional objective (``.process``, ``.sample_t``, called as
             ``objective(model, x0, t=, generator=)``).
         model: the score model, evaluated in float64 without gradients.
-        target: the data law (a :class:`~scorekit.distributions.GaussianMixture`).
+        target: the data law (a :class:`~scorekit.core.distributions.GaussianMixture`).
         sigma_edges: ``J + 1`` increasing bucket edges (a trainer log's ``"sigma_edges"``);
             the outer buckets extend to 0 and infinity, as in the trainer.
         n: Monte-Carlo examples in all; batch: examples per call.
@@ -274,7 +274,7 @@ def irreducible_buckets(
 
 
 def normalized_log(records: list[dict], floor: Tensor) -> list[dict]:
-    r"""Divide every record's ``"bucket_loss"`` of a :class:`~scorekit.train.Trainer` log by
+    r"""Divide every record's ``"bucket_loss"`` of a :class:`~scorekit.train.trainer.Trainer` log by
     the floor per bucket (:func:`irreducible_buckets`); returns records
     ``{"step", "sigma_centres", "normalized"}`` (``None`` where a bucket had no example)."""
     floor = torch.as_tensor(floor, dtype=torch.float64)
@@ -306,7 +306,7 @@ def plot_normalized_loss(runs: dict[str, list[dict]], *, title: str = "DSM loss 
     Returns:
         A ``matplotlib.figure.Figure``.
     """
-    from .plots import _figure
+    from ..app.plots import _figure
 
     if not runs:
         raise ValueError("runs must hold at least one run")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._validate import check_choice, check_positive
+from .._validate import check_choice, check_positive
 from .processes import Process, broadcast_like
 
 __all__ = [
@@ -104,7 +104,7 @@ class ScoreModel(nn.Module):
     Arguments:
         net: callable ``net(x, t)`` with ``x`` of shape ``(B, *D)`` and ``t`` of shape
             ``(B,)``; returns a tensor of shape ``(B, *D)`` (or ``(B,)`` for an energy).
-        process: the :class:`~scorekit.processes.Process` that defines ``t``.
+        process: the :class:`~scorekit.core.processes.Process` that defines ``t``.
         prediction: what ``net`` predicts: ``"score"``, ``"eps"``, ``"x0"``, ``"v"``
             or ``"energy"`` (:math:`s = -\nabla_x E`, by autograd; the graph is kept
             when gradients are enabled, so a loss on the score trains the energy).
@@ -112,7 +112,7 @@ class ScoreModel(nn.Module):
     Calling the model returns the score :math:`\nabla_x \log p_t(x)`.
 
     Example:
-        >>> from scorekit.processes import VE
+        >>> from scorekit.core.processes import VE
         >>> m = ScoreModel(lambda x, t: torch.zeros_like(x), VE(), prediction="eps")
         >>> m(torch.randn(3, 2), torch.full((3,), 0.5)).shape
         torch.Size([3, 2])

@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_finite, check_positive, check_tensor
+from .._validate import check_choice, check_finite, check_positive, check_tensor
 from .processes import EDM, VE, VP, CosineVP, Process, SubVP
 
 __all__ = [
@@ -138,7 +138,7 @@ class EDMWeighting:
     r"""Karras et al. (2022) weight :math:`w(\hat\sigma) = (\hat\sigma^2 + \sigma_d^2) /
     (\hat\sigma\sigma_d)^2` on the denoiser error :math:`\|D - x_0\|^2`, expressed in score
     space: :math:`\lambda = w(\hat\sigma)\,\hat\sigma^2\sigma^2` with :math:`\hat\sigma =
-    \sigma/\alpha` (for :class:`~scorekit.processes.EDM`, :math:`\hat\sigma = \sigma = t`)."""
+    \sigma/\alpha` (for :class:`~scorekit.core.processes.EDM`, :math:`\hat\sigma = \sigma = t`)."""
 
     def __init__(self, sigma_data: float = 0.5):
         self.sigma_data = check_positive("sigma_data", sigma_data)
@@ -320,7 +320,7 @@ class LogSNRImportance:
 class LogNormalSigma:
     r"""EDM's training noise levels (Karras et al. 2022, Table 1):
     :math:`\ln\hat\sigma \sim \mathcal{N}(P_{mean}, P_{std}^2)` with
-    :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.processes.EDM`),
+    :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.core.processes.EDM`),
     truncated to :math:`[\hat\sigma(\text{low}), \hat\sigma(\text{high})]` so that ``t`` stays
     in the process domain; drawn exactly by the inverse CDF and mapped to ``t`` by
     :func:`t_of_log_snr`. The truncation removes :math:`<2\cdot10^{-5}` of the mass for the

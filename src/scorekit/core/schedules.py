@@ -2,7 +2,7 @@ r"""Sampling grids: where along the process a sampler evaluates the model.
 
 Every grid here is a float64 tensor of *process times* :math:`t_0 > t_1 > \dots > t_N`
 (decreasing, ``N + 1`` points for ``N`` steps), so one grid serves every sampler and
-every :class:`~scorekit.processes.Process`. Grids defined on the noise level are built on
+every :class:`~scorekit.core.processes.Process`. Grids defined on the noise level are built on
 the scale-free noise level :math:`\tilde\sigma(t) = \sigma(t)/\alpha(t)` (the
 :math:`\sigma` of Karras et al.; equal to :math:`\sigma` when :math:`\alpha = 1`) and
 mapped back to times with :func:`t_of_noise_ratio`.
@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_int, check_positive, check_process
+from .._validate import check_choice, check_int, check_positive, check_process
 from .processes import EDM, VE, Process
 
 __all__ = [
@@ -154,7 +154,7 @@ def time_grid(
         float64 tensor of shape ``(steps + 1,)`` (``steps + 2`` with ``final_zero``).
 
     Example:
-        >>> from scorekit.processes import EDM
+        >>> from scorekit.core.processes import EDM
         >>> time_grid(EDM(0.002, 80.0), 3, "karras").tolist()[0]
         80.0
     """
@@ -217,7 +217,7 @@ def ddpm_time_grid(
 ) -> Tensor:
     r"""Process times of :func:`ddpm_timesteps`, followed by ``t = 0``: index :math:`i`
     is time :math:`t = (i + 1)\, t_{max} / T_{train}` (the grid of
-    :func:`~scorekit.processes.ddpm_betas`, where :math:`\bar\alpha_{i+1} = \alpha(t)^2`).
+    :func:`~scorekit.core.processes.ddpm_betas`, where :math:`\bar\alpha_{i+1} = \alpha(t)^2`).
     The final ``t = 0`` (:math:`\bar\alpha_0 = 1`, DDIM's "set_alpha_to_one") makes
     DDPM/DDIM end on the denoised estimate :math:`\hat x_0`.
 

@@ -23,14 +23,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import write_atomic
-from .data import load_data
-from .distributions import GaussianMixture
-from .losses import make_objective
-from .metrics import sliced_wasserstein
-from .nets import MLP
-from .noise_design import max_pairwise_distance
-from .parametrize import ScoreModel
+from ..core.distributions import GaussianMixture
+from ..core.parametrize import ScoreModel
+from ..core.processes import VE
+from ..losses import make_objective
+from ..metrics import sliced_wasserstein
+from ..nets import MLP
+from ..noise.design import max_pairwise_distance
+from ..samplers import sample
+from ..train.checkpoint import write_atomic
+from ..train.data import load_data
+from ..train.trainer import TrainConfig, Trainer
 from .plots import (
     plot_loss_per_sigma,
     plot_samples,
@@ -38,10 +41,7 @@ from .plots import (
     plot_trajectories,
     save_figure,
 )
-from .processes import VE
-from .recipe import nll_report
-from .samplers import sample
-from .train import TrainConfig, Trainer
+from .recipes import nll_report
 
 __all__ = ["DEMO_SAMPLERS", "run_demo"]
 
@@ -207,7 +207,8 @@ def _run(out: Path, seed: int, steps: int, quiet: bool, n: int, n_nll: int) -> s
 
 
 def _true_density() -> GaussianMixture:
-    """The 8-Gaussians toy of :func:`scorekit.data.toy_2d`: radius 2, std 0.2, equal weights."""
+    """The 8-Gaussians toy of :func:`scorekit.train.data.toy_2d`: radius 2, std 0.2, equal
+    weights."""
     ang = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
     means = 2 * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
     return GaussianMixture(torch.full((8,), 1 / 8), means, stds=0.2)

@@ -1,0 +1,590 @@
+"""Command-line interface: ``scorekit train | sample | likelihood | plot | advise | demo``.
+
+``scorekit train --data moons`` trains with sensible defaults and writes
+``runs/train/checkpoint.safetensors`` (+ ``.json``) and ``log.jsonl``; the same command
+under ``torchrun --nproc_per_node=N`` trains with DistributedDataParallel.
+``scorekit train --data digits --conditional`` trains a class-conditional model with label
+dropout, and ``scorekit sample RUN --label K --guidance W`` samples class ``K`` with
+classifier-free guidance. Errors in
+the input (missing or unreadable data, empty data, mixed image sizes, non-numeric CSV
+cells, a checkpoint of another network, an output path that is a file) end with a
+one-line message and exit code 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .recipes import (
+    DEFAULTS,
+    LABEL_DROPOUT,
+    PROCESSES,
+    build_conditional_run,
+    build_process,
+    build_run_model,
+    conditional_settings,
+    data_meta,
+    model_net_config,
+    nll_report,
+)
+
+__all__ = ["main"]
+
+
+# -- shared helpers ---------------------------------------------------------------------
+def _out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output directory {str(path)!r} is a file")
+    return path
+
+
+def _checkpoint_path(path: Path) -> Path:
+    return path / "checkpoint.safetensors" if path.is_dir() else path
+
+
+def _load_json(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path!r}")
+    try:
+        cfg = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _save_npy(path: Path, x: np.ndarray) -> None:
+    from ..train.checkpoint import write_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+
+
+# -- train ------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
+    """Defaults, then the checkpoint's settings (on resume), the --config file, the flags."""
+    s = json.loads(json.dumps(DEFAULTS))
+    if stored:
+        s.update(stored)
+    cfg = _load_json(args.config)
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in --config; known: {sorted(DEFAULTS)}")
+    for k, v in cfg.items():
+        s[k] = {**s[k], **v} if isinstance(s[k], dict) and isinstance(v, dict) else v
+    for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
+        if getattr(args, flag) is not None:
+            s[flag] = getattr(args, flag)
+    for flag in ("process", "net"):  # a new name drops the options of the old one ...
+        name = getattr(args, flag)
+        if name is not None and str(s[flag].get("name", "")).lower() != name:
+            # ... but keeps those the --config file gives for this name (or without one)
+            given = cfg.get(flag) if isinstance(cfg.get(flag), dict) else {}
+            same = str(given.get("name", name)).lower() == name
+            s[flag] = {**(given if same else {}), "name": name}
+    flags = {
+        "steps": "steps",
+        "batch": "batch_size",
+        "lr": "lr",
+        "seed": "seed",
+        "warmup": "warmup",
+        "grad_clip": "grad_clip",
+        "ema_decay": "ema_decay",
+        "accum": "accum",
+        "log_every": "log_every",
+        "ckpt_every": "ckpt_every",
+        "on_nonfinite": "on_nonfinite",
+    }
+    for flag, name in flags.items():
+        if getattr(args, flag) is not None:
+            s["train"][name] = getattr(args, flag)
+    if args.bf16:
+        s["train"]["bf16"] = True
+    cond = conditional_settings(s["conditional"], "'conditional' in the settings")
+    if args.conditional:
+        cond = cond or {}
+    if args.label_dropout is not None:
+        if cond is None:
+            raise ValueError("--label-dropout needs --conditional (class-conditional training)")
+        cond = {**cond, "label_dropout": args.label_dropout}
+    s["conditional"] = conditional_settings(cond, "--conditional")
+    return s
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train.checkpoint import load_checkpoint
+    from ..train.data import load_data
+    from ..train.distributed import init_distributed, shutdown_distributed
+    from ..train.trainer import TrainConfig, Trainer
+
+    out = _out_dir(args.out)
+    ckpt = out / "checkpoint.safetensors"
+    stored = None
+    if args.resume:
+        if not ckpt.is_file():
+            raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
+        stored = load_checkpoint(ckpt)[1].get("cli")
+    elif ckpt.exists():
+        raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
+    s = _settings(args, stored)
+    if args.resume and bool((stored or {}).get("conditional")) != bool(s["conditional"]):
+        kind = "a class-conditional" if s["conditional"] is None else "an unconditional"
+        raise ValueError(
+            f"--conditional: {str(out)!r} holds {kind} checkpoint; resume it as it was "
+            "trained (with --conditional exactly when it is class-conditional) or use another --out"
+        )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rank, _, device = init_distributed()
+    if args.device is not None:
+        device = torch.device(args.device)
+    trainer = None
+    try:
+        seed = int(s["train"].get("seed", 0))
+        data = load_data(
+            s["data"],
+            n=s["n"],
+            generator=torch.Generator().manual_seed(seed),
+            normalize=s["normalize"],
+            key=s["key"],
+            image_size=s["image_size"],
+        )
+        if data.x.shape[0] < 2:
+            raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
+        process = build_process(s["process"], data.x)
+        s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
+        torch.manual_seed(seed)
+        model = build_run_model(s, data.shape, process)
+        s["net"] = model_net_config(model)
+        from ..losses import make_objective
+
+        objective = make_objective(s["loss"], process, **s["loss_kwargs"])
+        examples = data.x
+        if s["conditional"] is not None:
+            model, objective, examples = build_conditional_run(s, data, model, objective)
+        cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
+        meta = {"cli": s, "data": data_meta(s, data)}
+        if s["conditional"] is not None:
+            meta.update(objective.meta())
+        trainer = Trainer(
+            model,
+            objective,
+            examples,
+            cfg,
+            out,
+            normalizer=data.normalizer,
+            meta=meta,
+            device=device,
+        )
+        if args.resume:
+            trainer.resume(ckpt)
+        result = trainer.fit()
+        if rank == 0:
+            print(
+                f"trained {result['step']} steps, final loss {result['loss']:.4g}, "
+                f"skipped {result['skipped']}; checkpoint {ckpt}"
+            )
+    finally:
+        if trainer is not None:
+            trainer.close()
+        shutdown_distributed()
+    return 0
+
+
+# -- sample / likelihood / plot -----------------------------------------------------------
+def _load(path: Path, ema: bool = True, command: str = "sample"):
+    """``(model, normalizer, meta)``; the model is a ``ConditionalScoreModel`` for a
+    class-conditional checkpoint, which only ``scorekit sample`` takes."""
+    from ..conditional import load_conditional
+    from ..train.checkpoint import is_conditional, load_model, read_meta
+
+    path = _checkpoint_path(path)
+    if not is_conditional(read_meta(path)):
+        return load_model(path, ema=ema)
+    if command != "sample":
+        raise ValueError(
+            f"scorekit {command} does not take class-conditional checkpoints ({path}); "
+            "use scorekit sample --label K, or scorekit.conditional.load_conditional in Python"
+        )
+    return load_conditional(path, ema=ema)
+
+
+def _bind(cond, path: Path, n: int, label: int | None, guidance: float | None):
+    """The ConditionalScoreModel ``cond`` bound to ``n`` copies of ``label`` with guidance
+    scale ``guidance`` (default 1), or to the null label when ``label`` is None."""
+    k = cond.num_classes
+    if label is None:
+        if guidance is not None:
+            raise ValueError(f"--guidance needs --label (a class in [0, {k - 1}])")
+        if not cond.null_label:
+            raise ValueError(
+                f"checkpoint {path} has no null label (no label dropout): pass --label "
+                f"(a class in [0, {k - 1}])"
+            )
+        return cond.bind(torch.full((n,), k, dtype=torch.long))
+    if not 0 <= label < k:
+        raise ValueError(
+            f"--label must be a class in [0, {k - 1}] of checkpoint {path}, got {label}"
+        )
+    scale = 1.0 if guidance is None else guidance
+    if not math.isfinite(scale):
+        raise ValueError(f"--guidance must be a finite number, got {guidance}")
+    return cond.bind(torch.full((n,), label, dtype=torch.long), scale)
+
+
+def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
+    from ..samplers import sample
+
+    g = torch.Generator().manual_seed(seed)
+    return sample(
+        model,
+        (n, *shape),
+        sampler=sampler,
+        steps=steps,
+        generator=g,
+        return_trajectory=trajectory,
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ..guidance import ConditionalScoreModel
+    from .plots import plot_image_grid, plot_samples, save_figure
+
+    model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
+    shape = tuple(meta["data"]["shape"])
+    what = ""
+    if isinstance(model, ConditionalScoreModel):
+        model = _bind(model, args.checkpoint, args.n, args.label, args.guidance)
+        what = (
+            ", unconditional through the null label"
+            if args.label is None
+            else f", class {args.label}, guidance {model.scale:g}"
+        )
+    elif args.label is not None or args.guidance is not None:
+        raise ValueError(
+            f"--label and --guidance need a class-conditional checkpoint (scorekit train "
+            f"--conditional); {args.checkpoint} holds an unconditional model"
+        )
+    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed)
+    x = normalizer.decode(res.x.detach().double()).numpy()
+    _save_npy(args.out, x)
+    png = args.png or args.out.with_suffix(".png")
+    title = f"{args.n} samples{what}, {args.sampler}, {res.nfe} evaluations"
+    if shape == (2,):
+        fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
+    elif len(shape) == 3:
+        fig = plot_image_grid(res.x[:64], normalizer=normalizer, title=title)
+    else:
+        fig = None
+    if fig is not None:
+        save_figure(fig, png)
+    print(
+        f"wrote {args.out} ({args.n} samples{what}, NFE {res.nfe})" + (f" and {png}" if fig else "")
+    )
+    return 0
+
+
+def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> torch.Tensor:
+    from ..train.data import load_data
+
+    g = torch.Generator().manual_seed(seed)
+    d = load_data(spec, n=n, generator=g, normalize="none", key=args.key,
+                  image_size=args.image_size)  # fmt: skip
+    shape = tuple(meta["data"]["shape"])
+    if d.shape != shape:
+        raise ValueError(
+            f"data {spec!r} has examples of shape {d.shape}, but the checkpoint was trained on "
+            f"{shape}"
+        )
+    return normalizer.encode(d.x[:n].double()).float()
+
+
+def cmd_likelihood(args: argparse.Namespace) -> int:
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, "likelihood")
+    x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
+    kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
+    for k in ("steps", "rtol", "atol"):
+        if getattr(args, k) is not None:
+            kw[k] = getattr(args, k)
+    if args.divergence == "hutchinson":
+        kw["generator"] = torch.Generator().manual_seed(args.seed)
+    images = args.data == "digits" or Path(args.data).is_dir()
+    bins = meta["data"].get("bins") if images else None  # discrete pixels: dequantised bpd
+    r = nll_report(model, normalizer, x, bins, **kw)
+    print(
+        f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats, {r['bpd']:.4f} ± {r['bpd_stderr']:.4f}"
+        f" bits/dim over {r['n']} examples of dimension {r['dim']} (NFE {r['nfe']})"
+    )
+    return 0
+
+
+KINDS = ("field", "samples", "trajectories", "grid", "loss")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ..train.data import load_data
+    from .plots import (
+        plot_image_grid,
+        plot_loss_per_sigma,
+        plot_samples,
+        plot_score_field,
+        plot_trajectories,
+        save_figure,
+    )
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    model, normalizer, meta = _load(ckpt, command="plot")
+    out = _out_dir(args.out)
+    shape = tuple(meta["data"]["shape"])
+    kinds = KINDS if "all" in args.kind else args.kind
+    two_d = shape == (2,)
+    kinds = [
+        k
+        for k in kinds
+        if (k in ("field", "trajectories") and two_d)
+        or k == "loss"
+        or (k == "samples" and two_d)
+        or (k == "grid" and len(shape) == 3)
+    ]
+    data = None
+    if any(k in ("field", "samples", "trajectories") for k in kinds):
+        data = load_data(
+            meta["data"]["spec"],
+            n=meta["data"]["n"],
+            normalizer=normalizer,
+            generator=torch.Generator().manual_seed(meta["train"]["seed"]),
+        ).x
+    written = []
+    for kind in kinds:
+        if kind == "loss":
+            fig = plot_loss_per_sigma(ckpt.parent / "log.jsonl")
+        elif kind == "field":
+            p = model.process
+            ts = [float(p.t_of_sigma(torch.tensor(s))) for s in _field_sigmas(p)]
+            fig = plot_score_field(model, data, ts, normalizer=normalizer)
+        else:
+            res = _sample(
+                model,
+                shape,
+                args.n,
+                args.sampler,
+                args.steps,
+                args.seed,
+                trajectory=kind == "trajectories",
+            )
+            if kind == "samples":
+                fig = plot_samples({args.sampler: res.x}, data, normalizer=normalizer)
+            elif kind == "grid":
+                fig = plot_image_grid(res.x[:64], normalizer=normalizer)
+            else:
+                fig = plot_trajectories(
+                    {args.sampler: _stack(res.trajectory)}, data, normalizer=normalizer
+                )
+        written.append(save_figure(fig, out / f"{kind}.png"))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _field_sigmas(process) -> list[float]:
+    lo = float(process.sigma(torch.tensor(process.t_min, dtype=torch.float64)))
+    hi = float(process.sigma(torch.tensor(process.t_max, dtype=torch.float64)))
+    lo = max(lo, 1e-3 * hi)
+    return [lo * (hi / lo) ** f for f in (0.1, 0.45, 0.8)]
+
+
+def _stack(traj) -> torch.Tensor:
+    if isinstance(traj, torch.Tensor):
+        return traj
+    return torch.stack(list(traj))
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from ..noise.advise import advise, save_advice
+    from ..train.data import load_data
+
+    data = load_data(
+        args.data,
+        n=args.n,
+        generator=torch.Generator().manual_seed(args.seed),
+        normalize=args.normalize,
+        key=args.key,
+        image_size=args.image_size,
+    )
+    advice = advise(
+        data.x,
+        T=args.T,
+        sigma_min=args.sigma_min,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    print(f"advice for {args.data!r} in model space (after the {args.normalize!r} normalisation)")
+    print(advice.table())
+    if args.out is not None:
+        print(f"wrote {save_advice(advice, args.out)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(_out_dir(args.out), seed=args.seed, steps=args.steps, quiet=args.quiet)
+    print(report)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scorekit", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a score model")
+    t.add_argument("--data", help="toy name (moons, 8gaussians, ...), 'digits', or a path")
+    t.add_argument("--n", type=int, help="number of toy points (default 20000)")
+    t.add_argument("--key", help="array name inside an .npz file")
+    t.add_argument("--image-size", type=int, help="resize images to this square side")
+    t.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"))
+    t.add_argument("--process", choices=sorted(PROCESSES), help="noise process (default ve)")
+    t.add_argument("--loss", help="objective of scorekit.losses (default dsm)")
+    t.add_argument("--net", choices=("auto", "mlp", "unet", "energy_mlp"))
+    t.add_argument("--prediction", choices=("auto", "score", "eps", "x0", "v"))
+    t.add_argument("--steps", type=int, help="total training steps (default 2000)")
+    t.add_argument("--batch", type=int, help="global batch size (default 256)")
+    t.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3)")
+    t.add_argument("--warmup", type=int)
+    t.add_argument("--grad-clip", type=float)
+    t.add_argument("--ema-decay", type=float)
+    t.add_argument("--accum", type=int, help="gradient-accumulation shards per process")
+    t.add_argument("--log-every", type=int)
+    t.add_argument("--ckpt-every", type=int)
+    t.add_argument("--on-nonfinite", choices=("stop", "skip"))
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    t.add_argument("--seed", type=int)
+    t.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional model (needs labelled data, e.g. digits); classes = the "
+        "largest label + 1; sample it with scorekit sample --label K [--guidance W]",
+    )
+    t.add_argument(
+        "--label-dropout",
+        type=float,
+        help=f"with --conditional: probability that a label is replaced by the null label, "
+        f"so the model also learns the unconditional score guidance needs (default "
+        f"{LABEL_DROPOUT})",
+    )
+    t.add_argument("--out", type=Path, default=Path("runs/train"))
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--config", help="JSON file with settings (flags override it)")
+    t.add_argument("--device", help="torch device (default: cuda if available)")
+    t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--sampler", default="heun")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path("samples.npy"))
+    s.add_argument("--png", type=Path, help="picture (default: OUT with .png)")
+    s.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
+    s.add_argument(
+        "--label",
+        type=int,
+        help="class-conditional checkpoints: sample this class (0..K-1); without --label "
+        "they sample unconditionally, through the null label learned by label dropout",
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="with --label: classifier-free guidance scale W, the score s(x) + W (s(x|y) - "
+        "s(x)): 1 (default) plain conditional, 0 unconditional, > 1 sharper classes; Ho & "
+        "Salimans' w is W - 1",
+    )
+    s.set_defaults(func=cmd_sample)
+
+    lk = sub.add_parser("likelihood", help="negative log-likelihood of data under a checkpoint")
+    lk.add_argument("checkpoint", type=Path)
+    lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
+    lk.add_argument("--n", type=int, default=1000, help="examples (toys: drawn fresh)")
+    lk.add_argument("--seed", type=int, default=12345, help="seed of fresh toy points / probes")
+    lk.add_argument("--key")
+    lk.add_argument("--image-size", type=int)
+    lk.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
+    lk.add_argument("--method", default="dopri5")
+    lk.add_argument("--steps", type=int)
+    lk.add_argument("--rtol", type=float)
+    lk.add_argument("--atol", type=float)
+    lk.add_argument("--chunk-size", type=int)
+    lk.add_argument("--no-ema", action="store_true")
+    lk.set_defaults(func=cmd_likelihood)
+
+    p = sub.add_parser("plot", help="figures of a checkpoint and its training log")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
+    p.add_argument("--kind", nargs="+", choices=KINDS + ("all",), default=["all"])
+    p.add_argument("--sampler", default="heun")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/plots"))
+    p.set_defaults(func=cmd_plot)
+
+    a = sub.add_parser("advise", help="noise settings for a data set (NCSNv2 techniques)")
+    a.add_argument("--data", default="moons", help="toy name, 'digits' or a path")
+    a.add_argument("--n", type=int, default=20_000, help="number of toy points")
+    a.add_argument("--key")
+    a.add_argument("--image-size", type=int)
+    a.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"), default="auto")
+    a.add_argument("--T", type=int, default=5, help="Langevin steps per noise level")
+    a.add_argument("--sigma-min", type=float)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", type=Path, help="also write the advice as JSON here")
+    a.set_defaults(func=cmd_advise)
+
+    d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 4000)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 on success, 1 on an error, 130 on Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("scorekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        from ..train.trainer import NonFiniteLoss
+
+        known = isinstance(e, (ValueError, OSError, NonFiniteLoss))
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if not known:
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"scorekit {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
