@@ -32,8 +32,6 @@ from scorekit import EDM, VP, ExactScore, Gaussian, GaussianMixture
 from scorekit.core.schedules import (
     geometric_sigmas,
     karras_sigmas,
-    noise_ratio,
-    t_of_noise_ratio,
     time_grid,
 )
 from scorekit.metrics import sliced_wasserstein
@@ -136,8 +134,8 @@ def grid_family(kind: str, steps: int, sigma_end: float) -> torch.Tensor:
         return _zero(geometric_sigmas(steps - 1, sigma_end, SIGMA_MAX))
     # "vp_uniform": uniform in t on VP(0.1, 20) (diffusers' "linspace"), mapped to sigma/alpha
     vp = VP()
-    t = time_grid(vp, steps - 1, "uniform", t_min=float(t_of_noise_ratio(vp, sigma_end)))
-    sig = noise_ratio(vp, t)
+    t = time_grid(vp, steps - 1, "uniform", t_min=float(vp.t_of_ratio(sigma_end)))
+    sig = vp.ratio(t)
     sig[0] = SIGMA_MAX
     return _zero(sig)
 

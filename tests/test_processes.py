@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, CosineVP, SubVP, ddpm_betas, ncsn_sigmas
-from scorekit.core.processes import from_config
+from scorekit.adapters import DiscreteVP
+from scorekit.core.processes import Process, from_config
 
 PROCESSES = [VE(0.01, 50.0), VP(0.1, 20.0), SubVP(0.1, 20.0), CosineVP(), EDM(0.002, 80.0)]
 IDS = [type(p).__name__ for p in PROCESSES]
@@ -41,10 +42,52 @@ def test_g2_and_f_reproduce_marginal_variance(p):
     torch.testing.assert_close(p.f(m(t), t), dm, rtol=1e-6, atol=1e-8)
 
 
+class _Bisected(Process):
+    """A process seen through the generic base class only: every inverse bisects."""
+
+    def __init__(self, inner):
+        self.inner, self.T = inner, inner.T
+        self.t_min, self.t_max = inner.t_min, inner.t_max
+
+    def _alpha(self, t):
+        return self.inner._alpha(t)
+
+    def _sigma(self, t):
+        return self.inner._sigma(t)
+
+    def _d_alpha(self, t):
+        return self.inner._d_alpha(t)
+
+    def _d_sigma(self, t):
+        return self.inner._d_sigma(t)
+
+    def config(self):
+        return {"name": "Bisected"}
+
+
+DISCRETE = DiscreteVP(ddpm_betas(VP(), 1000).neg().log1p().cumsum(0).exp())
+INVERTIBLE = PROCESSES + [DISCRETE, _Bisected(VP()), _Bisected(CosineVP())]
+
+
+@pytest.mark.parametrize("p", INVERTIBLE, ids=lambda p: repr(p)[:20])
+@pytest.mark.parametrize("of", ["sigma", "ratio", "log_snr"])
+def test_inverses_invert_in_closed_form_and_agree_with_bisection(p, of):
+    # t of sigma, of sigma / alpha and of the log-SNR: each maps its level back to t
+    t = grid(p, 41)
+    level = getattr(p, of)(t)
+    got = getattr(p, f"t_of_{of}")(level)
+    torch.testing.assert_close(got, t, rtol=1e-8, atol=1e-10 * p.T)
+    # the closed form is the bisection of the base class (to machine precision)
+    bisected = getattr(_Bisected(p), f"t_of_{of}")(level)
+    torch.testing.assert_close(got, bisected, rtol=1e-9, atol=1e-12 * p.T)
+
+
 @pytest.mark.parametrize("p", PROCESSES, ids=IDS)
-def test_t_of_sigma_inverts_sigma(p):
-    t = grid(p)
-    torch.testing.assert_close(p.t_of_sigma(p.sigma(t)), t, rtol=1e-7, atol=1e-9)
+def test_inverses_clamp_to_the_domain(p):
+    # levels outside the process's range map to the ends of [0, T], never outside it
+    big, small = p.ratio(torch.tensor(p.T, dtype=torch.float64)) * 10, torch.tensor(1e-30)
+    assert float(p.t_of_ratio(big)) == p.T
+    assert 0.0 <= float(p.t_of_ratio(small.double())) <= 1e-6 * p.T
 
 
 @pytest.mark.parametrize("p", PROCESSES, ids=IDS)
@@ -114,10 +157,10 @@ def test_discrete_grids():
         (lambda: EDM(80.0, 80.0), "sigma_min"),
         (lambda: VP(0.0, 20.0), "beta_min"),
         (lambda: VP(10.0, 1.0), "beta_max"),
-        (lambda: VE().sigma(1.5), "t"),
-        (lambda: VP().alpha(torch.tensor([-0.1, 0.5])), "t"),
-        (lambda: EDM().sigma(100.0), "t"),
-        (lambda: VE(0.01, 1.0).t_of_sigma(5.0), "sigma"),
+        # values of t are checked at the boundary of a call (alpha, sigma do not sync)
+        (lambda: VE().check_t(1.5), "t"),
+        (lambda: VP().check_t(torch.tensor([-0.1, 0.5])), "t"),
+        (lambda: EDM().check_t(100.0), "t"),
         (lambda: ncsn_sigmas(VE(), 1), "levels"),
         (lambda: from_config({"name": "Nope"}), "process config"),
     ],

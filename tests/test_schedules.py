@@ -10,8 +10,6 @@ from scorekit.core.schedules import (
     ddpm_timesteps,
     geometric_sigmas,
     karras_sigmas,
-    noise_ratio,
-    t_of_noise_ratio,
     time_grid,
 )
 
@@ -41,12 +39,6 @@ def test_geometric_is_log_linear():
 
 
 @pytest.mark.parametrize("p", PROCESSES, ids=IDS)
-def test_t_of_noise_ratio_inverts(p):
-    t = torch.linspace(max(p.t_min, 1e-3 * p.T), p.t_max, 17, dtype=torch.float64)
-    torch.testing.assert_close(t_of_noise_ratio(p, noise_ratio(p, t)), t, rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
 @pytest.mark.parametrize("kind", ["karras", "geometric", "uniform"])
 def test_time_grid_ends_and_decreases(p, kind):
     g = time_grid(p, 7, kind)
@@ -54,7 +46,7 @@ def test_time_grid_ends_and_decreases(p, kind):
     assert float(g[0]) == p.t_max and float(g[-1]) == p.t_min
     assert (g[1:] < g[:-1]).all()
     if kind == "geometric":
-        r = noise_ratio(p, g)
+        r = p.ratio(g)
         q = r[1:] / r[:-1]
         torch.testing.assert_close(q, torch.full_like(q, float(q[0])), rtol=1e-8, atol=0)
 

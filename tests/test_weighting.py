@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, CosineVP, SubVP, convert
-from scorekit.core.processes import Process
 from scorekit.core.weighting import (
     Constant,
     EDMWeighting,
@@ -18,7 +17,6 @@ from scorekit.core.weighting import (
     SigmaSquared,
     UniformT,
     error_scale,
-    t_of_log_snr,
 )
 
 D64 = torch.float64
@@ -27,36 +25,6 @@ PROCESSES = [VE(0.01, 50.0), VP(), SubVP(), CosineVP(), EDM()]
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-class _Wrapped(Process):
-    """A VP seen through the generic base class: forces the bisection path."""
-
-    def __init__(self):
-        self.inner = VP()
-        self.t_min, self.t_max = self.inner.t_min, self.inner.t_max
-
-    def _alpha(self, t):
-        return self.inner._alpha(t)
-
-    def _sigma(self, t):
-        return self.inner._sigma(t)
-
-    def _d_alpha(self, t):
-        return self.inner._d_alpha(t)
-
-    def _d_sigma(self, t):
-        return self.inner._d_sigma(t)
-
-    def config(self):
-        return {"name": "Wrapped"}
-
-
-@pytest.mark.parametrize("process", PROCESSES + [_Wrapped()], ids=lambda p: type(p).__name__)
-def test_t_of_log_snr_inverts_log_snr(process):
-    t = torch.linspace(process.t_min, process.t_max, 41, dtype=D64)
-    got = t_of_log_snr(process, process.log_snr(t))
-    assert torch.allclose(got, t, rtol=1e-9, atol=1e-9 * process.T)
 
 
 def test_error_scale_matches_convert():

@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from ._validate import check_choice, check_finite
 from .core.parametrize import ScoreModel
-from .core.processes import Process, broadcast_like
+from .core.processes import Process, VarianceAlpha, broadcast_like
 
 __all__ = ["DiscreteVP", "diffusers_grid", "from_denoiser", "from_diffusers_unet"]
 
 
-class DiscreteVP(Process):
+class DiscreteVP(VarianceAlpha, Process):
     r"""A discrete variance-preserving schedule :math:`\bar\alpha_0 > \dots > \bar\alpha_{N-1}`
     as a continuous process on :math:`[0, 1]`:
 
@@ -87,15 +87,16 @@ class DiscreteVP(Process):
         L, dL, _ = self._segment(t)
         return -torch.exp(L) * dL / (2 * torch.sqrt(-torch.expm1(L)))
 
-    def g2(self, t):
-        return -self._segment(self.check_t(t))[1]
+    def _g2(self, t):
+        return -self._segment(t)[1]
 
-    def _t_of_sigma(self, sigma):
-        target = torch.log1p(-(sigma**2))  # log alpha-bar, decreasing in t
-        L = self._L.to(sigma.device, sigma.dtype)
-        i = torch.searchsorted(-L, -target.reshape(-1).contiguous()).reshape(target.shape)
+    def _t_of_log_alpha2(self, log_alpha2):
+        # log alpha-bar is piecewise linear and decreasing in t: find the segment, interpolate
+        L = self._L.to(log_alpha2.device, log_alpha2.dtype)
+        flat = -log_alpha2.reshape(-1).contiguous()
+        i = torch.searchsorted(-L, flat).reshape(log_alpha2.shape)
         i = torch.clamp(i - 1, 0, self.N - 1)
-        frac = (target - L[i]) / (L[i + 1] - L[i])
+        frac = (log_alpha2 - L[i]) / (L[i + 1] - L[i])
         return (i + frac) / self.N
 
     def timestep(self, t: Tensor) -> Tensor:

@@ -52,7 +52,7 @@ from ._validate import (
 )
 from .core.parametrize import ScoreModel
 from .core.processes import Process
-from .core.weighting import _rand, _randn
+from .core.random import rademacher, rand, randn
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
 
@@ -139,18 +139,6 @@ def _drift_and_divergence(
     div = torch.cat(terms)
     div = div.sum(0, keepdim=True) if probes is None else div
     return v.detach(), div.T.detach()
-
-
-def _random(kind: str, shape: tuple[int, ...], like: Tensor, generator) -> Tensor:
-    """Uniform [0, 1), standard Gaussian or Rademacher noise of ``shape``, drawn on the
-    generator's device and returned with ``like``'s dtype and device."""
-    if kind == "uniform":
-        return _rand(shape, generator, like.dtype, like.device)
-    if kind == "gaussian":
-        return _randn(shape, generator, like.dtype, like.device)
-    device = generator.device if generator is not None else like.device
-    e = torch.randint(0, 2, shape, generator=generator, device=device).to(like.dtype) * 2 - 1
-    return e.to(like.device)
 
 
 def _check_fits_model(model, x: Tensor, t_min: float) -> None:
@@ -314,7 +302,8 @@ def log_prob(
             solver = dict(method=name, options=dict(grid_constructor=lambda f, y0, t: grid))
         probes = None
         if divergence == "hutchinson":
-            probes = _random(probe, (n_probes, *x.shape), x, generator)
+            draw = randn if probe == "gaussian" else rademacher
+            probes = draw((n_probes, *x.shape), generator, x.dtype, x.device)
 
         out, nfe = [], 0
         for i0 in range(0, x.shape[0], chunk):
@@ -407,7 +396,7 @@ def bits_per_dim(
             f"data_range={data_range!r}, bins={bins}; got values in "
             f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
         )
-    y = x + h * (_random("uniform", x.shape, x, generator) - 0.5)
+    y = x + h * (rand(x.shape, generator, x.dtype, x.device) - 0.5)
     res = log_prob(model, y, generator=generator, **log_prob_kwargs)
     D = x[0].numel()
     bpd = -(res.log_prob + D * math.log(h)) / (D * math.log(2))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._validate import check_int, check_tensor
+from .core.random import randn
 
 __all__ = ["digits_quality", "frechet_distance", "sliced_wasserstein"]
 
@@ -60,10 +61,7 @@ def sliced_wasserstein(
             f"x and y must have the same number of features, got {tuple(x.shape)} and "
             f"{tuple(y.shape)}"
         )
-    gen_device = generator.device if generator is not None else xf.device
-    theta = torch.randn(
-        xf.shape[1], n_projections, generator=generator, dtype=xf.dtype, device=gen_device
-    ).to(xf.device)
+    theta = randn((xf.shape[1], n_projections), generator, xf.dtype, xf.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     px = torch.sort((xf @ theta).T.contiguous(), dim=1).values  # (P, n)
     py = torch.sort((yf @ theta).T.contiguous(), dim=1).values  # (P, m)

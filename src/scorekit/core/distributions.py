@@ -25,6 +25,7 @@ from torch import Tensor
 from .._validate import check_finite, check_int, check_positive, check_tensor
 from .parametrize import ScoreModel
 from .processes import Process
+from .random import randn
 
 __all__ = ["ExactScore", "Gaussian", "GaussianMixture"]
 
@@ -225,9 +226,7 @@ class GaussianMixture:
         k = torch.multinomial(
             self.weights.to(gen_device), n, replacement=True, generator=generator
         ).cpu()
-        z = torch.randn(
-            n, self.dim, generator=generator, dtype=torch.float64, device=gen_device
-        ).cpu()
+        z = randn((n, self.dim), generator, torch.float64, "cpu")
         x = self.means[k] + torch.einsum("nde,ne->nd", self._U[k], self._lam[k].sqrt() * z)
         return x.to(device=device, dtype=dtype)
 

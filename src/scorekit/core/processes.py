@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_int, check_positive, check_range
+from .random import randn
 
 __all__ = [
     "EDM",
@@ -43,10 +44,16 @@ __all__ = [
     "CosineVP",
     "Process",
     "SubVP",
+    "VarianceAlpha",
     "broadcast_like",
     "ddpm_betas",
     "ncsn_sigmas",
 ]
+
+
+def _as_time(t: Tensor | float) -> Tensor:
+    t = torch.as_tensor(t)
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
 
 
 def broadcast_like(c: Tensor, x: Tensor) -> Tensor:
@@ -61,9 +68,14 @@ def broadcast_like(c: Tensor, x: Tensor) -> Tensor:
 class Process:
     r"""Base class: a process is :math:`\alpha(t)`, :math:`\sigma(t)` and their derivatives.
 
-    Subclasses implement :meth:`alpha`, :meth:`sigma`, :meth:`d_alpha`,
-    :meth:`d_sigma` and :meth:`t_of_sigma` in closed form; everything else is
-    derived here once.
+    Subclasses implement :meth:`_alpha`, :meth:`_sigma`, :meth:`_d_alpha` and
+    :meth:`_d_sigma` in closed form, and, where they have one, the closed-form inverses
+    :meth:`_t_of_sigma` and :meth:`_t_of_ratio`; everything else is derived here once, and
+    an inverse without a closed form falls back to one bisection.
+
+    Nothing here checks the values of ``t`` (that would turn a tensor into a Python number
+    and stall an accelerator at every evaluation): values are checked once, at the public
+    boundary of a call (:meth:`check_t`, used by ``sample``, the trainer and the likelihood).
     """
 
     T: float = 1.0
@@ -84,41 +96,48 @@ class Process:
         raise NotImplementedError
 
     def _t_of_sigma(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self._bisect(self._sigma, sigma)
 
-    # -- public, checked ----------------------------------------------------
+    def _t_of_ratio(self, ratio: Tensor) -> Tensor:
+        return self._bisect(lambda t: self._sigma(t) / self._alpha(t), ratio)
+
+    def _t_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        return self._t_of_ratio(torch.exp(-0.5 * log_snr))
+
+    # -- public ---------------------------------------------------------------
     def check_t(self, t: Tensor | float, name: str = "t") -> Tensor:
-        """Return ``t`` as a floating tensor, raising ``ValueError`` outside ``[0, T]``."""
-        t = torch.as_tensor(t)
-        if not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
+        """Return ``t`` as a floating tensor, raising ``ValueError`` outside ``[0, T]``.
+        This reads the values (a host sync on an accelerator): call it at the boundary."""
+        t = _as_time(t)
         check_range(name, t, 0.0, self.T)
         return t
 
     def alpha(self, t: Tensor | float) -> Tensor:
         r"""Signal scale :math:`\alpha(t)`, same shape as ``t``."""
-        return self._alpha(self.check_t(t))
+        return self._alpha(_as_time(t))
 
     def sigma(self, t: Tensor | float) -> Tensor:
         r"""Noise scale :math:`\sigma(t)`, same shape as ``t``."""
-        return self._sigma(self.check_t(t))
+        return self._sigma(_as_time(t))
 
     def d_alpha(self, t: Tensor | float) -> Tensor:
         r""":math:`d\alpha/dt` in closed form."""
-        return self._d_alpha(self.check_t(t))
+        return self._d_alpha(_as_time(t))
 
     def d_sigma(self, t: Tensor | float) -> Tensor:
         r""":math:`d\sigma/dt` in closed form."""
-        return self._d_sigma(self.check_t(t))
+        return self._d_sigma(_as_time(t))
 
     def dlog_alpha(self, t: Tensor | float) -> Tensor:
         r""":math:`d \log\alpha / dt = \alpha'/\alpha`."""
-        t = self.check_t(t)
+        t = _as_time(t)
         return self._d_alpha(t) / self._alpha(t)
 
     def g2(self, t: Tensor | float) -> Tensor:
         r"""Squared diffusion :math:`g(t)^2 = 2\sigma\sigma' - 2 (\alpha'/\alpha) \sigma^2`."""
-        t = self.check_t(t)
+        return self._g2(_as_time(t))
+
+    def _g2(self, t: Tensor) -> Tensor:
         s = self._sigma(t)
         return 2 * s * self._d_sigma(t) - 2 * (self._d_alpha(t) / self._alpha(t)) * s**2
 
@@ -138,8 +157,15 @@ class Process:
 
     def marginal(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""``(alpha(t), sigma(t))`` of :math:`p(x_t \mid x_0)`."""
-        t = self.check_t(t)
+        t = _as_time(t)
         return self._alpha(t), self._sigma(t)
+
+    def ratio(self, t: Tensor | float) -> Tensor:
+        r"""Scale-free noise level :math:`\tilde\sigma(t) = \sigma(t)/\alpha(t)` (increasing in
+        ``t``; the :math:`\sigma` of Karras et al. 2022, eq. 4, equal to :math:`\sigma` when
+        :math:`\alpha = 1`)."""
+        a, s = self.marginal(t)
+        return s / a
 
     def log_snr(self, t: Tensor | float) -> Tensor:
         r"""Log signal-to-noise ratio :math:`\lambda(t) = 2 \log(\alpha/\sigma)`."""
@@ -147,14 +173,32 @@ class Process:
         return 2 * (torch.log(a) - torch.log(s))
 
     def t_of_sigma(self, sigma: Tensor | float) -> Tensor:
-        r"""Inverse of :math:`\sigma(t)` on the domain (monotone for every process here)."""
-        sigma = torch.as_tensor(sigma)
-        if not sigma.is_floating_point():
-            sigma = sigma.to(torch.get_default_dtype())
-        lo = float(self._sigma(torch.tensor(0.0, dtype=torch.float64)))
-        hi = float(self._sigma(torch.tensor(self.T, dtype=torch.float64)))
-        check_range("sigma", sigma, lo * (1 - 1e-12), hi * (1 + 1e-12))
-        return self._t_of_sigma(sigma)
+        r"""Inverse of :math:`\sigma(t)` (monotone for every process here), clamped to
+        :math:`[0, T]`."""
+        return self._clamp(self._t_of_sigma(_as_time(sigma)))
+
+    def t_of_ratio(self, ratio: Tensor | float) -> Tensor:
+        r"""Inverse of :meth:`ratio`: the :math:`t` with :math:`\sigma(t)/\alpha(t) =`
+        ``ratio``, clamped to :math:`[0, T]`."""
+        return self._clamp(self._t_of_ratio(_as_time(ratio)))
+
+    def t_of_log_snr(self, log_snr: Tensor | float) -> Tensor:
+        r"""Inverse of :meth:`log_snr` (decreasing in ``t``), clamped to :math:`[0, T]`."""
+        return self._clamp(self._t_of_log_snr(_as_time(log_snr)))
+
+    def _clamp(self, t: Tensor) -> Tensor:
+        return t.clamp(0.0, self.T)
+
+    def _bisect(self, fn, target: Tensor) -> Tensor:
+        r"""The :math:`t \in [0, T]` with ``fn(t) = target`` for an increasing ``fn``: 80
+        halvings in float64 (to machine precision), for processes without a closed form."""
+        y = target.to(torch.float64)
+        lo, hi = torch.zeros_like(y), torch.full_like(y, float(self.T))
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            below = fn(mid) < y
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(target.dtype)
 
     def add_noise(self, x0: Tensor, t: Tensor | float, eps: Tensor) -> Tensor:
         r""":math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon`; ``t`` is ``()`` or ``(B,)``."""
@@ -177,8 +221,7 @@ class Process:
         device: torch.device | str | None = None,
     ) -> Tensor:
         r"""Draw from the prior :math:`\mathcal{N}(0, \sigma(t_{max})^2 I)`."""
-        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
-        return self.prior_std() * z
+        return self.prior_std() * randn(shape, generator, dtype, device)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         r"""Log-density of the prior, summed over all but the batch axis: shape ``(B,)``.
@@ -197,6 +240,25 @@ class Process:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
+
+
+class VarianceAlpha:
+    r"""Mixin for processes where :math:`\sigma^2 = 1 - \alpha^2` (VP, cosine, discrete VP):
+    every inverse goes through :math:`\log\alpha^2`, with
+    :math:`\log\alpha^2 = \log(1 - \sigma^2) = -\log(1 + \tilde\sigma^2)
+    = \log\operatorname{sigmoid}(\lambda)`; subclasses give ``_t_of_log_alpha2``."""
+
+    def _t_of_log_alpha2(self, log_alpha2: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t_of_sigma(self, sigma):
+        return self._t_of_log_alpha2(torch.log1p(-(sigma**2)))
+
+    def _t_of_ratio(self, ratio):
+        return self._t_of_log_alpha2(-torch.log1p(ratio**2))
+
+    def _t_of_log_snr(self, log_snr):
+        return self._t_of_log_alpha2(torch.nn.functional.logsigmoid(log_snr))
 
 
 class VE(Process):
@@ -235,11 +297,17 @@ class VE(Process):
     def _d_sigma(self, t):
         return self._sigma(t) * self._log_ratio
 
-    def g2(self, t):
-        return 2 * self.sigma(t) ** 2 * self._log_ratio
+    def _g2(self, t):
+        return 2 * self._sigma(t) ** 2 * self._log_ratio
 
     def _t_of_sigma(self, sigma):
         return torch.log(sigma / self.sigma_min) / self._log_ratio
+
+    def _t_of_ratio(self, ratio):
+        return self._t_of_sigma(ratio)
+
+    def _t_of_log_snr(self, log_snr):
+        return (-0.5 * log_snr - math.log(self.sigma_min)) / self._log_ratio
 
     def config(self) -> dict:
         return {"name": "VE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
@@ -261,8 +329,7 @@ class _LinearBeta(Process):
 
     def beta(self, t: Tensor | float) -> Tensor:
         r""":math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})`."""
-        t = self.check_t(t)
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return self.beta_min + _as_time(t) * (self.beta_max - self.beta_min)
 
     def _int_beta(self, t):
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
@@ -289,7 +356,7 @@ class _LinearBeta(Process):
         }
 
 
-class VP(_LinearBeta):
+class VP(VarianceAlpha, _LinearBeta):
     r"""Variance preserving (DDPM) with linear :math:`\beta(t)`:
     :math:`\alpha(t) = e^{-\frac12\int_0^t \beta}`, :math:`\sigma = \sqrt{1 - \alpha^2}`,
     :math:`g^2 = \beta(t)`, :math:`t \in [0, 1]`.
@@ -311,11 +378,11 @@ class VP(_LinearBeta):
         # sigma' = -alpha alpha' / sigma = beta alpha^2 / (2 sigma)
         return 0.5 * self.beta(t) * self._alpha(t) ** 2 / self._sigma(t)
 
-    def g2(self, t):
+    def _g2(self, t):
         return self.beta(t)
 
-    def _t_of_sigma(self, sigma):
-        return self._t_of_int_beta(-torch.log1p(-(sigma**2)))
+    def _t_of_log_alpha2(self, log_alpha2):
+        return self._t_of_int_beta(-log_alpha2)
 
 
 class SubVP(_LinearBeta):
@@ -335,15 +402,19 @@ class SubVP(_LinearBeta):
     def _d_sigma(self, t):
         return self.beta(t) * self._alpha(t) ** 2
 
-    def g2(self, t):
-        t = self.check_t(t)
+    def _g2(self, t):
         return self.beta(t) * -torch.expm1(-2 * self._int_beta(t))
 
     def _t_of_sigma(self, sigma):
         return self._t_of_int_beta(-torch.log1p(-sigma))
 
+    def _t_of_ratio(self, ratio):
+        # sigma / alpha = (1 - alpha^2) / alpha  =>  alpha = 2 / (sqrt(ratio^2 + 4) + ratio)
+        alpha = 2 / (torch.sqrt(ratio**2 + 4) + ratio)
+        return self._t_of_int_beta(-2 * torch.log(alpha))
 
-class CosineVP(Process):
+
+class CosineVP(VarianceAlpha, Process):
     r"""Variance preserving with the cosine schedule:
     :math:`\alpha(t) = \cos(\phi(t)) / \cos(\phi(0))`,
     :math:`\phi(t) = \frac{t + s}{1 + s}\frac{\pi}{2}`,
@@ -379,11 +450,11 @@ class CosineVP(Process):
     def _d_sigma(self, t):
         return -self._alpha(t) * self._d_alpha(t) / self._sigma(t)
 
-    def g2(self, t):
-        return 2 * self._k * torch.tan(self._phi(self.check_t(t)))
+    def _g2(self, t):
+        return 2 * self._k * torch.tan(self._phi(t))
 
-    def _t_of_sigma(self, sigma):
-        a = torch.sqrt((1 - sigma**2).clamp_min(0))
+    def _t_of_log_alpha2(self, log_alpha2):
+        a = torch.exp(0.5 * log_alpha2)
         return torch.arccos((a * self._cos0).clamp(-1, 1)) / self._k - self.s
 
     def config(self) -> dict:
@@ -423,11 +494,17 @@ class EDM(Process):
     def _d_sigma(self, t):
         return torch.ones_like(t)
 
-    def g2(self, t):
-        return 2 * self.check_t(t)
+    def _g2(self, t):
+        return 2 * t
 
     def _t_of_sigma(self, sigma):
         return sigma.clone()
+
+    def _t_of_ratio(self, ratio):
+        return ratio.clone()
+
+    def _t_of_log_snr(self, log_snr):
+        return torch.exp(-0.5 * log_snr)
 
     def config(self) -> dict:
         return {"name": "EDM", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}

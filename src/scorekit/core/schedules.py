@@ -5,7 +5,7 @@ Every grid here is a float64 tensor of *process times* :math:`t_0 > t_1 > \dots 
 every :class:`~scorekit.core.processes.Process`. Grids defined on the noise level are built on
 the scale-free noise level :math:`\tilde\sigma(t) = \sigma(t)/\alpha(t)` (the
 :math:`\sigma` of Karras et al.; equal to :math:`\sigma` when :math:`\alpha = 1`) and
-mapped back to times with :func:`t_of_noise_ratio`.
+mapped back to times with :meth:`~scorekit.core.processes.Process.t_of_ratio`.
 
 References:
     Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int, check_positive, check_process
-from .processes import EDM, VE, Process
+from .processes import Process
 
 __all__ = [
     "GRIDS",
@@ -32,8 +32,6 @@ __all__ = [
     "ddpm_timesteps",
     "geometric_sigmas",
     "karras_sigmas",
-    "noise_ratio",
-    "t_of_noise_ratio",
     "time_grid",
 ]
 
@@ -89,43 +87,6 @@ def _check_range(lo: float, hi: float) -> tuple[float, float]:
     return lo, hi
 
 
-def noise_ratio(process: Process, t: Tensor | float) -> Tensor:
-    r"""Scale-free noise level :math:`\tilde\sigma(t) = \sigma(t)/\alpha(t)` (increasing in t)."""
-    check_process("process", process)
-    try:
-        t = torch.as_tensor(t, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"t must be a tensor or a number, got {type(t).__name__}") from None
-    a, s = process.marginal(t)
-    return s / a
-
-
-def t_of_noise_ratio(process: Process, ratio: Tensor | float) -> Tensor:
-    r"""Invert :func:`noise_ratio`: the time :math:`t` with :math:`\sigma(t)/\alpha(t) =`
-    ``ratio``. Closed form when :math:`\alpha \equiv 1` (VE, EDM); otherwise 80 bisection
-    steps on ``[0, T]`` in float64 (:math:`\tilde\sigma` is increasing for every process).
-
-    Raises ``ValueError`` when ``ratio`` lies outside :math:`[\tilde\sigma(0), \tilde\sigma(T)]`.
-    """
-    r = torch.as_tensor(ratio, dtype=torch.float64)
-    if isinstance(process, (VE, EDM)):
-        return process.t_of_sigma(r)
-    lo_t = torch.zeros_like(r)
-    hi_t = torch.full_like(r, process.T)
-    lo_r, hi_r = float(noise_ratio(process, 0.0)), float(noise_ratio(process, process.T))
-    if r.numel() and (float(r.min()) < lo_r * (1 - 1e-12) or float(r.max()) > hi_r * (1 + 1e-12)):
-        raise ValueError(
-            f"ratio must lie in [{lo_r:g}, {hi_r:g}] for {process!r}, got values in "
-            f"[{float(r.min()):g}, {float(r.max()):g}]"
-        )
-    for _ in range(80):
-        mid = 0.5 * (lo_t + hi_t)
-        below = noise_ratio(process, mid) < r
-        lo_t = torch.where(below, mid, lo_t)
-        hi_t = torch.where(below, hi_t, mid)
-    return 0.5 * (lo_t + hi_t)
-
-
 def time_grid(
     process: Process,
     steps: int,
@@ -169,7 +130,7 @@ def time_grid(
     if kind == "uniform":
         t = torch.linspace(hi_t, lo_t, steps + 1, dtype=torch.float64)
     else:
-        s_lo, s_hi = float(noise_ratio(process, lo_t)), float(noise_ratio(process, hi_t))
+        s_lo, s_hi = process.ratio(torch.tensor([lo_t, hi_t], dtype=torch.float64)).tolist()
         if s_lo <= 0:
             raise ValueError(
                 f"grid kind {kind!r} needs sigma(t_min) > 0, got t_min={lo_t} with sigma = 0"
@@ -178,8 +139,8 @@ def time_grid(
             sig = karras_sigmas(steps, s_lo, s_hi, rho)
         else:
             sig = geometric_sigmas(steps, s_lo, s_hi)
-        t = t_of_noise_ratio(process, sig)
-        t[0], t[-1] = hi_t, lo_t  # exact ends, free of bisection round-off
+        t = process.t_of_ratio(sig)
+        t[0], t[-1] = hi_t, lo_t  # exact ends, free of round-off
     if final_zero:
         if lo_t <= 0:
             raise ValueError(f"final_zero needs t_min > 0, got t_min={lo_t}")

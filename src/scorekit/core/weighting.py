@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_finite, check_positive, check_tensor
-from .processes import EDM, VE, VP, CosineVP, Process, SubVP
+from .processes import Process
+from .random import rand, randint
 
 __all__ = [
     "Constant",
@@ -53,21 +54,7 @@ __all__ = [
     "SigmaSquared",
     "UniformT",
     "error_scale",
-    "t_of_log_snr",
 ]
-
-
-def _randn(shape, generator, dtype, device) -> Tensor:
-    """Standard normal draws made on the generator's device, then moved to ``device``."""
-    gdev = generator.device if generator is not None else device
-    z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev)
-    return z.to(device) if device is not None else z
-
-
-def _rand(shape, generator, dtype, device) -> Tensor:
-    gdev = generator.device if generator is not None else device
-    u = torch.rand(tuple(shape), generator=generator, dtype=dtype, device=gdev)
-    return u.to(device) if device is not None else u
 
 
 def error_scale(target: str, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -171,48 +158,6 @@ class MinSNRWeighting:
         return f"MinSNRWeighting(gamma={self.gamma!r})"
 
 
-# -- time from the log-SNR ----------------------------------------------------------------
-def t_of_log_snr(process: Process, log_snr: Tensor) -> Tensor:
-    r"""Invert :math:`\lambda(t) = \log(\alpha^2/\sigma^2)` (decreasing in ``t``).
-
-    Closed forms through :meth:`Process.t_of_sigma` with :math:`\hat\sigma = e^{-\lambda/2}`:
-    :math:`\sigma = \hat\sigma` when :math:`\alpha \equiv 1` (VE, EDM);
-    :math:`\sigma^2 = 1/(1+e^{\lambda})` for variance-preserving processes;
-    :math:`\alpha = (\sqrt{\hat\sigma^2 + 4} - \hat\sigma)/2,\ \sigma = 1 - \alpha^2` for
-    sub-VP; any other process by bisection in float64 to machine precision.
-
-    Arguments:
-        process: the process.
-        log_snr: tensor of any shape, within :math:`[\lambda(T), \lambda(0)]`.
-
-    Returns:
-        ``t`` of the shape and dtype of ``log_snr``, clamped to :math:`[0, T]`.
-    """
-    check_tensor("log_snr", log_snr)
-    lam = log_snr.to(torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
-    T = torch.tensor(float(process.T), dtype=torch.float64)
-    s_lo, s_hi = process._sigma(zero), process._sigma(T)
-    if isinstance(process, (VE, EDM)):
-        sigma = torch.exp(-0.5 * lam)
-    elif isinstance(process, (VP, CosineVP)):
-        sigma = torch.sigmoid(-lam).sqrt()
-    elif isinstance(process, SubVP):
-        sh = torch.exp(-0.5 * lam)
-        a = 2 / (torch.sqrt(sh**2 + 4) + sh)  # = (sqrt(sh^2 + 4) - sh) / 2, stably
-        sigma = 1 - a**2
-    else:
-        lo = torch.zeros_like(lam)
-        hi = torch.full_like(lam, float(process.T))
-        for _ in range(80):
-            mid = 0.5 * (lo + hi)
-            above = process.log_snr(mid) > lam  # log-SNR decreases in t: go right
-            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-        return (0.5 * (lo + hi)).to(log_snr.dtype)
-    t = process._t_of_sigma(sigma.clamp(float(s_lo), float(s_hi)))
-    return t.clamp(0.0, float(process.T)).to(log_snr.dtype)
-
-
 # -- noise-level samplers -----------------------------------------------------------------
 def _bounds(process: Process, low: float | None, high: float | None) -> tuple[float, float]:
     lo = process.t_min if low is None else low
@@ -246,7 +191,7 @@ class UniformT:
     ) -> Tensor:
         """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi = self.bounds(process)
-        u = _rand((batch,), generator, torch.float64, device)
+        u = rand((batch,), generator, torch.float64, device)
         return (lo + (hi - lo) * u).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
@@ -264,7 +209,7 @@ class LogSNRImportance:
     2021, Section 5): :math:`q(t) \propto g(t)^2/\sigma(t)^2 = -d\lambda/dt` on
     [low, high], with :math:`\lambda` the log-SNR; so :math:`\lambda(t)` is uniform between
     :math:`\lambda(\text{high})` and :math:`\lambda(\text{low})` and ``t`` follows by
-    :func:`t_of_log_snr`.
+    :meth:`~scorekit.core.processes.Process.t_of_log_snr`.
 
     Then :math:`g^2\,\|\hat s - s\|^2 / q(t) = Z\,\|\hat\varepsilon - \varepsilon\|^2` with
     :math:`Z = \lambda(\text{low}) - \lambda(\text{high})`: the variance from :math:`g^2`
@@ -301,8 +246,8 @@ class LogSNRImportance:
         """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi = self.bounds(process)
         lam_lo, lam_hi = self._lams(process, lo, hi)
-        u = _rand((batch,), generator, torch.float64, device)
-        t = t_of_log_snr(process, lam_lo + (lam_hi - lam_lo) * u)
+        u = rand((batch,), generator, torch.float64, device)
+        t = process.t_of_log_snr(lam_lo + (lam_hi - lam_lo) * u)
         return t.clamp(lo, hi).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
@@ -323,8 +268,8 @@ class LogNormalSigma:
     :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.core.processes.EDM`),
     truncated to :math:`[\hat\sigma(\text{low}), \hat\sigma(\text{high})]` so that ``t`` stays
     in the process domain; drawn exactly by the inverse CDF and mapped to ``t`` by
-    :func:`t_of_log_snr`. The truncation removes :math:`<2\cdot10^{-5}` of the mass for the
-    defaults on ``EDM(0.002, 80)``.
+    :meth:`~scorekit.core.processes.Process.t_of_log_snr`. The truncation removes
+    :math:`<2\cdot10^{-5}` of the mass for the defaults on ``EDM(0.002, 80)``.
     """
 
     def __init__(
@@ -366,10 +311,10 @@ class LogNormalSigma:
     ) -> Tensor:
         """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi, c_lo, c_hi = self._cdf_range(process)
-        u = _rand((batch,), generator, torch.float64, device)
+        u = rand((batch,), generator, torch.float64, device)
         z = torch.special.ndtri(c_lo + (c_hi - c_lo) * u)
         log_sh = self.p_mean + self.p_std * z
-        t = t_of_log_snr(process, -2 * log_sh)
+        t = process.t_of_log_snr(-2 * log_sh)
         return t.clamp(lo, hi).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
@@ -411,8 +356,7 @@ class GridT:
     ) -> Tensor:
         """Draw ``batch`` grid times, shape ``(B,)``."""
         process.check_t(self.times, "times")
-        gdev = generator.device if generator is not None else "cpu"
-        idx = torch.randint(len(self.times), (batch,), generator=generator, device=gdev).cpu()
+        idx = randint(len(self.times), (batch,), generator, "cpu")
         return self.times[idx].to(device=device, dtype=dtype)
 
     def __repr__(self) -> str:

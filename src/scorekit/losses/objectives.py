@@ -33,6 +33,7 @@ from torch import Tensor
 from .._validate import check_choice, check_int, check_positive, check_tensor
 from ..core.parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
 from ..core.processes import EDM, VP, Process
+from ..core.random import randn
 from ..core.weighting import (
     EDMWeighting,
     GridT,
@@ -42,7 +43,6 @@ from ..core.weighting import (
     MinSNRWeighting,
     SigmaSquared,
     UniformT,
-    _randn,
     error_scale,
 )
 from .score_matching import _sqnorm
@@ -127,7 +127,7 @@ class _NoiseConditional:
             if t.shape != (B,):
                 raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
         self.process.check_t(t)
-        eps = _randn(x0.shape, generator, x0.dtype, x0.device)
+        eps = randn(x0.shape, generator, x0.dtype, x0.device)
         alpha, sigma = self.process.marginal(t)
         view = (-1,) + (1,) * (x0.dim() - 1)
         xt = alpha.reshape(view) * x0 + sigma.reshape(view) * eps

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_generator, check_int, check_tensor
-from ..core.weighting import _randn
+from ..core.random import rademacher, randint, randn
 
 __all__ = ["dsm", "esm", "ism", "ncsn_loss", "ssm", "ssm_vr"]
 
@@ -66,8 +66,8 @@ def _check_x(x: Tensor) -> Tensor:
 def _probes(kind: str, n: int, x: Tensor, generator) -> Tensor:
     """``n`` probe vectors per example, shape ``(n, B, *D)``, with ``E[v v^T] = I``."""
     check_choice("probe", kind, PROBES)
-    v = _randn((n,) + tuple(x.shape), generator, x.dtype, x.device)
-    return v if kind == "gaussian" else torch.sign(v)  # sign of a normal: Rademacher
+    draw = randn if kind == "gaussian" else rademacher
+    return draw((n,) + tuple(x.shape), generator, x.dtype, x.device)
 
 
 def _vjp(s: Tensor, x: Tensor, v: Tensor, create_graph: bool) -> Tensor:
@@ -378,7 +378,7 @@ def dsm(
     check_generator("generator", generator)
     sig = _sigma_vector(sigma, x)
     if eps is None:
-        eps = _randn(x.shape, generator, x.dtype, x.device)
+        eps = randn(x.shape, generator, x.dtype, x.device)
     elif not isinstance(eps, Tensor) or eps.shape != x.shape:
         got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
         raise ValueError(f"eps must have the shape of x {tuple(x.shape)}, got {got}")
@@ -432,10 +432,8 @@ def ncsn_loss(
         raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sg.shape)}")
     if not (torch.isfinite(sg).all() and (sg > 0).all()):
         raise ValueError(f"sigmas must be finite and > 0, got minimum {float(sg.min())!r}")
-    gdev = generator.device if generator is not None else x.device
-    idx = torch.randint(len(sg), (x.shape[0],), generator=generator, device=gdev).to(x.device)
-    sig = sg[idx]
-    eps = _randn(x.shape, generator, x.dtype, x.device)
+    sig = sg[randint(len(sg), (x.shape[0],), generator, x.device)]
+    eps = randn(x.shape, generator, x.dtype, x.device)
     xt = x + sig.reshape((-1,) + (1,) * (x.dim() - 1)) * eps
     w = weighting if weighting is not None else (lambda s: s**2)
     return _reduce(_dsm_values(_call(score_fn, xt, sig), eps, sig, w, half), reduction)

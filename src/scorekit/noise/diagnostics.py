@@ -51,7 +51,7 @@ from torch import Tensor
 from .._validate import check_finite, check_generator, check_int, check_tensor
 from ..core.distributions import ExactScore, GaussianMixture
 from ..core.processes import Process
-from ..core.weighting import _randn
+from ..core.random import randn
 
 __all__ = [
     "bucket_loss",
@@ -78,7 +78,7 @@ def _times(process: Process, t) -> Tensor:
 def _level_losses(score_fn, x0: Tensor, process: Process, t: float, generator) -> Tensor:
     """Per-example :math:`\\tfrac12\\|s(x_t) + \\varepsilon/\\sigma\\|^2` at one time ``t``."""
     tt = torch.full((x0.shape[0],), t, dtype=x0.dtype)
-    eps = _randn(x0.shape, generator, x0.dtype, x0.device)
+    eps = randn(x0.shape, generator, x0.dtype, x0.device)
     alpha, sigma = process.marginal(tt)
     view = (-1,) + (1,) * (x0.dim() - 1)
     xt = alpha.reshape(view) * x0 + sigma.reshape(view) * eps

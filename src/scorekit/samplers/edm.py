@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 
 from .._validate import check_positive
-from ..core.schedules import noise_ratio, t_of_noise_ratio
 from .base import Sampler, randn_like
 
 __all__ = ["EDMSampler"]
@@ -72,14 +71,14 @@ class EDMSampler(Sampler):
     def step(self, model, x, t, t_next, state, generator, last):
         p = model.process
         a = float(p.alpha(t))
-        sig = float(noise_ratio(p, t))
+        sig = float(p.ratio(t))
         a1 = float(p.alpha(t_next))
-        sig1 = float(noise_ratio(p, t_next))
+        sig1 = float(p.ratio(t_next))
         y = x / a
         gamma = state["gamma"] if self.s_min <= sig <= self.s_max else 0.0
-        hat = min(sig * (1 + gamma), float(noise_ratio(p, p.T)))
+        hat = min(sig * (1 + gamma), float(p.ratio(p.T)))
         if hat > sig:
-            t_hat = t_of_noise_ratio(p, hat)
+            t_hat = p.t_of_ratio(hat)
             y = y + math.sqrt(hat**2 - sig**2) * self.s_noise * randn_like(x, generator)
             a_hat = float(p.alpha(t_hat))
         else:

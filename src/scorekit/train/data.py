@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_generator, check_int
+from ..core.random import rand, randint, randn
 
 __all__ = ["TOYS", "Dataset", "Normalizer", "digits", "load_data", "load_file", "toy_2d"]
 
@@ -128,11 +129,11 @@ class Dataset:
 
 
 def _u(n: int, g: torch.Generator | None) -> Tensor:
-    return torch.rand(n, generator=g, dtype=torch.float64)
+    return rand((n,), g, torch.float64, "cpu")
 
 
 def _z(n: int, g: torch.Generator | None, d: int = 2) -> Tensor:
-    return torch.randn(n, d, generator=g, dtype=torch.float64)
+    return randn((n, d), g, torch.float64, "cpu")
 
 
 def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -156,15 +157,15 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
         t = 1.5 * math.pi * (1 + 2 * _u(n, g))
         x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / 5 + 0.1 * _z(n, g)
     elif name == "8gaussians":
-        k = torch.randint(0, 8, (n,), generator=g)
+        k = randint(8, (n,), g, "cpu")
         ang = 2 * math.pi * k.double() / 8
         x = 2 * torch.stack([torch.cos(ang), torch.sin(ang)], 1) + 0.2 * _z(n, g)
     elif name == "checkerboard":
         x1 = 4 * _u(n, g) - 2
-        x2 = _u(n, g) - 2 * torch.randint(0, 2, (n,), generator=g).double()
+        x2 = _u(n, g) - 2 * randint(2, (n,), g, "cpu").double()
         x = torch.stack([x1, x2 + torch.floor(x1) % 2], 1) * 2
     elif name == "rings":
-        r = 0.5 * (1 + torch.randint(0, 4, (n,), generator=g).double())
+        r = 0.5 * (1 + randint(4, (n,), g, "cpu").double())
         ang = 2 * math.pi * _u(n, g)
         x = r[:, None] * torch.stack([torch.cos(ang), torch.sin(ang)], 1) + 0.04 * _z(n, g)
     elif name == "spirals":
@@ -173,7 +174,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
         x = sign[:, None] * torch.stack([-torch.cos(r) * r, torch.sin(r) * r], 1)
         x = (x + 0.5 * _u(2 * n, g).reshape(n, 2)) / 3
     else:  # pinwheel: 5 arms, radial std 0.3, tangential std 0.1, rate 0.25
-        k = torch.randint(0, 5, (n,), generator=g)
+        k = randint(5, (n,), g, "cpu")
         f = _z(n, g) * torch.tensor([0.3, 0.1], dtype=torch.float64) + torch.tensor([1.0, 0.0])
         ang = 2 * math.pi * k.double() / 5 + 0.25 * torch.exp(f[:, 0])
         c, s = torch.cos(ang), torch.sin(ang)
