@@ -73,6 +73,7 @@ OVERRIDES = {
     },
     "scorekit.losses.score_matching.dsm": {"score_fn": lambda: lambda x, *s: -x},
     "scorekit.samplers.api.default_grid": {"name": lambda: "euler"},
+    "scorekit.samplers.api.sample": {"shape_or_n": lambda: (4, 2)},
     "scorekit.samplers.api.make_sampler": {"name": lambda: "euler"},
     "scorekit.noise.design.geometric_ratio": {"dim": lambda: 100},
     "scorekit.app.recipes.build_process": {"spec": lambda: {"name": "ve"}},

@@ -32,7 +32,7 @@ def test_tweedie_posterior_score_is_exact_for_a_gaussian(process):
     known = torch.randn(B, 3, generator=g, dtype=torch.float64)
     mask = torch.rand(B, 3, generator=g) < 0.5
     mask[0] = torch.tensor([True, False, False])
-    guided = PosteriorGuided(model, known, mask)(x, t)
+    guided = PosteriorGuided(model)(x, t, known=known, mask=mask)
     a, s = process.marginal(t)
     for b in range(B):  # x_t | y ~ N(a m_y, a^2 C_y + s^2 I)
         m_y, c_y = _conditional(mask[b], known[b])
@@ -48,7 +48,9 @@ def test_isotropic_posterior_score_is_exact_for_isotropic_data():
     t = torch.linspace(0.05, 0.9, 5, dtype=torch.float64)
     known = torch.tensor([[0.3, 0.0]], dtype=torch.float64).expand(5, 2)
     mask = torch.tensor([True, False])
-    guided = PosteriorGuided(model, known, mask, covariance="isotropic", data_var=v)(x, t)
+    guided = PosteriorGuided(model, covariance="isotropic", data_var=v)(
+        x, t, known=known, mask=mask
+    )
     a, s = process.marginal(t)
     torch.testing.assert_close(guided[:, 0], -(x[:, 0] - a * 0.3) / s**2)  # pinned
     torch.testing.assert_close(guided[:, 1], -(x[:, 1] - a * mu[1]) / (a**2 * v + s**2))
@@ -112,8 +114,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mask must hold booleans"):
         inpaint(model, known, torch.full((3,), 0.5))
     with pytest.raises(ValueError, match="covariance"):
-        PosteriorGuided(model, known, torch.ones(3, dtype=torch.bool), covariance="full")
+        PosteriorGuided(model, covariance="full")
     with pytest.raises(ValueError, match="x must have the shape of known"):
-        Replacement(Heun(), known, torch.ones(3, dtype=torch.bool))(
-            model, torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0.5, 0.1])
+        Heun()(
+            model,
+            torch.zeros(4, 2, dtype=torch.float64),
+            torch.tensor([0.5, 0.1]),
+            hook=Replacement(known, torch.ones(3, dtype=torch.bool)),
         )
+    with pytest.raises(ValueError, match="grid point to grid point"):
+        inpaint(model, known, torch.ones(3, dtype=torch.bool), sampler="dopri5")

@@ -94,7 +94,6 @@ def test_edm_precond_is_exact_for_the_ideal_network(gen):
         (lambda: ScoreModel(lambda x, t: x, VE(), prediction="noise"), "prediction"),
         (lambda: ScoreModel(lambda x, t: x, "VE"), "process"),
         (lambda: ScoreModel(lambda x, t: x, VE())(torch.zeros(2, 2), torch.zeros(3)), "t"),
-        (lambda: ScoreModel(lambda x, t: x, VE())(torch.zeros(2, 2), 2.0), "t"),
         (lambda: ScoreModel(lambda x, t: x[:, :1], VE())(torch.zeros(2, 2), 0.5), "output"),
         (lambda: edm_coefficients(torch.ones(1), sigma_data=0.0), "sigma_data"),
     ],

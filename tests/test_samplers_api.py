@@ -6,14 +6,18 @@ import pytest
 import torch
 
 from scorekit import EDM, VE, VP, ExactScore, Gaussian, GaussianMixture, ScoreModel
+from scorekit.core.schedules import time_grid
 from scorekit.samplers import (
     DDIM,
     DDPM,
     SAMPLERS,
     EulerMaruyama,
+    Heun,
+    Langevin,
     LangevinCorrector,
     ReverseDiffusion,
     SampleResult,
+    default_grid,
     make_sampler,
     sample,
 )
@@ -207,10 +211,14 @@ def test_langevin_corrector_snr_rule(mix):
     model = ExactScore(mix, p)
     x = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     t, t1 = torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.45, dtype=torch.float64)
-    from scorekit.samplers.base import CountingModel
+    from scorekit.samplers.base import CountingModel, Grid
 
     out = LangevinCorrector(snr=0.2)(
-        CountingModel(model), x, t, t1, torch.Generator().manual_seed(7)
+        CountingModel(model),
+        x,
+        0,
+        Grid.of(p, torch.stack([t, t1])),
+        torch.Generator().manual_seed(7),
     )
     z = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     s = model(x, t)
@@ -254,11 +262,113 @@ def test_pc_with_an_ode_predictor(mix):
     x = torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grid = torch.tensor([0.9, 0.8], dtype=torch.float64)
     res = PredictorCorrector(DDIM(0.0), snr=0.1)(model, x, grid, torch.Generator().manual_seed(2))
-    from scorekit.samplers.base import CountingModel
+    from scorekit.samplers.base import CountingModel, Grid
 
     corrected = LangevinCorrector(0.1)(
-        CountingModel(model), x, grid[0], grid[1], torch.Generator().manual_seed(2)
+        CountingModel(model), x, 0, Grid.of(model.process, grid), torch.Generator().manual_seed(2)
     )
     expect = DDIM(0.0)(model, corrected, grid).x
     torch.testing.assert_close(res.x, expect)
     assert res.nfe == 2
+
+
+def test_x_T_starts_the_loop_where_the_user_says(mix):
+    # the default start is the prior scaled to sigma(t_0); passing that same draw as x_T
+    # gives the same samples, and any other start is followed deterministically
+    p = VP()
+    model = ExactScore(mix, p)
+    grid = time_grid(p, 8)
+    drawn = sample(model, 50, "heun", grid=grid, generator=torch.Generator().manual_seed(0),
+                   dtype=torch.float64)  # fmt: skip
+    x_T = p.prior_sample((50, 2), torch.Generator().manual_seed(0), torch.float64)
+    x_T = x_T * float(p.sigma(grid[0])) / p.prior_std()
+    given = sample(model, x_T=x_T, sampler="heun", grid=grid)
+    torch.testing.assert_close(given.x, drawn.x, rtol=0, atol=0)
+    by_hand = Heun()(model, x_T, grid)
+    torch.testing.assert_close(given.x, by_hand.x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not match x_T"):
+        sample(model, 7, "heun", x_T=x_T)
+    with pytest.raises(ValueError, match="shape_or_n is needed"):
+        sample(model, sampler="heun")
+
+
+class _Shifted(ScoreModel):
+    """The exact score of the mixture shifted by ``shift`` (a conditioning input)."""
+
+    def __init__(self, exact):
+        super().__init__(None, exact.process, "score", exact.data_shape)
+        self.exact = exact
+
+    def raw(self, x, t, shift):
+        a = self.process.alpha(t).to(x)[:, None]
+        return self.exact.score(x - a * shift, t)
+
+
+def test_cond_is_split_with_the_chunks(mix):
+    # per-sample conditioning travels with its rows: chunked = one batch, and each sample
+    # follows its own shift
+    model = _Shifted(ExactScore(mix, VE(0.01, 10.0)))
+    shift = torch.zeros(60, 2, dtype=torch.float64)
+    shift[30:, 0] = 50.0
+    run = lambda bs: sample(model, 60, "heun", 6, torch.Generator().manual_seed(0),  # noqa: E731
+                            bs, dtype=torch.float64, cond={"shift": shift})  # fmt: skip
+    one, chunked = run(None), run(7)
+    torch.testing.assert_close(chunked.x, one.x, rtol=1e-12, atol=1e-12)
+    assert (one.x[:30, 0].abs() < 10).all() and (one.x[30:, 0] > 40).all()
+    with pytest.raises(ValueError, match=r"cond\['shift'\] must have the batch size 60"):
+        sample(model, 60, "heun", 6, cond={"shift": shift[:10]})
+
+
+def test_info_sums_over_chunks():
+    # MALA's acceptance is over every chunk, not the last one's
+    from scorekit.nets import EnergyMLP
+
+    torch.manual_seed(0)
+    model = ScoreModel(EnergyMLP(2, hidden=16, depth=1), VE(0.01, 1.0), prediction="energy")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    r = sample(model, (40, 2), "mala", 5, g(), batch_size=15, step_size=0.05)
+    assert r.info["chunks"] == 3 and r.info["proposed"] == 40 * 5
+    assert r.info["acceptance"] == r.info["accepted"] / r.info["proposed"]
+    parts = [Langevin(0.05, metropolis=True)(model, x, torch.zeros(6)) for x in
+             torch.zeros(40, 2).split(15)]  # fmt: skip
+    assert sum(p.info["proposed"] for p in parts) == 200
+
+
+def test_hook_sees_every_grid_index(mix):
+    seen = []
+
+    def hook(x, j, grid, generator, rows):
+        seen.append((j, rows.start, rows.stop))
+        return x
+
+    model = ExactScore(mix, VP())
+    sample(model, 10, "euler", 4, torch.Generator().manual_seed(0), 6, hook=hook)
+    assert seen == [(j, 0, 6) for j in range(5)] + [(j, 6, 12) for j in range(5)]
+    with pytest.raises(ValueError, match="grid point to grid point"):
+        sample(model, 10, "dopri5", 1, hook=hook)
+
+
+def test_sampler_classes_declare_their_defaults():
+    # the registry maps names to classes; each class knows its steps, grid and start
+    p = VP()
+    for name, factory in SAMPLERS.items():
+        smp = factory()
+        g = default_grid(name, p)
+        assert isinstance(g, torch.Tensor) and g.dtype == torch.float64
+        assert len(g) >= 2 and smp.default_steps >= 1
+    assert default_grid("ddim", p)[-1] == 0.0  # DDPM timesteps end at t = 0
+    assert not make_sampler("langevin").starts_at_prior
+    assert isinstance(make_sampler("ddpm"), DDIM) and make_sampler("ddpm").eta == 1.0
+    assert make_sampler(Heun()) is not None
+    with pytest.raises(ValueError, match="already built"):
+        make_sampler(Heun(), eta=1.0)
+
+
+def test_dopri5_on_a_grid_ending_at_zero_noise(mix):
+    # the last interval to sigma = 0 is an Euler step, never a model call at sigma = 0
+    p = VP()
+    model = ExactScore(mix, p)
+    grid = time_grid(p, 1, final_zero=True)
+    r = sample(model, 20, "dopri5", grid=grid, generator=torch.Generator().manual_seed(0),
+               dtype=torch.float64)  # fmt: skip
+    assert torch.isfinite(r.x).all() and r.nfe > 6

@@ -3,9 +3,10 @@ r"""Inpainting and imputation: sample the unknown coordinates given known ones.
 Given known values :math:`y` on a mask :math:`M` (``True`` = known), we want samples of
 :math:`p(x_0 \mid M x_0 = M y)`. Two methods:
 
-- **Replacement** (Song et al. 2021, Appendix I.2): run any sampler, and after every step
-  overwrite the known coordinates with the forward-noised known values at the new time,
-  :math:`M x_t \leftarrow M(\alpha_t y + \sigma_t z)`, fresh :math:`z` each step. It is not
+- **Replacement** (Song et al. 2021, Appendix I.2): run any single-step sampler, and after
+  every step (a hook on the one sampling loop) overwrite the known coordinates with the
+  forward-noised known values at the new time, :math:`M x_t \leftarrow M(\alpha_t y + \sigma_t
+  z)`, fresh :math:`z` each step. It is not
   an exact conditional sampler: the unknown coordinates see noised known values that are
   independent of their own path. Langevin corrector steps (``sampler="pc"``) pull them
   towards :math:`p_t(x_u \mid x_k)` at every level and remove most of the bias.
@@ -28,7 +29,10 @@ Given known values :math:`y` on a mask :math:`M` (``True`` = known), we want sam
   at high noise amplifies the network's error by :math:`1/\alpha`, and a guided DDIM run on
   digits diverged; ``"tweedie"`` cancels that factor in the solve.)
 
-Both return samples that carry the known values exactly.
+Both run through :func:`scorekit.samplers.sample` and return samples that carry the known
+values exactly; posterior guidance reads the known values and the mask from the sampling
+call's conditioning (``cond={"known": ..., "mask": ...}``), so they are split into chunks
+with the samples.
 
 References:
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Appendix I.2.
@@ -39,18 +43,14 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ._validate import check_choice, check_int, check_positive, check_tensor
+from ._validate import check_choice, check_positive, check_tensor
 from .core.parametrize import ScoreModel
 from .core.processes import broadcast_like
-from .core.schedules import check_grid
-from .samplers import Sampler, SampleResult, default_grid, make_sampler
-from .samplers.api import DEFAULT_STEPS
-from .samplers.base import randn_like
+from .core.random import randn_like
+from .samplers import Grid, SampleResult, make_sampler, sample
 
 __all__ = ["METHODS", "PosteriorGuided", "Replacement", "check_mask", "inpaint"]
 
@@ -75,63 +75,45 @@ def check_mask(mask, known: Tensor) -> Tensor:
     return m
 
 
-class Replacement(Sampler):
-    r"""Wrap a grid-to-grid sampler so that known coordinates are replaced after every step:
-    :math:`x \leftarrow (1 - M) x + M(\alpha_{t'} y + \sigma_{t'} z)`, and by :math:`y` itself
-    after the last step (and at ``grid[0]`` before the first).
+class Replacement:
+    r"""The replacement hook of the sampling loop: at grid index ``j`` the known coordinates
+    become :math:`\alpha_j y + \sigma_j z` (fresh :math:`z`), and :math:`y` itself at the
+    last index, :math:`x \leftarrow (1 - M) x + M(\alpha_j y + \sigma_j z)`.
 
     Arguments:
-        sampler: a :class:`~scorekit.samplers.Sampler` stepping grid point to grid point
-            (any but ``Dopri5``).
         known: :math:`y`, shape ``(B, *D)`` (values off the mask are ignored).
         mask: ``True`` where known, shape ``(B, *D)`` or ``D``.
+
+    Use as ``scorekit.sample(model, known.shape, sampler, hook=Replacement(known, mask))``
+    with any sampler that steps grid point to grid point.
     """
 
-    def __init__(self, sampler: Sampler, known: Tensor, mask):
-        if not isinstance(sampler, Sampler) or type(sampler)._run is not Sampler._run:
-            raise ValueError(f"sampler must step grid point to grid point, got {sampler!r}")
+    def __init__(self, known: Tensor, mask):
         check_tensor("known", known, min_dim=1)
-        self.sampler = sampler
         self.known = known
         self.mask = check_mask(mask, known)
-        self.stochastic = True
-        self.strict_grid = sampler.strict_grid
 
-    def _replace(self, process, x: Tensor, t: Tensor, generator, exact: bool) -> Tensor:
-        y = self.known.to(x)
-        if not exact:
-            alpha, sigma = (float(v) for v in process.marginal(t))
-            y = alpha * y + sigma * randn_like(x, generator)
-        return torch.where(self.mask, y, x)
-
-    def _run(self, model, x, grid, generator, return_trajectory):
-        if x.shape != self.known.shape:
+    def __call__(self, x: Tensor, j: int, grid: Grid, generator, rows: slice) -> Tensor:
+        y, m = self.known[rows].to(x), self.mask[rows].to(x.device)
+        if y.shape != x.shape:
             raise ValueError(
-                f"x must have the shape of known {tuple(self.known.shape)}, got {tuple(x.shape)}"
+                f"x must have the shape of known {tuple(y.shape)}, got {tuple(x.shape)}"
             )
-        p = model.process
-        x = self._replace(p, x, grid[0], generator, False)
-        traj = [x] if return_trajectory else None
-        state = self.sampler.init(x, grid)
-        n = len(grid) - 1
-        for i in range(n):
-            last = i == n - 1
-            x, state = self.sampler.step(model, x, grid[i], grid[i + 1], state, generator, last)
-            x = self._replace(p, x, grid[i + 1], generator, last)
-            if traj is not None:
-                traj.append(x)
-        return x, traj, state
+        if j < grid.n:
+            y = grid.alpha[j] * y + grid.sigma[j] * randn_like(x, generator)
+        return torch.where(m, y, x)
 
 
 class PosteriorGuided(ScoreModel):
     r"""The score of :math:`p_t(x_t \mid M x_0 = M y)` with the Gaussian approximation of
     :math:`p(y \mid x_t)` above: :math:`s + \gamma J^\top M (M C_t M^\top + \sigma_y^2 I)^{-1}
     M (y - \hat x_0)`, :math:`J = \partial\hat x_0/\partial x_t` (``"tweedie"``) or its
-    value for Gaussian data (``"isotropic"``).
+    value for Gaussian data (``"isotropic"``). The known values :math:`y` (shape
+    ``(B, *D)``) and the mask (``(B, *D)``, ``True`` where known) come with each call as
+    the conditioning ``known=`` and ``mask=``; any other conditioning goes to ``model``.
 
     Arguments:
         model: the unconditional :class:`~scorekit.core.parametrize.ScoreModel`.
-        known, mask: :math:`y` of shape ``(B, *D)`` and the mask (``(B, *D)`` or ``D``).
         covariance: ``"tweedie"`` (:math:`C_t = \tfrac{\sigma^2}{2\alpha}(J + J^\top)`,
             exact for Gaussian targets, :math:`D` vector-Jacobian products per call) or
             ``"isotropic"`` (:math:`\sigma^2 v/(\alpha^2 v + \sigma^2) I`, no products).
@@ -143,8 +125,6 @@ class PosteriorGuided(ScoreModel):
     def __init__(
         self,
         model: ScoreModel,
-        known: Tensor,
-        mask,
         covariance: str = "tweedie",
         data_var: float = 1.0,
         noise_std: float = 0.0,
@@ -152,27 +132,24 @@ class PosteriorGuided(ScoreModel):
     ):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
-        check_tensor("known", known, min_dim=1)
-        super().__init__(None, model.process, "score")
+        super().__init__(None, model.process, "score", model.data_shape)
         self.model = model
-        self.known = known
-        self.mask = check_mask(mask, known)
         self.covariance = check_choice("covariance", covariance, ("tweedie", "isotropic"))
         self.data_var = check_positive("data_var", data_var)
         self.noise_std = check_positive("noise_std", noise_std, strict=False)
         self.scale = check_positive("scale", scale, strict=False)
 
-    def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        if x.shape != self.known.shape:
+    def raw(self, x: Tensor, t: Tensor, known: Tensor, mask: Tensor, **cond) -> Tensor:
+        if known.shape != x.shape:
             raise ValueError(
-                f"x must have the shape of known {tuple(self.known.shape)}, got {tuple(x.shape)}"
+                f"x must have the shape of known {tuple(known.shape)}, got {tuple(x.shape)}"
             )
+        m = check_mask(mask, known).to(x.device)
         alpha, sigma = self.process.marginal(t)
         a, s = broadcast_like(alpha, x), broadcast_like(sigma, x)
-        m = self.mask.to(x.device)
-        y = self.known.to(x)
+        y = known.to(x)
         if self.covariance == "isotropic":
-            x0 = self.model.predict(x, t, "x0")
+            x0 = self.model.predict(x, t, "x0", **cond)
             v = self.data_var
             jac = a * v / (a**2 * v + s**2)  # d x0 / d x_t of N(mu, v I) data
             c = s**2 * v / (a**2 * v + s**2)
@@ -180,7 +157,7 @@ class PosteriorGuided(ScoreModel):
         else:
             with torch.enable_grad():
                 xi = x.detach().requires_grad_(True)
-                x0 = self.model.predict(xi, t, "x0")
+                x0 = self.model.predict(xi, t, "x0", **cond)
                 r = torch.where(m, y - x0, torch.zeros_like(x0))
                 g = self._tweedie(xi, x0, r, m, alpha, sigma)
         score = (a * x0.detach() - x) / s**2
@@ -222,7 +199,9 @@ def inpaint(
     scale: float = 1.0,
     **options,
 ) -> SampleResult:
-    r"""Fill in the unknown coordinates of ``known`` where ``mask`` is ``False``.
+    r"""Fill in the unknown coordinates of ``known`` where ``mask`` is ``False``, through
+    :func:`scorekit.samplers.sample` (replacement as its per-step hook, posterior guidance
+    as a model wrapper reading ``cond``).
 
     Arguments:
         model: an unconditional :class:`~scorekit.core.parametrize.ScoreModel`.
@@ -254,42 +233,30 @@ def inpaint(
     check_choice("method", method, METHODS)
     check_tensor("known", known, min_dim=1)
     m = check_mask(mask, known)
-    data_shape = getattr(model.net, "data_shape", None)
-    target = getattr(model, "target", None)
-    if target is not None:
-        data_shape = (target.dim,)
-    if data_shape is not None and tuple(known.shape[1:]) != tuple(data_shape):
+    if model.data_shape is not None and tuple(known.shape[1:]) != tuple(model.data_shape):
         raise ValueError(
-            f"known must have shape (n, *{tuple(data_shape)}) for this model, "
+            f"known must have shape (n, *{tuple(model.data_shape)}) for this model, "
             f"got {tuple(known.shape)}"
         )
     smp = make_sampler(sampler, **options)
-    process = model.process
-    if grid is None:
-        steps = DEFAULT_STEPS[sampler] if steps is None else check_int("steps", steps, minimum=1)
-        grid = default_grid(sampler, process, steps)
-    grid = check_grid(grid, process, strict=smp.strict_grid)
-    n = known.shape[0]
-    bs = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
-    x = process.prior_sample(
-        known.shape, generator=generator, dtype=known.dtype, device=known.device
+    if method == "replacement":
+        if not smp.single_step:
+            raise ValueError(f"sampler must step grid point to grid point, got {smp!r}")
+        used, cond, hook = model, None, Replacement(known, m)
+    else:
+        used = PosteriorGuided(model, covariance, data_var, noise_std, scale)
+        cond, hook = {"known": known, "mask": m}, None
+    res = sample(
+        used,
+        tuple(known.shape),
+        smp,
+        steps,
+        generator,
+        batch_size,
+        grid=grid,
+        dtype=known.dtype,
+        device=known.device,
+        cond=cond,
+        hook=hook,
     )
-    if sampler not in ("langevin", "mala") and float(grid[0]) < process.t_max:
-        x = x * (float(process.sigma(grid[0])) / process.prior_std())
-    outs, nfe, info = [], 0, {}
-    for start in range(0, n, bs):
-        sl = slice(start, start + bs)
-        child = None
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            child = torch.Generator(device=x.device).manual_seed(seed)
-        if method == "replacement":
-            res = Replacement(smp, known[sl], m[sl])(model, x[sl], grid, child)
-        else:
-            guided = PosteriorGuided(
-                model, known[sl], m[sl], covariance, data_var, noise_std, scale
-            )
-            res = smp(guided, x[sl], grid, child)
-        outs.append(torch.where(m[sl], known[sl], res.x))
-        nfe, info = nfe + res.nfe, res.info
-    return SampleResult(torch.cat(outs), nfe, None, dict(info, chunks=math.ceil(n / bs)))
+    return SampleResult(torch.where(m, known, res.x), res.nfe, None, res.info)

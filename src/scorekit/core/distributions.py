@@ -268,7 +268,7 @@ class ExactScore(ScoreModel):
     def __init__(self, target: GaussianMixture, process: Process):
         if not isinstance(target, GaussianMixture):
             raise ValueError(f"target must be a GaussianMixture, got {type(target).__name__}")
-        super().__init__(None, process, prediction="score")
+        super().__init__(None, process, prediction="score", data_shape=(target.dim,))
         self.target = target
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:

@@ -99,17 +99,23 @@ def convert(
 
 
 class ScoreModel(nn.Module):
-    r"""Any ``net(x, t)`` that predicts one of score / eps / x0 / v / energy, answering all.
+    r"""Any ``net(x, t, **cond)`` that predicts one of score / eps / x0 / v / energy,
+    answering all.
 
     Arguments:
-        net: callable ``net(x, t)`` with ``x`` of shape ``(B, *D)`` and ``t`` of shape
-            ``(B,)``; returns a tensor of shape ``(B, *D)`` (or ``(B,)`` for an energy).
+        net: callable ``net(x, t, **cond)`` with ``x`` of shape ``(B, *D)`` and ``t`` of
+            shape ``(B,)``; returns a tensor of shape ``(B, *D)`` (or ``(B,)`` for an energy).
+            ``cond`` is whatever conditioning the network takes (class labels ``y=``, ...),
+            passed through unchanged by every method.
         process: the :class:`~scorekit.core.processes.Process` that defines ``t``.
         prediction: what ``net`` predicts: ``"score"``, ``"eps"``, ``"x0"``, ``"v"``
             or ``"energy"`` (:math:`s = -\nabla_x E`, by autograd; the graph is kept
             when gradients are enabled, so a loss on the score trains the energy).
+        data_shape: the shape ``D`` of one example, when known (then
+            ``scorekit.sample(model, n)`` needs no shape); default: ``net.data_shape``.
 
-    Calling the model returns the score :math:`\nabla_x \log p_t(x)`.
+    Calling the model returns the score :math:`\nabla_x \log p_t(x)`. Nothing here reads
+    the values of ``x`` or ``t`` (no host synchronisation on an accelerator).
 
     Example:
         >>> from scorekit.core.processes import VE
@@ -120,9 +126,10 @@ class ScoreModel(nn.Module):
 
     def __init__(
         self,
-        net: Callable[[Tensor, Tensor], Tensor] | None,
+        net: Callable[..., Tensor] | None,
         process: Process,
         prediction: str = "score",
+        data_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if net is not None and not callable(net):
@@ -132,51 +139,56 @@ class ScoreModel(nn.Module):
         self.prediction = check_choice("prediction", prediction, PREDICTIONS + ("energy",))
         self.net = net
         self.process = process
+        if data_shape is None:
+            data_shape = getattr(net, "data_shape", None)
+        self.data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
 
     def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
+        if isinstance(t, Tensor):
+            t = t.to(dtype=x.dtype, device=x.device)
+            if t.dim() == 0:
+                t = t.expand(x.shape[0])
+        else:
+            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         if t.shape != (x.shape[0],):
             raise ValueError(
                 f"t must be a scalar or of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}"
             )
-        self.process.check_t(t)
         return t
 
-    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+    def raw(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """The network's own output (``t`` already of shape ``(B,)``)."""
-        return self.net(x, t)
+        return self.net(x, t, **cond)
 
-    def energy(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def energy(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         """Energy :math:`E(x, t)`, shape ``(B,)``; only for ``prediction="energy"``."""
         if self.prediction != "energy":
             raise ValueError(
                 f"energy() needs prediction='energy', this model predicts {self.prediction!r}"
             )
-        e = self.raw(x, self._time(x, t))
+        e = self.raw(x, self._time(x, t), **cond)
         if e.shape != (x.shape[0],):
             raise ValueError(
                 f"an energy net must return shape (B,) = ({x.shape[0]},), got {tuple(e.shape)}"
             )
         return e
 
-    def _energy_score(self, x: Tensor, t: Tensor) -> Tensor:
+    def _energy_score(self, x: Tensor, t: Tensor, cond: dict) -> Tensor:
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             xi = x if x.requires_grad else x.detach().requires_grad_(True)
-            e = self.energy(xi, t)
+            e = self.energy(xi, t, **cond)
             (grad,) = torch.autograd.grad(e.sum(), xi, create_graph=create_graph)
         return -grad
 
-    def predict(self, x: Tensor, t: Tensor | float, target: str = "score") -> Tensor:
+    def predict(self, x: Tensor, t: Tensor | float, target: str = "score", **cond) -> Tensor:
         """The model's prediction of ``target`` (one of :data:`PREDICTIONS`) at ``(x, t)``."""
         check_choice("target", target, PREDICTIONS)
         t = self._time(x, t)
         if self.prediction == "energy":
-            out, kind = self._energy_score(x, t), "score"
+            out, kind = self._energy_score(x, t, cond), "score"
         else:
-            out, kind = self.raw(x, t), self.prediction
+            out, kind = self.raw(x, t, **cond), self.prediction
             if out.shape != x.shape:
                 raise ValueError(
                     f"net output must have the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
@@ -186,25 +198,25 @@ class ScoreModel(nn.Module):
         alpha, sigma = self.process.marginal(t)
         return convert(out, kind, target, x, alpha, sigma)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The score :math:`\nabla_x \log p_t(x)`, shape ``(B, *D)``."""
-        return self.predict(x, t, "score")
+        return self.predict(x, t, "score", **cond)
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def score(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The score :math:`\nabla_x \log p_t(x)`."""
-        return self.predict(x, t, "score")
+        return self.predict(x, t, "score", **cond)
 
-    def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def eps(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The noise :math:`\hat\varepsilon = -\sigma s`."""
-        return self.predict(x, t, "eps")
+        return self.predict(x, t, "eps", **cond)
 
-    def x0(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def x0(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The denoiser :math:`\hat x_0 = (x + \sigma^2 s)/\alpha` (Tweedie)."""
-        return self.predict(x, t, "x0")
+        return self.predict(x, t, "x0", **cond)
 
-    def v(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def v(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The velocity :math:`v = \alpha\varepsilon - \sigma x_0`."""
-        return self.predict(x, t, "v")
+        return self.predict(x, t, "v", **cond)
 
 
 def edm_coefficients(
@@ -218,8 +230,8 @@ def edm_coefficients(
         c_{in} = \frac{1}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
         c_{noise} = \tfrac14 \ln\sigma .
 
-    ``sigma`` must be finite and > 0; the check runs on CPU tensors only (on an
-    accelerator it would synchronise every forward pass).
+    ``sigma`` must be finite and > 0 (checked here, which reads its values;
+    :class:`EDMPrecond` uses the same formula unchecked inside every forward pass).
 
     References:
         Karras et al. (2022), Table 1 and Appendix B.6.
@@ -227,15 +239,15 @@ def edm_coefficients(
     sigma_data = check_positive("sigma_data", sigma_data)
     if not isinstance(sigma, Tensor):
         raise ValueError(f"sigma must be a tensor, got {type(sigma).__name__}")
-    if (
-        sigma.device.type == "cpu"
-        and sigma.numel()
-        and not bool(((sigma > 0) & torch.isfinite(sigma)).all())
-    ):
+    if sigma.numel() and not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
         raise ValueError(
             f"sigma must be finite and > 0, got values in [{float(sigma.min())}, "
             f"{float(sigma.max())}]"
         )
+    return _edm_coefficients(sigma, sigma_data)
+
+
+def _edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     s2, d2 = sigma**2, sigma_data**2
     root = torch.sqrt(s2 + d2)
     return d2 / (s2 + d2), sigma * sigma_data / root, 1 / root, torch.log(sigma) / 4
@@ -260,12 +272,12 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.process = process
         self.sigma_data = check_positive("sigma_data", sigma_data)
+        self.data_shape = getattr(net, "data_shape", None)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         alpha, sigma = self.process.marginal(t)
         alpha, sigma = alpha.to(x), sigma.to(x)
-        s_hat = sigma / alpha
-        c_skip, c_out, c_in, c_noise = edm_coefficients(s_hat, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = _edm_coefficients(sigma / alpha, self.sigma_data)
         xh = x / broadcast_like(alpha, x)
-        f = self.net(broadcast_like(c_in, x) * xh, c_noise)
+        f = self.net(broadcast_like(c_in, x) * xh, c_noise, **cond)
         return broadcast_like(c_skip, x) * xh + broadcast_like(c_out, x) * f

@@ -3,10 +3,11 @@ r"""Samplers for score models: Langevin (ULA, MALA, annealed), reverse SDE
 Heun, dopri5, DPM-Solver++ 2M/3M), DDPM/DDIM and EDM's stochastic sampler.
 
 One calling convention: ``sampler(model, x, grid, generator=None,
-return_trajectory=False) -> SampleResult(x, nfe, trajectory)``, with ``model`` a
-:class:`~scorekit.core.parametrize.ScoreModel`, ``x`` the state at ``grid[0]`` and ``grid``
-decreasing process times (:mod:`scorekit.core.schedules`). :func:`sample` is the entry point
-by name, with default grids, the process prior and chunking.
+return_trajectory=False, cond=None, hook=None) -> SampleResult(x, nfe, trajectory, info)``,
+with ``model`` a :class:`~scorekit.core.parametrize.ScoreModel`, ``x`` the state at
+``grid[0]`` and ``grid`` decreasing process times (:mod:`scorekit.core.schedules`).
+:func:`sample` is the one loop around it: the sampler by name (:data:`SAMPLERS`) or
+instance, its default grid, the process prior (or ``x_T``), conditioning and chunking.
 
 Example:
     >>> import torch, scorekit as sk
@@ -18,8 +19,8 @@ Example:
     (torch.Size([500, 2]), 20)
 """
 
-from .api import DEFAULT_STEPS, SAMPLERS, default_grid, make_sampler, sample
-from .base import CountingModel, Sampler, SampleResult
+from .api import SAMPLERS, default_grid, make_sampler, sample
+from .base import CountingModel, Grid, Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
 from .langevin import AnnealedLangevin, Langevin
@@ -29,7 +30,6 @@ from .sde import EulerMaruyama, LangevinCorrector, PredictorCorrector, ReverseDi
 __all__ = [
     "DDIM",
     "DDPM",
-    "DEFAULT_STEPS",
     "SAMPLERS",
     "AnnealedLangevin",
     "CountingModel",
@@ -38,6 +38,7 @@ __all__ = [
     "EDMSampler",
     "Euler",
     "EulerMaruyama",
+    "Grid",
     "Heun",
     "Langevin",
     "LangevinCorrector",

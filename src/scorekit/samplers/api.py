@@ -1,16 +1,20 @@
-r"""One entry point: :func:`sample` picks a sampler by name, a default grid and the prior,
-and runs in chunks."""
+r"""The one sampling loop: :func:`sample` draws the prior, scales it to the grid's first
+time, splits the batch and its conditioning into chunks, seeds each chunk, runs the sampler
+and gathers the results and diagnostics of every chunk. The registry :data:`SAMPLERS`
+maps names to sampler classes; each class knows its own default steps, grid and start."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_generator, check_int
+from .._validate import check_choice, check_generator, check_int, check_tensor
 from ..core.parametrize import ScoreModel
-from ..core.schedules import check_grid, ddpm_time_grid, time_grid
+from ..core.random import spawn
 from .base import Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
@@ -18,13 +22,14 @@ from .langevin import AnnealedLangevin, Langevin
 from .ode import Dopri5, DPMSolverPP, Euler, Heun
 from .sde import EulerMaruyama, PredictorCorrector, ReverseDiffusion
 
-__all__ = ["DEFAULT_STEPS", "SAMPLERS", "default_grid", "make_sampler", "sample"]
+__all__ = ["SAMPLERS", "default_grid", "make_sampler", "sample"]
 
-_FACTORIES = {
+#: Sampler names and the factories :func:`make_sampler` builds them with.
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "euler": Euler,
     "heun": Heun,
-    "dpmpp_2m": lambda **kw: DPMSolverPP(order=2, **kw),
-    "dpmpp_3m": lambda **kw: DPMSolverPP(order=3, **kw),
+    "dpmpp_2m": partial(DPMSolverPP, order=2),
+    "dpmpp_3m": partial(DPMSolverPP, order=3),
     "dopri5": Dopri5,
     "euler_maruyama": EulerMaruyama,
     "reverse_diffusion": ReverseDiffusion,
@@ -32,75 +37,38 @@ _FACTORIES = {
     "ddpm": DDPM,
     "ddim": DDIM,
     "edm": EDMSampler,
-    "langevin": lambda step_size=1e-2: Langevin(step_size),
-    "mala": lambda step_size=1e-2: Langevin(step_size, metropolis=True),
+    "langevin": Langevin,
+    "mala": partial(Langevin, metropolis=True),
     "annealed_langevin": AnnealedLangevin,
 }
 
-#: Names accepted by :func:`sample` and :func:`make_sampler`.
-SAMPLERS = tuple(_FACTORIES)
 
-#: ``steps`` used when :func:`sample` is called without one (for ``annealed_langevin``
-#: the number of noise levels; for ``langevin``/``mala`` the number of Langevin steps).
-DEFAULT_STEPS = {
-    "euler": 100,
-    "heun": 50,
-    "dpmpp_2m": 30,
-    "dpmpp_3m": 30,
-    "dopri5": 1,
-    "euler_maruyama": 1000,
-    "reverse_diffusion": 1000,
-    "pc": 500,
-    "ddpm": 1000,
-    "ddim": 50,
-    "edm": 50,
-    "langevin": 1000,
-    "mala": 1000,
-    "annealed_langevin": 10,
-}
-
-
-def make_sampler(name: str, **options) -> Sampler:
-    r"""The sampler called ``name`` (one of :data:`SAMPLERS`), built with ``options``
-    (e.g. ``make_sampler("ddim", eta=0.5)``, ``make_sampler("pc", snr=0.16)``)."""
+def make_sampler(name: str | Sampler, **options) -> Sampler:
+    r"""The sampler called ``name`` (a key of :data:`SAMPLERS`), built with ``options``
+    (e.g. ``make_sampler("ddim", eta=0.5)``, ``make_sampler("pc", snr=0.16)``); a
+    :class:`~scorekit.samplers.base.Sampler` instance is returned as it is."""
+    if isinstance(name, Sampler):
+        if options:
+            raise ValueError(f"sampler {name!r} is already built; got options {sorted(options)}")
+        return name
     check_choice("sampler", name, SAMPLERS)
     try:
-        return _FACTORIES[name](**options)
+        return SAMPLERS[name](**options)
     except TypeError as e:
         raise ValueError(
             f"sampler {name!r} got unexpected options {sorted(options)}: {e}"
         ) from None
 
 
-def default_grid(name: str, process, steps: int) -> Tensor:
-    r"""The grid :func:`sample` uses for sampler ``name`` with ``steps`` steps:
-
-    - ``dpmpp_2m``, ``dpmpp_3m``: uniform in log-SNR (``"geometric"``), as Lu et al. advise
-      (``benchmarks/bench_samplers.py`` finds it ahead of Karras at 10-100 evaluations);
-    - other ODE solvers and ``edm``: Karras :math:`\rho = 7` on :math:`\sigma/\alpha`,
-      ``t_max → t_min``;
-    - ``euler_maruyama``, ``reverse_diffusion``, ``pc``: uniform in t (Song et al. 2021);
-    - ``ddpm``, ``ddim``: DDPM timesteps with "trailing" spacing, ending at ``t = 0``;
-    - ``annealed_langevin``: ``steps`` geometric noise levels (``steps >= 2``);
-    - ``langevin``, ``mala``: ``t_min`` repeated, ``steps`` Langevin steps.
-    """
-    check_choice("sampler", name, SAMPLERS)
-    steps = check_int("steps", steps, minimum=1)
-    if name in ("euler_maruyama", "reverse_diffusion", "pc"):
-        return time_grid(process, steps, "uniform")
-    if name in ("ddpm", "ddim"):
-        return ddpm_time_grid(process, steps, "trailing", num_train_steps=1000)
-    if name == "annealed_langevin":
-        if steps < 2:
-            raise ValueError(
-                f"steps (noise levels) must be >= 2 for annealed_langevin, got {steps}"
-            )
-        return time_grid(process, steps - 1, "geometric")
-    if name in ("langevin", "mala"):
-        return torch.full((steps + 1,), float(process.t_min), dtype=torch.float64)
-    if name in ("dpmpp_2m", "dpmpp_3m"):
-        return time_grid(process, steps, "geometric")
-    return time_grid(process, steps, "karras")
+def default_grid(name: str | Sampler, process, steps: int | None = None) -> Tensor:
+    r"""The grid :func:`sample` uses for sampler ``name`` with ``steps`` steps (default: the
+    sampler's own ``default_steps``); see each class's ``default_grid``: Karras
+    :math:`\rho = 7` for the ODE solvers and ``edm``, uniform in log-SNR for DPM-Solver++,
+    uniform in ``t`` for the reverse SDE, DDPM's trailing timesteps for ``ddpm``/``ddim``,
+    geometric levels for annealed Langevin and ``t_min`` repeated for Langevin."""
+    smp = make_sampler(name)
+    steps = smp.default_steps if steps is None else check_int("steps", steps, minimum=1)
+    return smp.default_grid(process, steps)
 
 
 def _data_shape(model: ScoreModel, shape_or_n, data_shape) -> tuple[int, ...]:
@@ -111,24 +79,38 @@ def _data_shape(model: ScoreModel, shape_or_n, data_shape) -> tuple[int, ...]:
         return shape
     n = check_int("shape_or_n", shape_or_n, minimum=1)
     if data_shape is None:
-        target = getattr(model, "target", None)
-        net = getattr(model, "net", None)
-        if target is not None and hasattr(target, "dim"):
-            data_shape = (target.dim,)
-        elif getattr(net, "data_shape", None) is not None:
-            data_shape = tuple(net.data_shape)
-        else:
-            raise ValueError(
-                "shape_or_n is an int but the data shape is unknown: pass a shape (B, *D) "
-                "or data_shape=(...)"
-            )
+        data_shape = getattr(model, "data_shape", None)
+    if data_shape is None:
+        raise ValueError(
+            "shape_or_n is an int but the data shape is unknown: pass a shape (B, *D) "
+            "or data_shape=(...)"
+        )
     return (n, *tuple(int(d) for d in data_shape))
+
+
+def split_cond(cond: dict[str, Any] | None, n: int) -> Callable[[slice], dict[str, Any]]:
+    r"""Check ``cond`` against a batch of ``n`` and return ``rows -> cond`` of those rows:
+    tensors with a batch axis (shape ``(n, ...)``) are sliced, 0-dimensional tensors and
+    other values are shared by every row."""
+    cond = {} if cond is None else cond
+    if not isinstance(cond, dict):
+        raise ValueError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
+    for k, v in cond.items():
+        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] != n:
+            raise ValueError(
+                f"cond[{k!r}] must have the batch size {n} first, got shape {tuple(v.shape)}"
+            )
+
+    def rows(sl: slice) -> dict[str, Any]:
+        return {k: v[sl] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in cond.items()}
+
+    return rows
 
 
 def sample(
     model: ScoreModel,
-    shape_or_n: int | tuple[int, ...],
-    sampler: str = "heun",
+    shape_or_n: int | tuple[int, ...] | None = None,
+    sampler: str | Sampler = "heun",
     steps: int | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -138,6 +120,9 @@ def sample(
     data_shape: tuple[int, ...] | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    x_T: Tensor | None = None,
+    cond: dict[str, Any] | None = None,
+    hook=None,
     **options,
 ) -> SampleResult:
     r"""Draw samples from a score model with the sampler called ``sampler``.
@@ -145,10 +130,10 @@ def sample(
     Arguments:
         model: a :class:`~scorekit.core.parametrize.ScoreModel` (carries ``.process``).
         shape_or_n: ``(B, *D)``, or a count ``n`` when the data shape is known
-            (``data_shape=``, an :class:`~scorekit.core.distributions.ExactScore` target, or a
-            ``net.data_shape`` attribute).
-        sampler: one of :data:`SAMPLERS`.
-        steps: grid steps (default :data:`DEFAULT_STEPS`); ignored when ``grid`` is given.
+            (``data_shape=``, or ``model.data_shape``: exact targets and loaded checkpoints
+            carry one); may be omitted with ``x_T``.
+        sampler: a key of :data:`SAMPLERS`, or a :class:`~scorekit.samplers.base.Sampler`.
+        steps: grid steps (default: the sampler's ``default_steps``); ignored with ``grid``.
         generator: the only source of randomness: it draws the prior for all ``B`` samples
             first, then one seed per chunk for the sampler's noise. The same seed and
             ``batch_size`` give the same samples; deterministic samplers give the same
@@ -156,14 +141,22 @@ def sample(
         batch_size: run at most this many samples at once (``None``: all); trajectories
             are held only when ``return_trajectory``.
         grid: explicit decreasing process times (see :mod:`scorekit.core.schedules`).
-        dtype, device: of the samples (default: torch's default dtype, CPU).
+        dtype, device: of the samples (default: torch's default dtype, CPU; with ``x_T``,
+            its own).
+        x_T: the start state at ``grid[0]``, shape ``(B, *D)``, instead of a prior draw.
+        cond: conditioning for the model, ``model(x, t, **cond)`` (e.g. ``{"y": labels}``);
+            tensors with a batch axis are split with the samples, others are shared.
+        hook: ``hook(x, j, grid, generator, rows) -> x`` applied at every grid index ``j``
+            (see :meth:`~scorekit.samplers.base.Sampler.__call__`), e.g. replacement
+            inpainting (:func:`scorekit.inpaint.inpaint`).
         **options: sampler settings (e.g. ``eta=0.5`` for ``ddim``, ``s_churn=40`` for
             ``edm``, ``snr=0.16`` for ``pc``, ``step_size`` for ``langevin``).
 
     Returns:
         :class:`~scorekit.samplers.base.SampleResult`: ``x`` of shape ``(B, *D)``, ``nfe``
         the model evaluations spent over all chunks, ``trajectory`` of shape
-        ``(N + 1, B, *D)`` on request.
+        ``(N + 1, B, *D)`` on request, ``info`` the sampler's diagnostics summed over
+        chunks, and ``"chunks"``.
 
     Example:
         >>> import torch, scorekit as sk
@@ -178,30 +171,47 @@ def sample(
     smp = make_sampler(sampler, **options)
     process = model.process
     if grid is None:
-        steps = DEFAULT_STEPS[sampler] if steps is None else check_int("steps", steps, minimum=1)
-        grid = default_grid(sampler, process, steps)
-    grid = check_grid(grid, process, strict=smp.strict_grid)
-    shape = _data_shape(model, shape_or_n, data_shape)
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    n = shape[0]
+        steps = smp.default_steps if steps is None else check_int("steps", steps, minimum=1)
+        grid = smp.default_grid(process, steps)
+    sched = smp.check(model, grid)
+    if x_T is not None:
+        check_tensor("x_T", x_T, min_dim=1)
+        if shape_or_n is not None and _data_shape(model, shape_or_n, x_T.shape[1:]) != tuple(
+            x_T.shape
+        ):
+            raise ValueError(
+                f"shape_or_n {shape_or_n!r} does not match x_T of shape {tuple(x_T.shape)}"
+            )
+        x = x_T
+    else:
+        if shape_or_n is None:
+            raise ValueError("shape_or_n is needed without x_T: pass (B, *D) or a count")
+        shape = _data_shape(model, shape_or_n, data_shape)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        x = process.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+        if smp.starts_at_prior and sched.t[0] < process.t_max:
+            x = x * (sched.sigma[0] / process.prior_std())
+    n = x.shape[0]
     bs = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
-
-    x = process.prior_sample(shape, generator=generator, dtype=dtype, device=device)
-    if sampler not in ("langevin", "mala") and float(grid[0]) < process.t_max:
-        x = x * (float(process.sigma(grid[0])) / process.prior_std())
-    gen_device = generator.device if generator is not None else x.device
-    outs, trajs, nfe, info = [], [], 0, {}
+    rows_of = split_cond(cond, n)
+    outs, trajs, nfe, infos = [], [], 0, []
     for start in range(0, n, bs):
-        child = None
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
-            child = torch.Generator(device=x.device).manual_seed(seed)
-        res = smp(model, x[start : start + bs], grid, child, return_trajectory)
+        rows = slice(start, start + bs)
+        res = smp(
+            model,
+            x[rows],
+            sched,
+            spawn(generator, x.device),
+            return_trajectory,
+            cond=rows_of(rows),
+            hook=hook,
+            rows=rows,
+        )
         outs.append(res.x)
         nfe += res.nfe
-        info = res.info
+        infos.append(res.info)
         if return_trajectory:
             trajs.append(res.trajectory)
-    info = dict(info, chunks=math.ceil(n / bs))
+    info = dict(smp.merge_info(infos), chunks=len(outs))
     trajectory = torch.cat(trajs, dim=1) if return_trajectory else None
     return SampleResult(torch.cat(outs), nfe, trajectory, info)

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .._validate import check_positive
-from .base import Sampler, randn_like
+from ..core.random import randn_like
+from .base import Grid, Sampler
 
 __all__ = ["EDMSampler"]
 
@@ -46,8 +49,11 @@ class EDMSampler(Sampler):
         s_noise: noise inflation :math:`S_{noise}` (1.0 is exact; EDM used 1.003-1.007
             to offset learned denoisers' over-smoothing).
 
-    NFE: two per step, one on a final step to :math:`\sigma = 0`.
+    NFE: two per step, one on a final step to :math:`\sigma = 0`. Default grid: Karras
+    :math:`\rho = 7`, 50 steps.
     """
+
+    default_steps = 50
 
     def __init__(
         self,
@@ -65,27 +71,34 @@ class EDMSampler(Sampler):
         self.stochastic = self.s_churn > 0
         self.order = None if self.stochastic else 2
 
-    def init(self, x, grid):
-        return {"gamma": min(self.s_churn / (len(grid) - 1), math.sqrt(2) - 1)}
+    def init(self, model, x, grid):
+        # churned level of every step: sigma_hat = (1 + gamma_i) sigma_i, capped at the
+        # process's end, and its time, read once here (closed-form t_of_ratio)
+        n = grid.n
+        gamma = min(self.s_churn / n, math.sqrt(2) - 1)
+        top = float(grid.process.ratio(torch.tensor(grid.process.T, dtype=torch.float64)))
+        sig = [grid.ratio(i) for i in range(n)]
+        hat = [min(s * (1 + gamma), top) if self.s_min <= s <= self.s_max else s for s in sig]
+        churned = Grid.of(
+            grid.process, grid.process.t_of_ratio(torch.tensor(hat, dtype=torch.float64))
+        )
+        return [
+            (hat[i], churned.t[i], churned.alpha[i])
+            if hat[i] > sig[i]
+            else (sig[i], grid.t[i], grid.alpha[i])
+            for i in range(n)
+        ]
 
-    def step(self, model, x, t, t_next, state, generator, last):
-        p = model.process
-        a = float(p.alpha(t))
-        sig = float(p.ratio(t))
-        a1 = float(p.alpha(t_next))
-        sig1 = float(p.ratio(t_next))
+    def step(self, model, x, i, grid, state, generator):
+        sig, a = grid.ratio(i), grid.alpha[i]
+        sig1, a1 = grid.ratio(i + 1), grid.alpha[i + 1]
+        hat, t_hat, a_hat = state[i]
         y = x / a
-        gamma = state["gamma"] if self.s_min <= sig <= self.s_max else 0.0
-        hat = min(sig * (1 + gamma), float(p.ratio(p.T)))
         if hat > sig:
-            t_hat = p.t_of_ratio(hat)
-            y = y + math.sqrt(hat**2 - sig**2) * self.s_noise * randn_like(x, generator)
-            a_hat = float(p.alpha(t_hat))
-        else:
-            t_hat, a_hat, hat = t, a, sig
+            y = y + (math.sqrt(hat**2 - sig**2) * self.s_noise) * randn_like(x, generator)
         d = (y - model.x0(a_hat * y, t_hat)) / hat
         y1 = y + (sig1 - hat) * d
         if sig1 > 0:
-            d1 = (y1 - model.x0(a1 * y1, t_next)) / sig1
+            d1 = (y1 - model.x0(a1 * y1, grid.t[i + 1])) / sig1
             y1 = y + (sig1 - hat) * 0.5 * (d + d1)
         return a1 * y1, state

@@ -17,13 +17,31 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from .._validate import check_int, check_positive
-from .base import Sampler, randn_like
+from ..core.processes import Process
+from ..core.random import rand, randn_like
+from ..core.schedules import time_grid
+from .base import Sampler
 
 __all__ = ["AnnealedLangevin", "Langevin"]
+
+
+@dataclass
+class MetropolisState:
+    """MALA's state: energy and score at the current points (``None`` before the first
+    step), the time they were computed at, and the accepted count (a tensor, read once at
+    the end of the call)."""
+
+    t: float | None = None
+    energy: Tensor | None = None
+    score: Tensor | None = None
+    accepted: Tensor | None = None
+    proposed: int = 0
 
 
 class Langevin(Sampler):
@@ -35,11 +53,13 @@ class Langevin(Sampler):
         metropolis: accept the proposal :math:`x' = x + \eta s(x) + \sqrt{2\eta} z` with
             probability :math:`\min(1, e^{E(x) - E(x')} q(x \mid x')/q(x' \mid x))`,
             :math:`q(x' \mid x) \propto e^{-\|x' - x - \eta s(x)\|^2/4\eta}`; needs
-            ``ScoreModel(prediction="energy")``. The acceptance rate is returned in
-            ``SampleResult.info["acceptance"]``.
+            ``ScoreModel(prediction="energy")``. The acceptance rate over all chunks is
+            returned in ``SampleResult.info["acceptance"]`` (with the counts ``"accepted"``
+            and ``"proposed"``).
 
     Step ``i`` uses the score at ``grid[i]``; no denoising step. NFE: one per step (MALA:
     one more for the starting point; each evaluation is a forward and backward pass).
+    By default 1000 steps at ``t_min``, starting from the prior of the whole process.
 
     Example:
         >>> import torch
@@ -52,28 +72,35 @@ class Langevin(Sampler):
 
     stochastic = True
     strict_grid = False
+    starts_at_prior = False
+    default_steps = 1000
 
-    def __init__(self, step_size: float, metropolis: bool = False):
+    def __init__(self, step_size: float = 1e-2, metropolis: bool = False):
         self.step_size = check_positive("step_size", step_size)
         self.metropolis = bool(metropolis)
 
-    def init(self, x, grid):
-        return {"info": {"acceptance": 0.0}, "accepted": 0, "proposed": 0}
+    def default_grid(self, process: Process, steps: int) -> Tensor:
+        return torch.full((steps + 1,), float(process.t_min), dtype=torch.float64)
 
-    def step(self, model, x, t, t_next, state, generator, last):
-        eta = self.step_size
+    def init(self, model, x, grid):
         if not self.metropolis:
-            z = randn_like(x, generator)
-            return x + eta * model.score(x, t) + math.sqrt(2 * eta) * z, state
+            return None
         if model.model.prediction != "energy":
             raise ValueError(
                 "metropolis=True needs an energy model (ScoreModel(prediction='energy')), "
                 f"got prediction={model.model.prediction!r}"
             )
-        if state.get("t") is None or float(state["t"]) != float(t):
-            state["energy"], state["score"] = model.energy_and_score(x, t)
-            state["t"] = t
-        e, s = state["energy"], state["score"]
+        return MetropolisState(accepted=torch.zeros((), dtype=torch.long, device=x.device))
+
+    def step(self, model, x, i, grid, state, generator):
+        eta, t = self.step_size, grid.t[i]
+        if not self.metropolis:
+            z = randn_like(x, generator)
+            return x + eta * model.score(x, t) + math.sqrt(2 * eta) * z, state
+        if state.t != t:
+            state.energy, state.score = model.energy_and_score(x, t)
+            state.t = t
+        e, s = state.energy, state.score
         z = randn_like(x, generator)
         prop = x + eta * s + math.sqrt(2 * eta) * z
         e_p, s_p = model.energy_and_score(prop, t)
@@ -81,16 +108,25 @@ class Langevin(Sampler):
         log_q_back = -(back.reshape(len(x), -1) ** 2).sum(1) / (4 * eta)
         log_q_fwd = -0.5 * (z.reshape(len(x), -1) ** 2).sum(1)
         log_accept = e - e_p + log_q_back - log_q_fwd
-        u = torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
-        ok = torch.log(u) < log_accept
+        ok = torch.log(rand((len(x),), generator, x.dtype, x.device)) < log_accept
         shape = (-1,) + (1,) * (x.dim() - 1)
         x = torch.where(ok.reshape(shape), prop, x)
-        state["energy"] = torch.where(ok, e_p, e)
-        state["score"] = torch.where(ok.reshape(shape), s_p, s)
-        state["accepted"] += int(ok.sum())
-        state["proposed"] += len(ok)
-        state["info"] = {"acceptance": state["accepted"] / state["proposed"]}
+        state.energy = torch.where(ok, e_p, e)
+        state.score = torch.where(ok.reshape(shape), s_p, s)
+        state.accepted = state.accepted + ok.sum()
+        state.proposed += len(ok)
         return x, state
+
+    def finish(self, state):
+        if state is None:
+            return {}
+        return {"accepted": int(state.accepted), "proposed": state.proposed}
+
+    def merge_info(self, infos):
+        out = super().merge_info(infos)
+        if out.get("proposed"):
+            out["acceptance"] = out["accepted"] / out["proposed"]
+        return out
 
 
 class AnnealedLangevin(Sampler):
@@ -110,8 +146,10 @@ class AnnealedLangevin(Sampler):
             (their 2e-5 with :math:`\sigma_L = 0.01`), so :math:`\alpha_i = 0.2\,\sigma_i^2`.
         final_denoise: finish with the denoising step (one more model evaluation).
 
-    NFE: ``L * steps_per_level`` (+1 with ``final_denoise``). The trajectory holds the state at
-    the start and after each level.
+    One step per level (a grid of :math:`L` points takes :math:`L` steps); ``steps`` of
+    :func:`~scorekit.samplers.sample` is the number of levels (default 10, geometric, at
+    least 2). NFE: ``L * steps_per_level`` (+1 with ``final_denoise``). The trajectory holds
+    the state at the start and after each level.
 
     References:
         Song & Ermon (2019), Algorithm 1; Song & Ermon, "Improved Techniques for Training
@@ -119,6 +157,8 @@ class AnnealedLangevin(Sampler):
     """
 
     stochastic = True
+    single_step = False
+    default_steps = 10
 
     def __init__(
         self, steps_per_level: int = 100, eps: float | None = None, final_denoise: bool = True
@@ -127,20 +167,28 @@ class AnnealedLangevin(Sampler):
         self.eps = None if eps is None else check_positive("eps", eps)
         self.final_denoise = bool(final_denoise)
 
-    def _run(self, model, x, grid, generator, return_trajectory):
-        sig = model.process.sigma(grid)
-        last = float(sig[-1])
+    def default_grid(self, process: Process, steps: int) -> Tensor:
+        if steps < 2:
+            raise ValueError(
+                f"steps (noise levels) must be >= 2 for annealed_langevin, got {steps}"
+            )
+        return time_grid(process, steps - 1, "geometric")
+
+    def num_steps(self, grid):
+        return len(grid.t)
+
+    def init(self, model, x, grid):
+        last = grid.sigma[-1]
         if last <= 0:
             raise ValueError(f"annealed Langevin needs sigma > 0 at every level, got {last}")
-        traj = [x] if return_trajectory else None
         eps = 0.2 * last**2 if self.eps is None else self.eps
-        for t, s in zip(grid, sig, strict=True):
-            step = eps * float(s) ** 2 / last**2
-            for _ in range(self.steps_per_level):
-                z = randn_like(x, generator)
-                x = x + step * model.score(x, t) + math.sqrt(2 * step) * z
-            if traj is not None:
-                traj.append(x)
-        if self.final_denoise:
-            x = model.x0(x, grid[-1])
-        return x, traj, {}
+        return [eps * s**2 / last**2 for s in grid.sigma]
+
+    def step(self, model, x, i, grid, state, generator):
+        t, size = grid.t[i], state[i]
+        for _ in range(self.steps_per_level):
+            z = randn_like(x, generator)
+            x = x + size * model.score(x, t) + math.sqrt(2 * size) * z
+        if i == len(grid.t) - 1 and self.final_denoise:
+            x = model.x0(x, t)
+        return x, state

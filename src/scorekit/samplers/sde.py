@@ -21,7 +21,10 @@ import math
 import torch
 
 from .._validate import check_choice, check_int, check_positive
-from .base import Sampler, randn_like
+from ..core.processes import Process
+from ..core.random import randn_like
+from ..core.schedules import time_grid
+from .base import Sampler
 from .ddpm import DDPM
 
 __all__ = [
@@ -35,7 +38,17 @@ __all__ = [
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral")
 
 
-class EulerMaruyama(Sampler):
+class _ReverseSDE(Sampler):
+    """Shared settings of the reverse-SDE samplers: stochastic, 1000 steps uniform in t."""
+
+    stochastic = True
+    default_steps = 1000
+
+    def default_grid(self, process: Process, steps: int):
+        return time_grid(process, steps, "uniform")
+
+
+class EulerMaruyama(_ReverseSDE):
     r"""Euler–Maruyama on the reverse SDE, with :math:`\Delta t = t_{i+1} - t_i < 0`:
 
     .. math:: x_{i+1} = x_i + [f(x_i, t_i) - g(t_i)^2 s_\theta(x_i, t_i)]\,\Delta t
@@ -44,18 +57,16 @@ class EulerMaruyama(Sampler):
     with :math:`z_i = 0` on the last step. One model evaluation per step; weak order 1.
     """
 
-    stochastic = True
-
-    def step(self, model, x, t, t_next, state, generator, last):
-        p = model.process
-        dt = float(t_next - t)
-        mean = x + p.reverse_drift(x, t, model.score(x, t)) * dt
-        if last:
+    def step(self, model, x, i, grid, state, generator):
+        dt = grid.t[i + 1] - grid.t[i]
+        s = model.score(x, grid.t[i])
+        mean = x + (grid.dlog_alpha[i] * dt) * x - (grid.g2[i] * dt) * s
+        if i == grid.n - 1:
             return mean, state
-        return mean + math.sqrt(float(p.g2(t)) * abs(dt)) * randn_like(x, generator), state
+        return mean + math.sqrt(grid.g2[i] * abs(dt)) * randn_like(x, generator), state
 
 
-class ReverseDiffusion(Sampler):
+class ReverseDiffusion(_ReverseSDE):
     r"""Song et al.'s reverse-diffusion predictor: discretise the forward process exactly
     between grid times, :math:`x_t = a\,x_{t'} + G z` with :math:`a = \alpha_t/\alpha_{t'}`,
     :math:`G^2 = \sigma_t^2 - a^2\sigma_{t'}^2`, and reverse it as
@@ -67,27 +78,23 @@ class ReverseDiffusion(Sampler):
     :math:`(2 - \sqrt{1-\beta})x + \beta s + \sqrt\beta z`. One model evaluation per step.
     """
 
-    stochastic = True
-
-    def step(self, model, x, t, t_next, state, generator, last):
-        at, st = (float(v) for v in model.process.marginal(t))
-        an, sn = (float(v) for v in model.process.marginal(t_next))
-        a = at / an
-        g2 = max(0.0, st**2 - (a * sn) ** 2)
-        mean = (2 - a) * x + g2 * model.score(x, t)
-        if last:
+    def step(self, model, x, i, grid, state, generator):
+        a = grid.alpha[i] / grid.alpha[i + 1]
+        g2 = max(0.0, grid.sigma[i] ** 2 - (a * grid.sigma[i + 1]) ** 2)
+        mean = (2 - a) * x + g2 * model.score(x, grid.t[i])
+        if i == grid.n - 1:
             return mean, state
         return mean + math.sqrt(g2) * randn_like(x, generator), state
 
 
 class LangevinCorrector:
-    r"""Song et al.'s Langevin corrector at a fixed time :math:`t`, ``steps`` times:
+    r"""Song et al.'s Langevin corrector at grid time :math:`t_i`, ``steps`` times:
 
     .. math:: \epsilon = 2\,\alpha_i\Big(\frac{r\,\|z\|}{\|s_\theta(x, t)\|}\Big)^2,\qquad
               x \leftarrow x + \epsilon\, s_\theta(x, t) + \sqrt{2\epsilon}\, z ,
 
     where :math:`r` is the signal-to-noise ratio ``snr`` and
-    :math:`\alpha_i = (\alpha(t)/\alpha(t_{next}))^2` (:math:`1 - \beta_i` for VP, 1 for VE).
+    :math:`\alpha_i = (\alpha(t_i)/\alpha(t_{i+1}))^2` (:math:`1 - \beta_i` for VP, 1 for VE).
     As in score_sde, :math:`\|z\|` and :math:`\|s\|` are per-sample norms averaged over
     the batch (a per-sample ratio explodes in low dimension wherever :math:`s \approx 0`),
     so a sample depends on the rest of its batch through the step size.
@@ -100,10 +107,11 @@ class LangevinCorrector:
         self.snr = check_positive("snr", snr)
         self.steps = check_int("corrector_steps", steps, minimum=1)
 
-    def __call__(self, model, x, t, t_next, generator):
-        ratio = (float(model.process.alpha(t)) / float(model.process.alpha(t_next))) ** 2
+    def __call__(self, model, x, i, grid, generator):
+        """Correct ``x`` at ``grid.t[i]`` (a :class:`~scorekit.samplers.base.Grid`)."""
+        ratio = (grid.alpha[i] / grid.alpha[i + 1]) ** 2
         for _ in range(self.steps):
-            s = model.score(x, t)
+            s = model.score(x, grid.t[i])
             z = randn_like(x, generator)
             zn = z.reshape(len(z), -1).norm(dim=1).mean()
             sn = s.reshape(len(s), -1).norm(dim=1).mean().clamp_min(torch.finfo(s.dtype).tiny)
@@ -112,7 +120,7 @@ class LangevinCorrector:
         return x
 
 
-class PredictorCorrector(Sampler):
+class PredictorCorrector(_ReverseSDE):
     r"""Predictor–corrector sampling: at each grid time, ``corrector_steps`` Langevin
     corrector steps (:class:`LangevinCorrector`, step from the SNR rule
     :math:`2\alpha_i(r\|z\|/\|s\|)^2`), then one predictor step to the next time.
@@ -126,9 +134,10 @@ class PredictorCorrector(Sampler):
         corrector_steps: corrector steps per grid time.
 
     NFE: ``(1 + corrector_steps)`` per step. The last predictor step adds no noise.
+    500 steps uniform in t by default.
     """
 
-    stochastic = True
+    default_steps = 500
 
     def __init__(
         self,
@@ -137,7 +146,7 @@ class PredictorCorrector(Sampler):
         corrector_steps: int = 1,
     ):
         if isinstance(predictor, Sampler):
-            if type(predictor)._run is not Sampler._run or not predictor.strict_grid:
+            if not predictor.single_step or not predictor.strict_grid:
                 raise ValueError(f"predictor must step grid point to grid point, got {predictor!r}")
             self.predictor, self._predictor = repr(predictor), predictor
         else:
@@ -150,9 +159,9 @@ class PredictorCorrector(Sampler):
         self._corrector = LangevinCorrector(snr, corrector_steps)
         self.snr, self.corrector_steps = self._corrector.snr, self._corrector.steps
 
-    def init(self, x, grid):
-        return self._predictor.init(x, grid)
+    def init(self, model, x, grid):
+        return self._predictor.init(model, x, grid)
 
-    def step(self, model, x, t, t_next, state, generator, last):
-        x = self._corrector(model, x, t, t_next, generator)
-        return self._predictor.step(model, x, t, t_next, state, generator, last)
+    def step(self, model, x, i, grid, state, generator):
+        x = self._corrector(model, x, i, grid, generator)
+        return self._predictor.step(model, x, i, grid, state, generator)
