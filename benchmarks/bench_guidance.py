@@ -32,20 +32,28 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from torch.utils.data import TensorDataset
 
-from scorekit import VP
-from scorekit.conditional import (
-    ClassConditional,
-    ClassifierObjective,
-    ConditionalObjective,
-    pack_labels,
-)
-from scorekit.guidance import ConditionalScoreModel, sample_conditional
+from scorekit import VP, ScoreModel, sample
+from scorekit.guidance import ClassifierFreeGuidance, ClassifierGuided
 from scorekit.inpaint import inpaint
-from scorekit.losses import make_objective
+from scorekit.losses import ClassifierObjective, LabelDropout, make_objective
 
 SHAPE = (1, 8, 8)
 HERE = Path(__file__).resolve().parent
+
+
+class _Unconditional(ScoreModel):
+    """A class-conditional model seen without labels: its null label's score."""
+
+    num_classes = None
+
+    def __init__(self, model):
+        super().__init__(None, model.process, model.prediction, model.data_shape)
+        self.model = model
+
+    def raw(self, x, t):
+        return self.model.raw(x, t)
 
 
 def _train(model, objective, data, steps, lr, seed):
@@ -79,7 +87,7 @@ def run(quick: bool = False) -> dict:
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     norm = Normalizer(8.0, 8.0)
     xtr = norm.encode(torch.tensor(Xtr, dtype=torch.float32).reshape(-1, *SHAPE))
-    data = pack_labels(xtr, torch.tensor(ytr))
+    data = TensorDataset(xtr, torch.tensor(ytr))
     judge = LogisticRegression(max_iter=5000).fit(Xtr / 16, ytr)
     real_acc = float(judge.score(Xte / 16, yte))
 
@@ -94,16 +102,13 @@ def run(quick: bool = False) -> dict:
     process = VP()
 
     torch.manual_seed(0)
-    cond = ConditionalScoreModel(
-        ClassConditional(MLP(64, hidden=256, depth=3), 10), process, 10, "eps", data_shape=SHAPE
-    )
-    objective = ConditionalObjective(make_objective("dsm", process), SHAPE, label_dropout=0.1)
-    ema, fit = _train(objective.trainable(cond), objective, data, steps, 2e-3, 0)
-    cond_ema = ema.net.cond
+    cond = ScoreModel(MLP(64, hidden=256, depth=3, num_classes=10), process, "eps", SHAPE)
+    objective = LabelDropout(make_objective("dsm", process), 10, 0.1)
+    cond_ema, fit = _train(cond, objective, data, steps, 2e-3, 0)
     torch.manual_seed(1)
-    clf_obj = ClassifierObjective(process, SHAPE, 10)
-    clf_net = MLP(64, hidden=256, depth=3, out_dim=10)
-    clf_ema, clf_fit = _train(clf_obj.trainable(clf_net), clf_obj, data, clf_steps, 2e-3, 1)
+    clf_obj = ClassifierObjective(process, 10)
+    clf_net = ScoreModel(MLP(64, hidden=256, depth=3, out_dim=10), process)
+    clf_ema, clf_fit = _train(clf_net, clf_obj, data, clf_steps, 2e-3, 1)
     noisy_clf = clf_ema.net
     train_s = time.perf_counter() - t0
 
@@ -124,7 +129,8 @@ def run(quick: bool = False) -> dict:
     with torch.no_grad():
         for scale in (0.0, 1.0, 2.0, 4.0):
             g = torch.Generator().manual_seed(2)
-            r = sample_conditional(cond_ema, labels, "ddim", sampler_steps, g, scale=scale)
+            guided = ClassifierFreeGuidance(cond_ema, scale)
+            r = sample(guided, len(labels), "ddim", sampler_steps, g, cond={"y": labels})
             acc = float((classify(r.x) == labels.numpy()).mean())
             out[f"cfg_accuracy_scale_{scale:g}"] = acc
             if scale == 2.0:
@@ -136,20 +142,13 @@ def run(quick: bool = False) -> dict:
                     value_range=(0, 16),
                     title="Classifier-free guidance, scale 2 (one row a class)",
                 )
-                out["grid"] = str(save_figure(fig, HERE / "results" / "guidance_grid.png"))
-        uncond = cond_ema.bind(torch.full((len(labels),), 10))
+                path = save_figure(fig, HERE / "results" / "guidance_grid.png")
+                out["grid"] = str(path.relative_to(HERE.parent))
         for scale in (1.0, 4.0):
             g = torch.Generator().manual_seed(3)
-            r = sample_conditional(
-                uncond,
-                labels,
-                "ddim",
-                sampler_steps,
-                g,
-                scale=scale,
-                classifier=noisy_clf,
-                data_shape=SHAPE,
-            )
+            # the null label's (unconditional) score, guided by the noisy classifier
+            guided = ClassifierGuided(_Unconditional(cond_ema), noisy_clf, scale)
+            r = sample(guided, len(labels), "ddim", sampler_steps, g, cond={"y": labels})
             out[f"classifier_guidance_accuracy_scale_{scale:g}"] = float(
                 (classify(r.x) == labels.numpy()).mean()
             )
@@ -157,7 +156,7 @@ def run(quick: bool = False) -> dict:
     known = norm.encode(torch.tensor(Xte[:n_inp], dtype=torch.float32).reshape(-1, *SHAPE))
     mask = torch.zeros(SHAPE, dtype=torch.bool)
     mask[:, :4] = True  # top half known
-    uncond = cond_ema.bind(torch.full((n_inp,), 10))
+    uncond = _Unconditional(cond_ema)
     for name, kw in [
         ("replacement_pc", dict(method="replacement", sampler="pc", steps=2 * sampler_steps)),
         ("replacement_ddpm", dict(method="replacement", sampler="ddpm", steps=2 * sampler_steps)),

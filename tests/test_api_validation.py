@@ -74,6 +74,9 @@ OVERRIDES = {
     "scorekit.losses.score_matching.dsm": {"score_fn": lambda: lambda x, *s: -x},
     "scorekit.samplers.api.default_grid": {"name": lambda: "euler"},
     "scorekit.samplers.api.sample": {"shape_or_n": lambda: (4, 2)},
+    "scorekit.guidance.ClassifierFreeGuidance": {
+        "model": lambda: ScoreModel(MLP(2, hidden=8, depth=1, emb_dim=8, num_classes=3), _process())
+    },
     "scorekit.samplers.api.make_sampler": {"name": lambda: "euler"},
     "scorekit.noise.design.geometric_ratio": {"dim": lambda: 100},
     "scorekit.app.recipes.build_process": {"spec": lambda: {"name": "ve"}},
@@ -85,11 +88,6 @@ ALLOWED = {
     ("scorekit.train.trainer.TrainConfig", "steps"): lambda v: v == 0,  # 0 steps: save the init
     # subclasses (ExactScore, ExactConditional) compute the score without a network
     ("scorekit.core.parametrize.ScoreModel", "net"): lambda v: v is None,
-    ("scorekit.guidance.ConditionalScoreModel", "net"): lambda v: v is None,
-    # any label below 2**24 can be packed (the walker's "3" is out of range for 3 classes)
-    ("scorekit.conditional.pack_labels", "labels"): lambda v: (
-        isinstance(v, torch.Tensor) and not v.is_floating_point()
-    ),
 }
 # the training losses do not scan every batch for NaN: the Trainer stops on the
 # non-finite loss instead, naming the step (tests/test_kill_resume.py)
@@ -164,9 +162,7 @@ def _valid_kwargs(fn, qual=""):
     return kwargs, sig
 
 
-# needs a conditional model the generic values cannot make: its labels, mask and model
-# checks are tested in tests/test_guidance.py
-NOT_WALKED = {"scorekit.guidance.sample_conditional"}
+NOT_WALKED: set[str] = set()
 
 
 def _cases():

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from scorekit.app.cli import build_parser, main
-from scorekit.conditional import load_conditional
-from scorekit.guidance import sample_conditional
+from scorekit.guidance import ClassifierFreeGuidance
 from scorekit.samplers import sample
 from scorekit.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 
@@ -44,14 +43,14 @@ def test_train_writes_a_conditional_checkpoint(run):
     meta = json.loads((run / "checkpoint.json").read_text())
     assert meta["step"] == 30
     assert meta["cli"]["conditional"] == {"label_dropout": 0.2, "num_classes": 10}
-    assert meta["conditional"] == {"data_shape": [1, 8, 8], "label_dropout": 0.2}
     net = meta["model"]["net"]
-    assert net["name"] == "conditional" and net["num_classes"] == 10 and net["null_label"]
-    assert net["net"]["name"] == "class_conditional" and net["net"]["net"]["name"] == "mlp"
+    assert net["name"] == "mlp" and net["num_classes"] == 10  # the network takes y=
+    assert meta["data_shape"] == [1, 8, 8]
     assert (run / "log.jsonl").read_text().count("\n") == 3
-    cond, normalizer, _ = load_conditional(run)
-    assert cond.num_classes == 10 and cond.data_shape == (1, 8, 8) and cond.prediction == "eps"
-    assert cond.net._embedding.table.weight.shape[0] == 11  # 10 classes + the null label
+    model, normalizer, _ = load_model(run)  # one loader for every checkpoint
+    assert model.net.num_classes == 10 and model.data_shape == (1, 8, 8)
+    assert model.prediction == "eps"
+    assert model.net.embed.labels.weight.shape[0] == 11  # 10 classes + the null label
 
 
 def test_sample_a_class_with_guidance(run, tmp_path, capsys):
@@ -81,21 +80,21 @@ def test_the_guidance_scale_reaches_the_model(run, tmp_path):
         assert (g[a] - g[b]).abs().max() > 1e-3, (a, b)
     assert torch.equal(cli("--label", str(label)), g[1.0])  # the default scale is 1
 
-    cond, normalizer, _ = load_conditional(run)
+    model, normalizer, _ = load_model(run)
     labels = torch.full((n,), label)
 
-    def lib(model):
-        r = sample(model, (n, 1, 8, 8), "heun", 4, torch.Generator().manual_seed(7))
+    def lib(model, y):
+        r = sample(model, n, "heun", 4, torch.Generator().manual_seed(7), cond={"y": y})
         return normalizer.decode(r.x.double())
 
     with torch.no_grad():
         # scale 1: the plain conditional model; scale 0: the null label's prediction
-        torch.testing.assert_close(g[1.0], lib(cond.bind(labels)), rtol=1e-6, atol=1e-6)
-        null = cond.bind(torch.full((n,), cond.num_classes))
-        torch.testing.assert_close(g[0.0], lib(null), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(cli(), lib(null), rtol=1e-6, atol=1e-6)
-        r = sample_conditional(cond, labels, "heun", 4, torch.Generator().manual_seed(7), scale=3)
-        torch.testing.assert_close(g[3.0], normalizer.decode(r.x.double()), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g[1.0], lib(model, labels), rtol=1e-6, atol=1e-6)
+        null = torch.full((n,), model.net.num_classes)
+        torch.testing.assert_close(g[0.0], lib(model, null), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(cli(), lib(model, null), rtol=1e-6, atol=1e-6)
+        guided = lib(ClassifierFreeGuidance(model, 3.0), labels)
+        torch.testing.assert_close(g[3.0], guided, rtol=1e-6, atol=1e-6)
 
 
 def test_resume_continues_the_conditional_run_exactly(run, tmp_path, capsys):
@@ -127,10 +126,6 @@ def test_bad_conditional_requests_are_one_line_errors(run, tmp_path, capsys):
             ["train", "--data", "digits", "--conditional", "--label-dropout", "1.5"],
             "(--label-dropout) must lie in [0, 1], got 1.5",
         ),
-        (
-            ["train", "--data", "digits", "--conditional", "--loss", "edm", "--steps", "2"],
-            "--conditional does not support the 'edm' loss",
-        ),
     ]
     bad_cfg = tmp_path / "bad.json"
     bad_cfg.write_text(json.dumps({"conditional": {"dropout": 0.3}}))
@@ -158,10 +153,21 @@ def test_bad_conditional_requests_are_one_line_errors(run, tmp_path, capsys):
         assert main([*argv, *out]) == 1
         assert msg in _err(capsys), argv
     assert not (tmp_path / "x.npy").exists()
-    assert main(["likelihood", str(run), "--data", "digits", "--n", "4"]) == 1
-    assert "scorekit likelihood does not take class-conditional checkpoints" in _err(capsys)
-    assert main(["plot", str(run), "--out", str(tmp_path / "plots")]) == 1
-    assert "scorekit plot does not take class-conditional checkpoints" in _err(capsys)
+
+
+def test_edm_and_the_other_commands_take_conditional_runs(run, tmp_path, capsys):
+    # EDM preconditioning passes the labels through to the network
+    edm = tmp_path / "edm"
+    assert _train(edm, "--conditional", "--loss", "edm", steps=4) == 0
+    assert main(["sample", str(edm), "--label", "2", "--guidance", "2", "--n", "3", *STEPS,
+                 "--out", str(tmp_path / "e.npy")]) == 0  # fmt: skip
+    # the likelihood and the figures of a conditional model are unconditional (null label)
+    capsys.readouterr()
+    assert main(["likelihood", str(run), "--data", "digits", "--n", "3", "--rtol", "1e-2",
+                 "--atol", "1e-2"]) == 0  # fmt: skip
+    assert "NLL" in capsys.readouterr().out
+    assert main(["plot", str(run), "--kind", "grid", "loss", "--n", "4", "--steps", "2",
+                 "--out", str(tmp_path / "plots")]) == 0  # fmt: skip
 
 
 def test_help_states_the_guidance_convention():
@@ -172,33 +178,28 @@ def test_help_states_the_guidance_convention():
     assert "--label-dropout" in sub["train"].format_help()
 
 
-def test_load_model_points_to_load_conditional(run):
-    with pytest.raises(ValueError, match="load_conditional"):
-        load_model(run / "checkpoint.safetensors")
-
-
-def test_load_conditional_refuses_tampered_checkpoints(run, tmp_path):
+def test_load_model_refuses_tampered_conditional_checkpoints(run, tmp_path):
     tensors, meta = load_checkpoint(run)
     meta = {k: v for k, v in meta.items() if k != "format"}
-    key = "ema.net.cond.net.net.inp.weight"
+    key = "ema.net.inp.weight"
     assert tensors[key].shape == (32, 64)
     bad = tmp_path / "shape.safetensors"
     save_checkpoint(bad, {**tensors, key: torch.zeros(32, 65)}, meta)
     with pytest.raises(
         ValueError, match=re.escape(f"checkpoint {bad} does not match") + ".*" + key[4:]
     ):
-        load_conditional(bad)
+        load_model(bad)
     missing = tmp_path / "missing.safetensors"
     save_checkpoint(missing, {k: v for k, v in tensors.items() if k != key}, meta)
     with pytest.raises(ValueError, match=re.escape(f"checkpoint {missing} does not match")):
-        load_conditional(missing)
+        load_model(missing)
     # more classes in the config than rows in the label table
     wide = json.loads(json.dumps(meta))
-    wide["model"]["net"]["num_classes"] = wide["model"]["net"]["net"]["num_classes"] = 10**9
+    wide["model"]["net"]["num_classes"] = 10**9
     huge = tmp_path / "huge.safetensors"
     save_checkpoint(huge, tensors, wide)
-    with pytest.raises(ValueError, match="does not match the network.*table"):
-        load_conditional(huge)
+    with pytest.raises(ValueError, match="does not match the network.*labels"):
+        load_model(huge)
     # save_checkpoint refuses NaN: write the file as a damaged copy would look
     nan = tmp_path / "nan.safetensors"
     text = json.dumps({"format": "scorekit-checkpoint/1", **meta})
@@ -206,5 +207,5 @@ def test_load_conditional_refuses_tampered_checkpoints(run, tmp_path):
     damaged[key][0, 0] = float("nan")
     save_file(damaged, str(nan), metadata={"scorekit": text})
     with pytest.raises(ValueError, match=re.escape(f"checkpoint {nan} holds non-finite")):
-        load_conditional(nan)
-    load_conditional(nan, ema=False)  # the raw weights are intact
+        load_model(nan)
+    load_model(nan, ema=False)  # the raw weights are intact

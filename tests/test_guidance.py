@@ -1,18 +1,17 @@
-"""Conditional models and guidance against a mixture whose components are the classes."""
+"""Guidance as model wrappers that read the conditioning, against a mixture whose
+components are the classes, through the one sampling loop."""
 
 import pytest
 import torch
 
-from scorekit import VP, ExactScore, GaussianMixture, ScoreModel
+from scorekit import VP, ExactScore, GaussianMixture, ScoreModel, sample
 from scorekit.guidance import (
+    ClassifierFreeGuidance,
     ClassifierGuided,
-    ConditionalScoreModel,
     ExactClassifier,
     ExactConditional,
-    GuidedScoreModel,
     check_labels,
     class_mixtures,
-    sample_conditional,
 )
 from scorekit.samplers import SAMPLERS
 
@@ -41,6 +40,12 @@ def _batch(n=64, seed=0):
     return x, t, y
 
 
+def _hit(mix, x, y):
+    post = mix.responsibilities(x)  # p(component | x), exact
+    p_class = torch.stack([post[:, :2].sum(1), post[:, 2], post[:, 3]], 1)
+    return float(p_class.gather(1, y[:, None]).mean())
+
+
 def test_class_mixtures_prior_and_parts(mix):
     prior, parts = class_mixtures(mix, CLASSES)
     torch.testing.assert_close(prior, torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
@@ -61,7 +66,9 @@ def test_guided_exact_score_is_closed_form(mix, scale):
     s_c = torch.stack(
         [parts[int(c)].noised_score(x[i : i + 1], a[i], s[i])[0] for i, c in enumerate(y)]
     )
-    guided = cond.bind(y, scale)(x, t)
+    torch.testing.assert_close(cond(x, t, y=y), s_c)
+    torch.testing.assert_close(cond(x, t), s_u)  # no label: the null label, the whole mixture
+    guided = ClassifierFreeGuidance(cond, scale)(x, t, y=y)
     w = scale - 1.0
     torch.testing.assert_close(guided, (1 + w) * s_c - w * s_u)
     # Bayes: s_u + scale * grad log p_t(y | x), the gradient by autograd of the exact classifier
@@ -69,8 +76,8 @@ def test_guided_exact_score_is_closed_form(mix, scale):
     lp = torch.log_softmax(clf(xi, t), 1).gather(1, y[:, None]).sum()
     (g,) = torch.autograd.grad(lp, xi)
     torch.testing.assert_close(guided, s_u + scale * g)
-    cg = ClassifierGuided(ExactScore(mix, proc), clf, y, scale)
-    torch.testing.assert_close(cg(x, t), guided)
+    cg = ClassifierGuided(ExactScore(mix, proc), clf, scale)
+    torch.testing.assert_close(cg(x, t, y=y), guided)
 
 
 def test_guidance_is_parametrisation_free(mix):
@@ -78,14 +85,16 @@ def test_guidance_is_parametrisation_free(mix):
     proc = VP()
     exact = ExactConditional(mix, CLASSES, proc)
 
-    def eps_net(x, t, y):
+    def eps_net(x, t, y=None):
         return -proc.sigma(t)[:, None] * exact.raw(x, t, y)
 
-    m = ConditionalScoreModel(eps_net, proc, 3, prediction="eps")
+    m = ScoreModel(eps_net, proc, prediction="eps")
+    m.num_classes = 3
     x, t, y = _batch()
-    torch.testing.assert_close(m.bind(y, 2.5)(x, t), exact.bind(y, 2.5)(x, t))
-    torch.testing.assert_close(m.bind(y, 2.5).x0(x, t), exact.bind(y, 2.5).x0(x, t))
-    torch.testing.assert_close(m(x, t, y), exact(x, t, y))
+    cfg_m, cfg_e = ClassifierFreeGuidance(m, 2.5), ClassifierFreeGuidance(exact, 2.5)
+    torch.testing.assert_close(cfg_m(x, t, y=y), cfg_e(x, t, y=y))
+    torch.testing.assert_close(cfg_m.x0(x, t, y=y), cfg_e.x0(x, t, y=y))
+    torch.testing.assert_close(m(x, t, y=y), exact(x, t, y=y))
 
 
 @pytest.mark.parametrize("sampler,steps", [("heun", 25), ("ddim", 40), ("pc", 150)])
@@ -94,57 +103,45 @@ def test_conditional_sampling_recovers_its_class(mix, sampler, steps):
     cond = ExactConditional(mix, CLASSES, proc)
     y = torch.arange(3).repeat(100)
     g = torch.Generator().manual_seed(1)
-    r = sample_conditional(cond, y, sampler, steps, g, batch_size=128, dtype=torch.float64)
+    r = sample(cond, 300, sampler, steps, g, batch_size=128, dtype=torch.float64, cond={"y": y})
     assert r.x.shape == (300, 2) and r.info["chunks"] == 3
-    post = mix.responsibilities(r.x)  # p(component | x), exact
-    p_class = torch.stack([post[:, :2].sum(1), post[:, 2], post[:, 3]], 1)
-    hit = p_class.gather(1, y[:, None])[:, 0]
-    assert float(hit.mean()) >= 0.99
+    assert _hit(mix, r.x, y) >= 0.99
 
 
 def test_guidance_scale_sharpens_and_classifier_guidance_matches(mix):
     proc = VP()
     cond, clf = ExactConditional(mix, CLASSES, proc), ExactClassifier(mix, CLASSES, proc)
-    y = torch.zeros(200, dtype=torch.long)
-    g = torch.Generator().manual_seed(2)
-    a = sample_conditional(cond, y, "heun", 20, g, scale=3.0, dtype=torch.float64)
-    g = torch.Generator().manual_seed(2)
-    b = sample_conditional(
-        ExactScore(mix, proc), y, "heun", 20, g, scale=3.0, classifier=clf, dtype=torch.float64
-    )
+    y = {"y": torch.zeros(200, dtype=torch.long)}
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a = sample(ClassifierFreeGuidance(cond, 3.0), 200, "heun", 20, g(2), dtype=torch.float64,
+               cond=y)  # fmt: skip
+    guided = ClassifierGuided(ExactScore(mix, proc), clf, 3.0)
+    b = sample(guided, 200, "heun", 20, g(2), dtype=torch.float64, cond=y)
     torch.testing.assert_close(a.x, b.x)  # same guided score, same deterministic sampler
     assert a.nfe == 40
     # scale 0 ignores the label: both classes appear
-    g = torch.Generator().manual_seed(3)
-    u = sample_conditional(cond, y, "heun", 20, g, scale=0.0, dtype=torch.float64)
+    u = sample(ClassifierFreeGuidance(cond, 0.0), 200, "heun", 20, g(3), dtype=torch.float64,
+               cond=y)  # fmt: skip
     post = mix.responsibilities(u.x)
     assert 0.3 < float(post[:, :2].sum(1).mean()) < 0.7
 
 
 def test_bad_input(mix):
     proc = VP()
-    cond = ExactConditional(mix, CLASSES, proc)
     x, t, y = _batch(8)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
-        cond.bind(torch.full((8,), 4))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
-        sample_conditional(cond, torch.tensor([0, 3]), "heun", 2)
     with pytest.raises(ValueError, match="labels must be integer"):
         check_labels("labels", torch.tensor([0.5]), 3)
-    with pytest.raises(ValueError, match="needs a ConditionalScoreModel, got the unconditional"):
-        sample_conditional(ExactScore(mix, proc), y, "heun", 2)
-    with pytest.raises(ValueError, match="classifier-free guidance needs a ConditionalScore"):
-        GuidedScoreModel(ExactScore(mix, proc), y)
-    no_null = ConditionalScoreModel(lambda x, t, y: x, proc, 3, null_label=False)
-    with pytest.raises(ValueError, match="label dropout"):
-        no_null.bind(y, 2.0)
-    no_null.bind(y, 1.0)  # plain conditional is fine
-    with pytest.raises(ValueError, match="bound to 8 labels but x has batch size 4"):
-        cond.bind(y)(x[:4], t[:4])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        check_labels("labels", torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="class-conditional model"):
+        ClassifierFreeGuidance(ExactScore(mix, proc), 2.0)
+    with pytest.raises(ValueError, match="scale"):
+        ClassifierFreeGuidance(ExactConditional(mix, CLASSES, proc), float("nan"))
     clf = ExactClassifier(mix, CLASSES, proc)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\] for a classifier"):
-        ClassifierGuided(ExactScore(mix, proc), clf, torch.full((8,), 5))(x, t)
-    assert isinstance(cond.bind(y), ScoreModel)
+    with pytest.raises(ValueError, match=r"y must have shape \(B,\) = \(8,\)"):
+        ClassifierGuided(ExactScore(mix, proc), clf)(x, t, y=y[:4])
+    with pytest.raises(ValueError, match=r"cond\['y'\] must have the batch size 8"):
+        sample(ExactConditional(mix, CLASSES, proc), 8, "heun", 2, cond={"y": y[:3]})
 
 
 def _energy_model(mix, proc):
@@ -152,15 +149,15 @@ def _energy_model(mix, proc):
     _, parts = class_mixtures(mix, CLASSES)
     parts = parts + [mix]
 
-    def energy(x, t, y):
+    def energy(x, t, y=None):
         a, s = proc.marginal(t)
-        out = torch.empty(x.shape[0], dtype=x.dtype)
-        for c in torch.unique(y).tolist():
-            i = y == c
-            out[i] = -parts[c].noised_log_prob(x[i], a[i], s[i])
-        return out
+        every = torch.stack([-gm.noised_log_prob(x, a, s) for gm in parts])
+        y = torch.full((x.shape[0],), 3) if y is None else y
+        return every.gather(0, y[None])[0]
 
-    return ConditionalScoreModel(energy, proc, 3, prediction="energy", data_shape=(2,))
+    model = ScoreModel(energy, proc, prediction="energy", data_shape=(2,))
+    model.num_classes = 3
+    return model
 
 
 SETTINGS = {  # sampler -> (steps, options), cheap
@@ -182,14 +179,14 @@ def test_every_sampler_takes_a_guidance_scale(mix, sampler):
     model = _energy_model(mix, proc) if sampler == "mala" else ExactConditional(mix, CLASSES, proc)
     y = torch.arange(3).repeat(20)
     g = torch.Generator().manual_seed(0)
-    r = sample_conditional(model, y, sampler, steps, g, scale=2.0, dtype=torch.float64, **opts)
-    post = mix.responsibilities(r.x)
-    p_class = torch.stack([post[:, :2].sum(1), post[:, 2], post[:, 3]], 1)
-    assert float(p_class.gather(1, y[:, None]).mean()) > 0.99
+    r = sample(ClassifierFreeGuidance(model, 2.0), 60, sampler, steps, g, dtype=torch.float64,
+               cond={"y": y}, **opts)  # fmt: skip
+    assert _hit(mix, r.x, y) > 0.99
 
 
 def test_energy_guidance_matches_score_guidance(mix):
     proc = VP()
     x, t, y = _batch(16)
     e, s = _energy_model(mix, proc), ExactConditional(mix, CLASSES, proc)
-    torch.testing.assert_close(e.bind(y, 3.0)(x, t), s.bind(y, 3.0)(x, t))
+    got = ClassifierFreeGuidance(e, 3.0)(x, t, y=y)
+    torch.testing.assert_close(got, ClassifierFreeGuidance(s, 3.0)(x, t, y=y))

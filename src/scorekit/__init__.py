@@ -1,6 +1,6 @@
 """scorekit: score matching and score-based generative modelling in PyTorch."""
 
-from . import adapters, conditional, guidance, inpaint, likelihood, losses, metrics, nets, samplers
+from . import adapters, guidance, inpaint, likelihood, losses, metrics, nets, samplers
 from .adapters import DiscreteVP, from_denoiser, from_diffusers_unet
 from .core import schedules, weighting
 from .core.distributions import ExactScore, Gaussian, GaussianMixture
@@ -8,19 +8,20 @@ from .core.parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
 from .core.processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
 from .core.schedules import karras_sigmas, time_grid
 from .guidance import (
+    ClassifierFreeGuidance,
     ClassifierGuided,
-    ConditionalScoreModel,
     ExactClassifier,
     ExactConditional,
-    sample_conditional,
 )
 from .likelihood import BitsPerDim, LikelihoodResult, bits_per_dim
 from .losses import (
     OBJECTIVES,
+    ClassifierObjective,
     DDPMObjective,
     DiffusionLoss,
     DSMObjective,
     EDMLoss,
+    LabelDropout,
     LikelihoodLoss,
     MinSNRLoss,
     Objective,
@@ -54,7 +55,6 @@ __all__ = [
     "diagnostics",
     "adapters",
     "checkpoint",
-    "conditional",
     "data",
     "guidance",
     "inpaint",
@@ -74,10 +74,9 @@ __all__ = [
     "toy_2d",
     "EMA",
     "ClassifierGuided",
-    "ConditionalScoreModel",
+    "ClassifierFreeGuidance",
     "ExactClassifier",
     "ExactConditional",
-    "sample_conditional",
     "MLP",
     "EnergyMLP",
     "UNet",
@@ -95,10 +94,12 @@ __all__ = [
     "karras_sigmas",
     "time_grid",
     "OBJECTIVES",
+    "ClassifierObjective",
     "DDPMObjective",
     "DiffusionLoss",
     "DSMObjective",
     "EDMLoss",
+    "LabelDropout",
     "LikelihoodLoss",
     "MinSNRLoss",
     "Objective",

@@ -1,10 +1,14 @@
 r"""Class-conditional score models and guidance.
 
-A conditional network ``net(x, t, y)`` takes integer labels ``y`` of shape ``(B,)`` in
-:math:`\{0, \dots, K-1\}`; the reserved *null* label :math:`y = K` means "no label", i.e.
-the unconditional score, learned by dropping labels during training (label dropout).
-Bound to labels, a conditional model is a plain :class:`~scorekit.core.parametrize.ScoreModel`,
-so every sampler runs on it unchanged.
+A class-conditional network takes integer labels as an input like ``x`` and ``t``,
+``net(x, t, y=labels)`` with ``y`` of shape ``(B,)`` in :math:`\{0, \dots, K-1\}` (every
+``scorekit.nets`` network with ``num_classes=K``); the reserved *null* label :math:`y = K`,
+or no ``y`` at all, means "no label", i.e. the unconditional score, learned by dropping
+labels during training (:class:`~scorekit.losses.LabelDropout`). A
+:class:`~scorekit.core.parametrize.ScoreModel` passes ``y`` through, and
+``scorekit.sample(model, n, cond={"y": labels})`` splits the labels with the samples, so
+every sampler runs on a conditional model unchanged. Guidance is a model wrapper that reads
+the same conditioning.
 
 Classifier-free guidance with scale :math:`\gamma` (Ho & Salimans 2022; diffusers'
 ``guidance_scale``) combines the two predictions,
@@ -31,7 +35,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -39,19 +42,17 @@ from torch import Tensor, nn
 
 from ._validate import check_finite, check_int
 from .core.distributions import GaussianMixture
-from .core.parametrize import PREDICTIONS, ScoreModel
+from .core.parametrize import ScoreModel
 from .core.processes import Process
-from .samplers import SampleResult, sample
 
 __all__ = [
+    "ClassifierFreeGuidance",
     "ClassifierGuided",
-    "ConditionalScoreModel",
     "ExactClassifier",
     "ExactConditional",
-    "GuidedScoreModel",
     "check_labels",
     "class_mixtures",
-    "sample_conditional",
+    "num_classes_of",
 ]
 
 
@@ -81,183 +82,135 @@ def check_labels(
     return y
 
 
-class ConditionalScoreModel(nn.Module):
-    r"""A class-conditional ``net(x, t, y)`` predicting score / eps / x0 / v / energy.
+def num_classes_of(model) -> int | None:
+    r"""The number of classes :math:`K` of a class-conditional model (the null label is
+    :math:`K`): the ``num_classes`` of the model or of the network inside it, through
+    wrappers such as EDM preconditioning; ``None`` for an unconditional model. The first
+    object on the way that has a ``num_classes`` attribute answers (``None`` there means
+    unconditional)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch module (a ScoreModel), got {type(model).__name__}")
+    for _ in range(16):
+        if model is None:
+            return None
+        if hasattr(model, "num_classes"):
+            k = model.num_classes
+            return k if isinstance(k, int) and not isinstance(k, bool) else None
+        model = getattr(model, "net", None) or getattr(model, "model", None)
+    return None
+
+
+class ClassifierFreeGuidance(ScoreModel):
+    r"""Classifier-free guidance of a class-conditional model with scale :math:`\gamma`:
+    predicts :math:`u + \gamma (c - u)`, :math:`c` the prediction for the labels ``y`` of
+    each call's conditioning and :math:`u` the unconditional one (the null label), in the
+    model's own parametrisation (the weights sum to one, so it is the same combination of
+    scores; for an energy model, of energies). One batched network pass of twice the batch
+    per call, unless :math:`\gamma = 1` (plain conditional) or no ``y`` is given
+    (unconditional).
 
     Arguments:
-        net: callable ``net(x, t, y)``; ``x`` of shape ``(B, *D)``, ``t`` and ``y`` of shape
-            ``(B,)`` (``y`` long); returns ``(B, *D)`` (``(B,)`` for an energy).
-        process: the :class:`~scorekit.core.processes.Process` defining ``t``.
-        num_classes: number of classes :math:`K`; the null label is :math:`K`.
-        prediction: what ``net`` predicts (as in :class:`~scorekit.core.parametrize.ScoreModel`).
-        null_label: whether ``net`` was trained with label dropout, so that :math:`y = K`
-            gives the unconditional prediction; classifier-free guidance needs it.
-        data_shape: the per-sample shape ``D``, for ``sample_conditional(model, labels)``.
+        model: a class-conditional :class:`~scorekit.core.parametrize.ScoreModel` whose
+            network knows its ``num_classes`` (e.g. ``MLP(..., num_classes=K)``), trained with
+            label dropout so that the null label gives the unconditional score.
+        scale: :math:`\gamma` (finite; 0 unconditional, 1 conditional, > 1 sharper).
 
-    :meth:`bind` turns it into a :class:`~scorekit.core.parametrize.ScoreModel` for fixed labels.
+    Example:
+        >>> import torch, scorekit as sk
+        >>> mix = sk.GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
+        >>> model = ClassifierFreeGuidance(ExactConditional(mix, [0, 1], sk.VP()), 2.0)
+        >>> y = torch.tensor([0, 1, 1])
+        >>> r = sk.sample(model, 3, "heun", 10, torch.Generator().manual_seed(0), cond={"y": y})
+        >>> (r.x[:, 0] > 0).long().tolist()
+        [0, 1, 1]
     """
 
-    def __init__(
-        self,
-        net: Callable[[Tensor, Tensor, Tensor], Tensor] | None,
-        process: Process,
-        num_classes: int,
-        prediction: str = "score",
-        null_label: bool = True,
-        data_shape: tuple[int, ...] | None = None,
-    ):
-        super().__init__()
-        if net is not None and not callable(net):
-            raise ValueError(f"net must be callable (or None), got {type(net).__name__}")
-        if not isinstance(process, Process):
-            raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
-        if prediction not in PREDICTIONS + ("energy",):
+    def __init__(self, model: ScoreModel, scale: float = 1.0):
+        if not isinstance(model, ScoreModel):
+            raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
+        k = num_classes_of(model)
+        if k is None:
             raise ValueError(
-                f"prediction must be one of {PREDICTIONS + ('energy',)}, got {prediction!r}"
-            )
-        self.net = net
-        self.process = process
-        self.num_classes = check_int("num_classes", num_classes, minimum=1)
-        self.prediction = prediction
-        self.null_label = bool(null_label)
-        if data_shape is None:
-            data_shape = getattr(net, "data_shape", None)
-        self.data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
-
-    def raw(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """The network's own output for labels ``y`` (``t`` of shape ``(B,)``)."""
-        return self.net(x, t, y)
-
-    def bind(self, labels, scale: float = 1.0) -> GuidedScoreModel:
-        r"""The :class:`~scorekit.core.parametrize.ScoreModel` of
-        :math:`s(x) + \gamma (s(x \mid y) - s(x))` for ``labels`` of shape ``(B,)`` (the
-        null label allowed); ``scale`` :math:`\gamma = 1` is plain conditional. Inputs must
-        then have batch size ``B``."""
-        return GuidedScoreModel(self, labels, scale)
-
-    def predict(self, x: Tensor, t: Tensor | float, y, target: str = "score") -> Tensor:
-        """The conditional prediction of ``target`` for labels ``y`` (no guidance)."""
-        return self.bind(y).predict(x, t, target)
-
-    def forward(self, x: Tensor, t: Tensor | float, y) -> Tensor:
-        r"""The conditional score :math:`\nabla_x \log p_t(x \mid y)`, shape ``(B, *D)``."""
-        return self.predict(x, t, y, "score")
-
-
-class _CFGNet(nn.Module):
-    """``net(x, t)`` of a conditional model bound to labels, with guidance."""
-
-    def __init__(self, cond: ConditionalScoreModel, labels: Tensor, scale: float):
-        super().__init__()
-        self.cond = cond
-        self.register_buffer("labels", labels, persistent=False)
-        self.scale = scale
-        self.data_shape = cond.data_shape
-
-    def config(self) -> dict:
-        net = self.cond.net
-        return {
-            "name": "conditional",
-            "num_classes": self.cond.num_classes,
-            "null_label": self.cond.null_label,
-            "net": net.config() if hasattr(net, "config") else type(net).__name__,
-        }
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        y = self.labels.to(x.device)
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"this model is bound to {y.shape[0]} labels but x has batch size "
-                f"{x.shape[0]}; bind one label per sample (sample_conditional chunks both)"
-            )
-        if self.scale == 1.0:
-            return self.cond.raw(x, t, y)
-        null = torch.full_like(y, self.cond.num_classes)
-        if self.scale == 0.0:
-            return self.cond.raw(x, t, null)
-        out = self.cond.raw(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        c, u = out.chunk(2)
-        return u + self.scale * (c - u)
-
-
-class GuidedScoreModel(ScoreModel):
-    r"""A :class:`ConditionalScoreModel` bound to ``labels`` with classifier-free guidance
-    scale :math:`\gamma`: predicts :math:`u + \gamma (c - u)` in the network's own
-    parametrisation (two network passes per call, batched, unless :math:`\gamma \in \{0, 1\}`).
-    """
-
-    def __init__(self, cond: ConditionalScoreModel, labels, scale: float = 1.0):
-        if not isinstance(cond, ConditionalScoreModel):
-            raise ValueError(
-                f"classifier-free guidance needs a ConditionalScoreModel, got "
-                f"{type(cond).__name__} (an unconditional model: use a classifier instead)"
+                f"classifier-free guidance needs a class-conditional model (num_classes), got "
+                f"{type(model).__name__} (an unconditional model: use ClassifierGuided)"
             )
         scale = float(scale)
         check_finite("scale", torch.tensor(scale))
-        y = check_labels("labels", labels, cond.num_classes, allow_null=True)
-        uses_null = scale != 1.0 or bool((y == cond.num_classes).any())
-        if uses_null and not cond.null_label:
-            raise ValueError(
-                f"guidance scale {scale} (or a null label) needs a model trained with label "
-                "dropout (null_label=True); this model has no unconditional prediction"
-            )
-        super().__init__(_CFGNet(cond, y, scale), cond.process, cond.prediction)
-        self.labels, self.scale = y, scale
+        super().__init__(None, model.process, model.prediction, model.data_shape)
+        self.model, self.scale, self.num_classes = model, scale, k
+
+    def _own(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        """The model's output in its own parametrisation (an energy for an energy model)."""
+        if self.prediction == "energy":
+            return self.model.energy(x, t, **cond)
+        return self.model.predict(x, t, self.prediction, **cond)
+
+    def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None, **cond) -> Tensor:
+        if y is None or self.scale == 1.0:
+            return self._own(x, t, y=y, **cond)
+        null = torch.full_like(y, self.num_classes)
+        if self.scale == 0.0:
+            return self._own(x, t, y=null, **cond)
+        both = self._own(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]),
+                         **_twice(cond))  # fmt: skip
+        c, u = both.chunk(2)
+        return u + self.scale * (c - u)
+
+
+def _twice(cond: dict) -> dict:
+    return {
+        k: torch.cat([v, v]) if isinstance(v, Tensor) and v.dim() else v for k, v in cond.items()
+    }
 
 
 class ClassifierGuided(ScoreModel):
     r"""Classifier guidance: :math:`\tilde s = s(x, t) + \gamma \nabla_x \log
-    \operatorname{softmax}(c(x, t))_y`, one backward pass through the classifier per call.
+    \operatorname{softmax}(c(x, t))_y`, one backward pass through the classifier per call,
+    with the labels ``y`` of each call's conditioning (``cond={"y": labels}``).
 
     Arguments:
-        model: any :class:`~scorekit.core.parametrize.ScoreModel` (e.g. unconditional, or a
-            bound :class:`ConditionalScoreModel`).
+        model: any :class:`~scorekit.core.parametrize.ScoreModel`; a class-conditional one
+            also receives ``y`` (then :math:`s(x, t \mid y)` is guided), an unconditional one
+            does not.
         classifier: ``classifier(x, t) -> logits`` of shape ``(B, K)``, trained on noised
             inputs (:math:`x_t`, ``t`` of shape ``(B,)``).
-        labels: shape ``(B,)``, values in ``[0, K)``.
         scale: :math:`\gamma \ge 0`.
     """
 
-    def __init__(self, model: ScoreModel, classifier: Callable, labels, scale: float = 1.0):
+    def __init__(self, model: ScoreModel, classifier: Callable, scale: float = 1.0):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
         if not callable(classifier):
             raise ValueError(f"classifier must be callable, got {type(classifier).__name__}")
-        super().__init__(None, model.process, "score")
+        super().__init__(None, model.process, "score", model.data_shape)
         self.model = model
         self.classifier = classifier
-        self.labels = check_labels("labels", labels, 2**62)
         self.scale = float(scale)
         check_finite("scale", torch.tensor(self.scale))
-        self.data_shape = getattr(model.net, "data_shape", None)
+        self._labels_to_model = num_classes_of(model) is not None
 
-    def log_prob_label(self, x: Tensor, t: Tensor) -> Tensor:
+    def log_prob_label(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         r""":math:`\log p_\phi(y \mid x_t)`, shape ``(B,)``."""
-        y = self.labels.to(x.device)
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"this model is bound to {y.shape[0]} labels but x has batch size {x.shape[0]}"
-            )
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape (B,) = ({x.shape[0]},), got {tuple(y.shape)}")
         logits = self.classifier(x, t)
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(
                 f"classifier must return logits of shape (B, K), got {tuple(logits.shape)}"
             )
-        if int(y.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"labels must lie in [0, {logits.shape[1] - 1}] for a classifier with "
-                f"{logits.shape[1]} classes, got {int(y.max())}"
-            )
+        y = y.to(device=x.device, dtype=torch.long)
         return torch.log_softmax(logits, dim=1).gather(1, y[:, None])[:, 0]
 
-    def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        s = self.model.predict(x, t, "score")
+    def raw(self, x: Tensor, t: Tensor, y: Tensor, **cond) -> Tensor:
+        if self._labels_to_model:
+            cond = {**cond, "y": y}
+        s = self.model.predict(x, t, "score", **cond)
         if self.scale == 0.0:
             return s
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             xi = x if x.requires_grad else x.detach().requires_grad_(True)
-            lp = self.log_prob_label(xi, t)
+            lp = self.log_prob_label(xi, t, y)
             (g,) = torch.autograd.grad(lp.sum(), xi, create_graph=create_graph)
         return s + self.scale * g
 
@@ -295,26 +248,27 @@ def class_mixtures(mixture: GaussianMixture, classes) -> tuple[Tensor, list[Gaus
     return prior, parts
 
 
-class ExactConditional(ConditionalScoreModel):
+class ExactConditional(ScoreModel):
     r"""The exact conditional score :math:`\nabla_x \log p_t(x \mid y)` of a Gaussian
-    mixture whose components are grouped into classes (see :func:`class_mixtures`); the
-    null label gives the full mixture's score. A :class:`ConditionalScoreModel`, so its
-    guided scores are exact targets:
+    mixture whose components are grouped into classes (see :func:`class_mixtures`), called
+    as ``model(x, t, y=labels)``; the null label (``y = K``, or no ``y``) gives the full
+    mixture's score. Its guided scores are exact targets:
     :math:`\nabla\log p_t(x) + \gamma\,\nabla\log p_t(y \mid x)`."""
 
     def __init__(self, mixture: GaussianMixture, classes, process: Process):
         prior, parts = class_mixtures(mixture, classes)
-        super().__init__(None, process, len(parts), "score", True, (mixture.dim,))
+        super().__init__(None, process, "score", (mixture.dim,))
         self.mixture, self.prior, self.parts = mixture, prior, parts
+        self.num_classes = len(parts)
 
-    def raw(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+    def raw(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         alpha, sigma = self.process.marginal(t)
-        out = torch.empty_like(x)
-        for c in torch.unique(y).tolist():
-            i = y == c
-            gm = self.mixture if c == self.num_classes else self.parts[c]
-            out[i] = gm.noised_score(x[i], alpha[i], sigma[i])
-        return out
+        if y is None:
+            return self.mixture.noised_score(x, alpha, sigma)
+        # every class's score, then each row's own (no values read: no host sync)
+        every = [gm.noised_score(x, alpha, sigma) for gm in (*self.parts, self.mixture)]
+        pick = y.to(device=x.device, dtype=torch.long).reshape((1, -1) + (1,) * (x.dim() - 1))
+        return torch.stack(every).gather(0, pick.expand((1, *x.shape)))[0]
 
 
 class ExactClassifier(nn.Module):
@@ -332,90 +286,3 @@ class ExactClassifier(nn.Module):
         alpha, sigma = self.process.marginal(t)
         logp = [gm.noised_log_prob(x, alpha, sigma) for gm in self.parts]
         return torch.stack(logp, dim=1) + torch.log(self.prior).to(x)
-
-
-# -- sampling ----------------------------------------------------------------------
-
-
-def sample_conditional(
-    model: ConditionalScoreModel | ScoreModel,
-    labels,
-    sampler: str = "heun",
-    steps: int | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    *,
-    scale: float = 1.0,
-    classifier: Callable | None = None,
-    data_shape: tuple[int, ...] | None = None,
-    **kwargs,
-) -> SampleResult:
-    r"""Draw one sample per label with any sampler of :func:`scorekit.samplers.sample`.
-
-    Without ``classifier``: classifier-free guidance of a :class:`ConditionalScoreModel`
-    with scale :math:`\gamma` = ``scale``. With ``classifier``: classifier guidance
-    :math:`s + \gamma\nabla\log p_\phi(y\mid x_t)` of ``model`` (an unconditional
-    :class:`~scorekit.core.parametrize.ScoreModel`, or a conditional model at :math:`\gamma = 1`).
-
-    Arguments:
-        model, labels: the model and labels of shape ``(n,)``.
-        sampler, steps, generator: as in :func:`~scorekit.samplers.sample`.
-        batch_size: chunk size; labels follow their chunk. With a ``generator``, chunk
-            ``i`` is sampled with its own seed drawn from ``generator`` (so the same seed and
-            ``batch_size`` give the same samples).
-        data_shape: per-sample shape ``D`` when the model does not carry one.
-        **kwargs: passed on to :func:`~scorekit.samplers.sample` (``grid``, ``dtype``,
-            sampler options, ...).
-
-    Returns:
-        :class:`~scorekit.samplers.SampleResult` with ``x`` of shape ``(n, *D)``.
-
-    Example:
-        >>> import scorekit as sk
-        >>> mix = sk.GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
-        >>> model = ExactConditional(mix, [0, 1], sk.VP())  # component k is class k
-        >>> y = torch.tensor([0, 1, 1])
-        >>> r = sample_conditional(model, y, "heun", 10, torch.Generator().manual_seed(0))
-        >>> (r.x[:, 0] > 0).long().tolist()
-        [0, 1, 1]
-    """
-    if classifier is None and not isinstance(model, ConditionalScoreModel):
-        raise ValueError(
-            f"guidance without a classifier needs a ConditionalScoreModel, got the "
-            f"unconditional {type(model).__name__}: pass classifier= for classifier guidance"
-        )
-    if not isinstance(model, (ConditionalScoreModel, ScoreModel)):
-        raise ValueError(f"model must be a scorekit model, got {type(model).__name__}")
-    if isinstance(model, ConditionalScoreModel):
-        y = check_labels("labels", labels, model.num_classes)
-        shape = model.data_shape if data_shape is None else tuple(data_shape)
-    else:
-        y = check_labels("labels", labels, 2**62)
-        shape = data_shape
-        if shape is None:
-            target = getattr(model, "target", None)
-            shape = (target.dim,) if target is not None else getattr(model.net, "data_shape", None)
-    if shape is None:
-        raise ValueError("the data shape is unknown: pass data_shape=(...)")
-    n = y.shape[0]
-    bs = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
-
-    def bound(yc: Tensor) -> ScoreModel:
-        if classifier is None:
-            return model.bind(yc, scale)
-        base = model.bind(yc, 1.0) if isinstance(model, ConditionalScoreModel) else model
-        return ClassifierGuided(base, classifier, yc, scale)
-
-    outs, trajs, nfe, info = [], [], 0, {}
-    for start in range(0, n, bs):
-        yc = y[start : start + bs]
-        child = generator
-        if generator is not None and bs < n:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            child = torch.Generator(device=generator.device).manual_seed(seed)
-        res = sample(bound(yc), (len(yc), *shape), sampler, steps, child, **kwargs)
-        outs.append(res.x)
-        trajs.append(res.trajectory)
-        nfe, info = nfe + res.nfe, res.info
-    traj = torch.cat(trajs, dim=1) if trajs[0] is not None else None
-    return SampleResult(torch.cat(outs), nfe, traj, dict(info, chunks=math.ceil(n / bs)))

@@ -53,6 +53,7 @@ from ._validate import (
 from .core.parametrize import ScoreModel
 from .core.processes import Process
 from .core.random import rademacher, rand, randn
+from .samplers.api import split_cond
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
 
@@ -141,11 +142,11 @@ def _drift_and_divergence(
     return v.detach(), div.T.detach()
 
 
-def _check_fits_model(model, x: Tensor, t_min: float) -> None:
+def _check_fits_model(model, x: Tensor, t_min: float, cond: dict) -> None:
     """Evaluate the model on the first sample so a mismatched shape fails early, by name."""
     try:
         with torch.no_grad():
-            model(x[:1], torch.tensor(t_min, dtype=x.dtype, device=x.device))
+            model(x[:1], torch.tensor(t_min, dtype=x.dtype, device=x.device), **cond)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model: {e}") from e
 
@@ -156,6 +157,7 @@ def _solve(
     probes: Tensor | None,
     t_span: Tensor,
     solver: dict,
+    cond: dict,
 ) -> tuple[Tensor, Tensor, int]:
     """Integrate ``(x, ell)`` over ``t_span``; return ``x(t_max)``, ``ell`` (B, m) and NFE."""
     process = model.process
@@ -169,7 +171,7 @@ def _solve(
         # t_max; its value there only sizes the first step, so evaluate at the end instead.
         t = t.clamp(t_lo, t_hi)
         return _drift_and_divergence(
-            lambda z: process.ode_drift(z, t, model(z, t)), state[0], probes
+            lambda z: process.ode_drift(z, t, model(z, t, **cond)), state[0], probes
         )
 
     m = 1 if probes is None else probes.shape[0]
@@ -194,6 +196,7 @@ def log_prob(
     prior: Callable[[Tensor], Tensor] | None = None,
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
+    cond: dict | None = None,
 ) -> LikelihoodResult:
     r"""Log-density :math:`\log p_{t_{min}}(x)` of a score model, through the probability-flow ODE.
 
@@ -228,6 +231,8 @@ def log_prob(
         chunk_size: samples per ODE solve (default: the whole batch in one).
         generator: draws the Hutchinson probes, all at once for the batch, so the result
             does not depend on ``chunk_size`` (beyond adaptive step choices).
+        cond: conditioning for the model (``model(x, t, **cond)``, e.g. ``{"y": labels}``
+            for :math:`\log p(x \mid y)`), split with the chunks.
 
     Returns:
         :class:`LikelihoodResult` with ``log_prob`` (B,) in nats, ``nfe`` and ``stderr``
@@ -287,7 +292,8 @@ def log_prob(
     elif not callable(prior):
         raise ValueError(f"prior must be a callable z -> (B,) log-density, got {prior!r}")
     chunk = x.shape[0] if chunk_size is None else check_int("chunk_size", chunk_size)
-    _check_fits_model(model, x, t_min)
+    rows_of = split_cond(cond, x.shape[0])
+    _check_fits_model(model, x, t_min, rows_of(slice(0, 1)))
 
     # The divergence needs autograd: leave inference mode (if any) and work on a copy of x
     # made outside it.
@@ -309,7 +315,7 @@ def log_prob(
         for i0 in range(0, x.shape[0], chunk):
             xc = x[i0 : i0 + chunk]
             pc = None if probes is None else probes[:, i0 : i0 + chunk]
-            x_end, ell, n = _solve(model, xc, pc, t_span, solver)
+            x_end, ell, n = _solve(model, xc, pc, t_span, solver, rows_of(slice(i0, i0 + chunk)))
             nfe += n
             lp = prior(x_end)
             if not isinstance(lp, Tensor) or lp.shape != (xc.shape[0],):

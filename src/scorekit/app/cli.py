@@ -27,9 +27,9 @@ from .recipes import (
     DEFAULTS,
     LABEL_DROPOUT,
     PROCESSES,
-    build_conditional_run,
     build_process,
     build_run_model,
+    conditional_objective,
     conditional_settings,
     data_meta,
     model_net_config,
@@ -167,19 +167,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
         process = build_process(s["process"], data.x)
         s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
-        torch.manual_seed(seed)
-        model = build_run_model(s, data.shape, process)
-        s["net"] = model_net_config(model)
         from ..losses import make_objective
 
         objective = make_objective(s["loss"], process, **s["loss_kwargs"])
         examples = data.x
-        if s["conditional"] is not None:
-            model, objective, examples = build_conditional_run(s, data, model, objective)
+        if s["conditional"] is not None:  # the labels travel with x; the net takes y=
+            objective = conditional_objective(s, data, objective)
+            examples = data
+        torch.manual_seed(seed)
+        model = build_run_model(s, data.shape, process)
+        s["net"] = model_net_config(model)
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
         meta = {"cli": s, "data": data_meta(s, data)}
-        if s["conditional"] is not None:
-            meta.update(objective.meta())
         trainer = Trainer(
             model,
             objective,
@@ -206,36 +205,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
-def _load(path: Path, ema: bool = True, command: str = "sample"):
-    """``(model, normalizer, meta)``; the model is a ``ConditionalScoreModel`` for a
-    class-conditional checkpoint, which only ``scorekit sample`` takes."""
-    from ..conditional import load_conditional
-    from ..train.checkpoint import is_conditional, load_model, read_meta
+def _load(path: Path, ema: bool = True):
+    """``(model, normalizer, meta)`` of a checkpoint file or run folder."""
+    from ..train.checkpoint import load_model
 
-    path = _checkpoint_path(path)
-    if not is_conditional(read_meta(path)):
-        return load_model(path, ema=ema)
-    if command != "sample":
-        raise ValueError(
-            f"scorekit {command} does not take class-conditional checkpoints ({path}); "
-            "use scorekit sample --label K, or scorekit.conditional.load_conditional in Python"
-        )
-    return load_conditional(path, ema=ema)
+    return load_model(_checkpoint_path(path), ema=ema)
 
 
-def _bind(cond, path: Path, n: int, label: int | None, guidance: float | None):
-    """The ConditionalScoreModel ``cond`` bound to ``n`` copies of ``label`` with guidance
-    scale ``guidance`` (default 1), or to the null label when ``label`` is None."""
-    k = cond.num_classes
+def _labels(model, path: Path, n: int, label: int | None, guidance: float | None):
+    """``(model, cond, what)`` for ``scorekit sample``: the labels of a class-conditional
+    model as conditioning, with classifier-free guidance ``guidance`` (default 1); without
+    ``label``, the unconditional score through the null label."""
+    from ..guidance import ClassifierFreeGuidance, num_classes_of
+
+    k = num_classes_of(model)
+    if k is None:
+        if label is not None or guidance is not None:
+            raise ValueError(
+                f"--label and --guidance need a class-conditional checkpoint (scorekit train "
+                f"--conditional); {path} holds an unconditional model"
+            )
+        return model, None, ""
     if label is None:
         if guidance is not None:
             raise ValueError(f"--guidance needs --label (a class in [0, {k - 1}])")
-        if not cond.null_label:
-            raise ValueError(
-                f"checkpoint {path} has no null label (no label dropout): pass --label "
-                f"(a class in [0, {k - 1}])"
-            )
-        return cond.bind(torch.full((n,), k, dtype=torch.long))
+        return model, None, ", unconditional through the null label"
     if not 0 <= label < k:
         raise ValueError(
             f"--label must be a class in [0, {k - 1}] of checkpoint {path}, got {label}"
@@ -243,10 +237,13 @@ def _bind(cond, path: Path, n: int, label: int | None, guidance: float | None):
     scale = 1.0 if guidance is None else guidance
     if not math.isfinite(scale):
         raise ValueError(f"--guidance must be a finite number, got {guidance}")
-    return cond.bind(torch.full((n,), label, dtype=torch.long), scale)
+    if scale != 1.0:
+        model = ClassifierFreeGuidance(model, scale)
+    y = torch.full((n,), label, dtype=torch.long)
+    return model, {"y": y}, f", class {label}, guidance {scale:g}"
 
 
-def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
+def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None):
     from ..samplers import sample
 
     g = torch.Generator().manual_seed(seed)
@@ -257,29 +254,17 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False):
         steps=steps,
         generator=g,
         return_trajectory=trajectory,
+        cond=cond,
     )
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ..guidance import ConditionalScoreModel
     from .plots import plot_image_grid, plot_samples, save_figure
 
     model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
     shape = tuple(meta["data"]["shape"])
-    what = ""
-    if isinstance(model, ConditionalScoreModel):
-        model = _bind(model, args.checkpoint, args.n, args.label, args.guidance)
-        what = (
-            ", unconditional through the null label"
-            if args.label is None
-            else f", class {args.label}, guidance {model.scale:g}"
-        )
-    elif args.label is not None or args.guidance is not None:
-        raise ValueError(
-            f"--label and --guidance need a class-conditional checkpoint (scorekit train "
-            f"--conditional); {args.checkpoint} holds an unconditional model"
-        )
-    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed)
+    model, cond, what = _labels(model, args.checkpoint, args.n, args.label, args.guidance)
+    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed, cond=cond)
     x = normalizer.decode(res.x.detach().double()).numpy()
     _save_npy(args.out, x)
     png = args.png or args.out.with_suffix(".png")
@@ -314,7 +299,7 @@ def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> to
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, "likelihood")
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema)
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
     kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
     for k in ("steps", "rtol", "atol"):
@@ -347,7 +332,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
 
     ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt, command="plot")
+    model, normalizer, meta = _load(ckpt)
     out = _out_dir(args.out)
     shape = tuple(meta["data"]["shape"])
     kinds = KINDS if "all" in args.kind else args.kind

@@ -12,10 +12,10 @@ objects with sensible defaults:
 * the prediction is ``eps``, except ``x0`` with EDM preconditioning for the ``"edm"``
   objective (Karras et al. 2022) and ``energy`` for the energy MLP;
 * with ``"conditional": {"label_dropout": p}`` (:func:`conditional_settings`) the run is
-  class-conditional: :func:`build_conditional_run` wraps the network in
-  :class:`~scorekit.conditional.ClassConditional` and the objective in
-  :class:`~scorekit.conditional.ConditionalObjective` (label dropout :math:`p`, for
-  classifier-free guidance), with :math:`K` = the largest label of the data + 1.
+  class-conditional: the network takes labels (``num_classes`` :math:`K`, the largest label
+  of the data + 1) and :func:`conditional_objective` wraps the objective in
+  :class:`~scorekit.losses.LabelDropout` (label dropout :math:`p`, for classifier-free
+  guidance); the trainer reads ``(x, y)`` pairs from the dataset.
 
 :func:`nll_report` gives the negative log-likelihood in *data* coordinates,
 :math:`-\log p(x) = -\log \tilde p(\tilde x) + \sum \log \mathrm{scale}`, through
@@ -33,9 +33,9 @@ __all__ = [
     "DEFAULTS",
     "LABEL_DROPOUT",
     "PROCESSES",
-    "build_conditional_run",
     "build_process",
     "build_run_model",
+    "conditional_objective",
     "conditional_settings",
     "data_meta",
     "model_net_config",
@@ -143,22 +143,14 @@ def conditional_settings(value: dict | bool | None, where: str = "conditional") 
     return {**value, "label_dropout": float(p)}
 
 
-def build_conditional_run(settings: dict, data, model, objective) -> tuple:
-    r"""The class-conditional version of a run: ``(trainable, objective, packed)`` for
-    :class:`~scorekit.train.trainer.Trainer`.
-
-    ``model`` (from :func:`build_run_model`) gives the network, process and prediction of a
-    :class:`~scorekit.guidance.ConditionalScoreModel` around
-    :class:`~scorekit.conditional.ClassConditional` (null label kept); ``objective`` is
-    wrapped in :class:`~scorekit.conditional.ConditionalObjective` with the label dropout of
-    ``settings["conditional"]``; ``packed`` is :func:`~scorekit.conditional.pack_labels` of
-    ``data.x`` (``(N, *D)``) and ``data.labels`` (``(N,)``). The number of classes, the
-    largest label + 1 (or the one already in the settings, on resume), is written into
-    ``settings["conditional"]["num_classes"]``.
-    """
-    from ..conditional import ClassConditional, ConditionalObjective, pack_labels
-    from ..core.parametrize import EDMPrecond, ScoreModel
-    from ..guidance import ConditionalScoreModel
+def conditional_objective(settings: dict, data, objective):
+    r"""The class-conditional version of a run's objective: ``objective`` wrapped in
+    :class:`~scorekit.losses.LabelDropout` with the label dropout of
+    ``settings["conditional"]``. The number of classes, the largest label of ``data``
+    + 1 (or the one already in the settings, on resume), is written into
+    ``settings["conditional"]["num_classes"]`` and the network settings (``num_classes``), so
+    the network built next takes ``y=``."""
+    from ..losses import LabelDropout
     from ..train.data import Dataset
 
     c = settings.get("conditional") if isinstance(settings, dict) else None
@@ -169,17 +161,10 @@ def build_conditional_run(settings: dict, data, model, objective) -> tuple:
         )
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be a scorekit.train.data.Dataset, got {type(data).__name__}")
-    if not isinstance(model, ScoreModel):
-        raise ValueError(f"model must be a scorekit ScoreModel, got {type(model).__name__}")
     if data.labels is None:
         raise ValueError(
             f"--conditional needs labelled data, but {settings['data']!r} has no labels "
             "(labelled data: 'digits')"
-        )
-    if isinstance(model.net, EDMPrecond):
-        raise ValueError(
-            "--conditional does not support the 'edm' loss (EDM preconditioning); "
-            "choose another --loss"
         )
     if data.labels.numel() and int(data.labels.min()) < 0:
         raise ValueError(f"--conditional needs labels >= 0, got {int(data.labels.min())}")
@@ -190,12 +175,8 @@ def build_conditional_run(settings: dict, data, model, objective) -> tuple:
             f"the data has labels up to {k - 1}, but the run was set up for {stored} classes"
         )
     c["num_classes"] = k = stored or k
-    shape = tuple(data.x.shape[1:])
-    cond = ConditionalScoreModel(
-        ClassConditional(model.net, k), model.process, k, model.prediction, True, shape
-    )
-    obj = ConditionalObjective(objective, shape, c["label_dropout"])
-    return obj.trainable(cond), obj, pack_labels(data.x, data.labels)
+    settings["net"] = {**settings["net"], "num_classes": k}
+    return LabelDropout(objective, k, c["label_dropout"])
 
 
 def model_net_config(model) -> dict:

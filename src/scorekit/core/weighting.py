@@ -159,6 +159,15 @@ class MinSNRWeighting:
 
 
 # -- noise-level samplers -----------------------------------------------------------------
+def _per_process(owner, process: Process, compute):
+    """``compute()`` for ``process``, cached on ``owner`` for the last process seen: a
+    sampler's constants are read from the process once, not at every training step."""
+    cached = getattr(owner, "_cache", None)
+    if cached is None or cached[0] is not process:
+        owner._cache = (process, compute())
+    return owner._cache[1]
+
+
 def _bounds(process: Process, low: float | None, high: float | None) -> tuple[float, float]:
     lo = process.t_min if low is None else low
     hi = process.t_max if high is None else high
@@ -221,19 +230,22 @@ class LogSNRImportance:
 
     def bounds(self, process: Process) -> tuple[float, float]:
         """The support ``(low, high)`` for ``process``."""
-        lo, hi = _bounds(process, self.low, self.high)
-        lam_lo, lam_hi = self._lams(process, lo, hi)
-        if not (math.isfinite(lam_lo) and math.isfinite(lam_hi)):
-            raise ValueError(
-                f"the log-SNR must be finite on [low, high] = [{lo:g}, {hi:g}] for "
-                f"{process!r}; got [{lam_hi:g}, {lam_lo:g}] (narrow low/high)"
-            )
-        return lo, hi
+        return self._support(process)[:2]
 
-    @staticmethod
-    def _lams(process, lo, hi):
-        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64))
-        return float(lams[0]), float(lams[1])
+    def _support(self, process: Process) -> tuple[float, float, float, float]:
+        """``(low, high, lambda(low), lambda(high))``, read once per process."""
+
+        def compute():
+            lo, hi = _bounds(process, self.low, self.high)
+            lam_lo, lam_hi = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+            if not (math.isfinite(lam_lo) and math.isfinite(lam_hi)):
+                raise ValueError(
+                    f"the log-SNR must be finite on [low, high] = [{lo:g}, {hi:g}] for "
+                    f"{process!r}; got [{lam_hi:g}, {lam_lo:g}] (narrow low/high)"
+                )
+            return lo, hi, lam_lo, lam_hi
+
+        return _per_process(self, process, compute)
 
     def sample(
         self,
@@ -244,16 +256,14 @@ class LogSNRImportance:
         device=None,
     ) -> Tensor:
         """Draw ``batch`` times, shape ``(B,)``."""
-        lo, hi = self.bounds(process)
-        lam_lo, lam_hi = self._lams(process, lo, hi)
+        lo, hi, lam_lo, lam_hi = self._support(process)
         u = rand((batch,), generator, torch.float64, device)
         t = process.t_of_log_snr(lam_lo + (lam_hi - lam_lo) * u)
         return t.clamp(lo, hi).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         """Density :math:`q(t)`, same shape as ``t``."""
-        lo, hi = self.bounds(process)
-        lam_lo, lam_hi = self._lams(process, lo, hi)
+        lo, hi, lam_lo, lam_hi = self._support(process)
         alpha, sigma = process.marginal(t)
         dens = process.g2(t) / sigma**2 / (lam_lo - lam_hi)
         return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
@@ -290,16 +300,16 @@ class LogNormalSigma:
         return _bounds(process, self.low, self.high)
 
     def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
-        """``(low, high, Phi(z_low), Phi(z_high))``, cached for the last process seen."""
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] is process:
-            return cached[1]
-        lo, hi = self.bounds(process)
-        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
-        z = [(-0.5 * lam - self.p_mean) / self.p_std for lam in lams]  # standardised ln(s_hat)
-        phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
-        self._cache = (process, (lo, hi, phi[0], phi[1]))
-        return self._cache[1]
+        """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
+
+        def compute():
+            lo, hi = self.bounds(process)
+            lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+            z = [(-0.5 * lam - self.p_mean) / self.p_std for lam in lams]  # standardised ln(s_hat)
+            phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
+            return lo, hi, phi[0], phi[1]
+
+        return _per_process(self, process, compute)
 
     def sample(
         self,
@@ -337,7 +347,8 @@ class GridT:
     uniformly from :math:`\{1..L\}`) or DDPM's :math:`t \in \{1..N\}` (Ho et al. 2020).
 
     Arguments:
-        times: 1-D tensor of times inside the process domain (checked when sampling).
+        times: 1-D tensor of times inside the process domain (checked once per process,
+            when sampling first).
     """
 
     def __init__(self, times: Tensor):
@@ -345,6 +356,7 @@ class GridT:
         if times.dim() != 1 or times.numel() < 1:
             raise ValueError(f"times must be a non-empty 1-D tensor, got {tuple(times.shape)}")
         self.times = check_finite("times", times)
+        self._placed = self.times
 
     def sample(
         self,
@@ -355,9 +367,15 @@ class GridT:
         device=None,
     ) -> Tensor:
         """Draw ``batch`` grid times, shape ``(B,)``."""
-        process.check_t(self.times, "times")
-        idx = randint(len(self.times), (batch,), generator, "cpu")
-        return self.times[idx].to(device=device, dtype=dtype)
+        _per_process(self, process, lambda: process.check_t(self.times, "times"))
+        idx = randint(len(self.times), (batch,), generator, device)
+        return self._on(idx.device)[idx].to(dtype)
+
+    def _on(self, device) -> Tensor:
+        """The times on ``device``, copied there once."""
+        if self._placed.device != device:
+            self._placed = self.times.to(device)
+        return self._placed
 
     def __repr__(self) -> str:
         lo, hi = float(self.times.min()), float(self.times.max())

@@ -5,11 +5,13 @@ r"""Score-matching objectives.
 :mod:`~scorekit.losses.objectives`: noise-conditional objectives for training a
 :class:`~scorekit.ScoreModel` (continuous diffusion loss with any weighting, likelihood
 weighting with importance sampling, DDPM, EDM, min-SNR);
-:mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`.
+:mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`;
+:mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier.
 
 All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
 """
 
+from .conditional import ClassifierObjective, LabelDropout
 from .objectives import (
     DDPMObjective,
     DiffusionLoss,
@@ -24,10 +26,12 @@ from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
 
 __all__ = [
     "OBJECTIVES",
+    "ClassifierObjective",
     "DDPMObjective",
     "DSMObjective",
     "DiffusionLoss",
     "EDMLoss",
+    "LabelDropout",
     "LikelihoodLoss",
     "MinSNRLoss",
     "Objective",

@@ -2,7 +2,9 @@ r"""Noise-conditional training objectives: one continuous-time diffusion loss, m
 
 Every objective is an object with ``process``, ``sample_t(batch, generator, dtype, device)``
 (shape ``(B,)``, inside the process domain) and
-``__call__(model, x0, t=None, generator=None)`` returning per-example losses ``(B,)``:
+``__call__(model, x0, t=None, generator=None, **cond)`` returning per-example losses ``(B,)``;
+``cond`` is the conditioning of the batch (class labels ``y=``, ...), passed to the model as
+``model(x_t, t, **cond)``:
 
 .. math::
     \ell(x_0, t, \varepsilon) = \frac{\lambda(t)}{\rho(t)}\ \tfrac12
@@ -74,6 +76,7 @@ class Objective(Protocol):
         x0: Tensor,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
+        **cond,
     ) -> Tensor: ...
 
 
@@ -126,7 +129,8 @@ class _NoiseConditional:
             t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
             if t.shape != (B,):
                 raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
-        self.process.check_t(t)
+        # t is not range-checked here: reading its values would stall an accelerator at
+        # every step; t_sampler draws inside the domain, and a t of one's own is one's own
         eps = randn(x0.shape, generator, x0.dtype, x0.device)
         alpha, sigma = self.process.marginal(t)
         view = (-1,) + (1,) * (x0.dim() - 1)
@@ -190,6 +194,8 @@ class DiffusionLoss(_NoiseConditional):
                 f"importance=True needs a t_sampler with pdf() and bounds(), got {self.t_sampler!r}"
             )
         self.half = bool(half)
+        if self.importance:  # read once here, not at every step
+            self._bounds = self.t_sampler.bounds(self.process)
 
     def __call__(
         self,
@@ -197,24 +203,26 @@ class DiffusionLoss(_NoiseConditional):
         x0: Tensor,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
+        **cond,
     ) -> Tensor:
         r"""Per-example loss, shape ``(B,)``; ``t`` (shape ``(B,)``) is sampled when ``None``.
 
         Arguments:
             model: a :class:`~scorekit.ScoreModel` on the same process, or any callable
-                ``model(x, t)`` returning the score (its output is then converted to
+                ``model(x, t, **cond)`` returning the score (its output is then converted to
                 ``prediction_target``; this is how a wrapper such as
                 ``DistributedDataParallel(score_model)`` is trained through its ``forward``).
             x0: clean data, shape ``(B, *D)``.
             t: noise levels, shape ``(B,)``, or ``None``.
             generator: randomness for ``t`` and the noise.
+            **cond: the batch's conditioning, passed to the model.
         """
         t, eps, alpha, sigma, xt = self._prepare(model, x0, t, generator)
         target = self.prediction_target
         if isinstance(model, ScoreModel):
-            pred = model.predict(xt, t, target)
+            pred = model.predict(xt, t, target, **cond)
         else:  # any model(x, t) -> score, e.g. a ScoreModel inside DistributedDataParallel
-            score = model(xt, t)
+            score = model(xt, t, **cond)
             if not isinstance(score, Tensor) or score.shape != xt.shape:
                 raise ValueError(f"model(x, t) must return the shape of x {tuple(xt.shape)}")
             pred = convert(score, "score", target, xt, alpha, sigma)
@@ -229,7 +237,7 @@ class DiffusionLoss(_NoiseConditional):
             y = alpha.reshape(view) * eps - sigma.reshape(view) * x0
         w = self.weighting(self.process, t) / error_scale(target, alpha, sigma)
         if self.importance:
-            lo, hi = self.t_sampler.bounds(self.process)
+            lo, hi = self._bounds
             w = w / (self.t_sampler.pdf(self.process, t) * (hi - lo))
         val = w.to(x0.dtype) * _sqnorm(pred - y)
         return 0.5 * val if self.half else val
@@ -353,14 +361,14 @@ class EDMLoss(DiffusionLoss):
             process, EDMWeighting(sigma_data), "x0", LogNormalSigma(p_mean, p_std), half=half
         )
 
-    def __call__(self, model, x0, t=None, generator=None):
+    def __call__(self, model, x0, t=None, generator=None, **cond):
         net = getattr(model, "net", None)
         if isinstance(net, EDMPrecond) and net.sigma_data != self.sigma_data:
             raise ValueError(
                 f"sigma_data of the loss ({self.sigma_data}) and of the model's EDMPrecond "
                 f"({net.sigma_data}) must agree"
             )
-        return super().__call__(model, x0, t, generator)
+        return super().__call__(model, x0, t, generator, **cond)
 
 
 class MinSNRLoss(DiffusionLoss):

@@ -79,12 +79,14 @@ class ScoreMatchingObjective(_NoiseConditional):
         x0: Tensor,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
+        **cond,
     ) -> Tensor:
-        """Per-example loss, shape ``(B,)``; ``t`` is sampled when ``None``."""
+        """Per-example loss, shape ``(B,)``; ``t`` is sampled when ``None``; ``cond`` goes to
+        the model."""
         t, _, _, _, xt = self._prepare(model, x0, t, generator)
 
         def score_fn(x):
-            return model(x, t)
+            return model(x, t, **cond)
 
         if self.estimator == "ism":
             val = ism(

@@ -12,9 +12,17 @@ with either random Gaussian frequencies :math:`\omega_k \sim \mathcal{N}(0, s^2)
 :math:`\omega_k = s^{(k-1)/(K-1)}` (``"sinusoidal"``, Vaswani et al. 2017;
 Ho et al. 2020), followed by a two-layer MLP.
 
+A class-conditional network (``num_classes`` :math:`K`) adds a learned embedding of the
+label to it, :math:`e(t, y) = \mathrm{MLP}(\gamma(t)) + E[y]` with a table :math:`E` of
+:math:`K + 1` rows, the last one the *null* label :math:`y = K` ("no label", also used when
+no label is given), as ADM adds the class embedding to the time embedding (Dhariwal &
+Nichol 2021) and classifier-free guidance needs (Ho & Salimans 2022).
+
 References:
     Tancik et al., "Fourier Features Let Networks Learn High Frequency Functions", 2020.
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Appendix H.
+    Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis", NeurIPS 2021.
+    Ho & Salimans, "Classifier-Free Diffusion Guidance", 2022.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class NoiseEmbedding(nn.Module):
         scale: frequency scale :math:`s` (std for ``"fourier"``, top frequency otherwise).
         input: ``"t"`` embeds ``t`` itself, ``"log_t"`` embeds :math:`\log \max(t, 10^{-8})`.
         seed: seed of the random frequencies (so a config rebuilds the same module).
+        num_classes: :math:`K` for class labels ``y`` in :math:`[0, K]` (``None``: no labels).
 
     Example:
         >>> emb = NoiseEmbedding(32)
@@ -55,6 +64,7 @@ class NoiseEmbedding(nn.Module):
         scale: float = 16.0,
         input: str = "t",
         seed: int = 0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         dim = check_int("dim", dim, minimum=2)
@@ -73,12 +83,25 @@ class NoiseEmbedding(nn.Module):
             freqs = freqs.float()
         self.register_buffer("freqs", freqs)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
+        if self.num_classes is not None:
+            self.labels = nn.Embedding(self.num_classes + 1, dim)
+            nn.init.normal_(self.labels.weight, std=0.02)
 
-    def forward(self, t: Tensor) -> Tensor:
+    def forward(self, t: Tensor, y: Tensor | None = None) -> Tensor:
         if t.dim() != 1:
             raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
         c = t.to(self.freqs.dtype)
         if self.input == "log_t":
             c = torch.log(c.clamp_min(1e-8))
         arg = 2 * math.pi * c[:, None] * self.freqs[None, :]
-        return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+        e = self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("y: this network takes no class labels (num_classes=None)")
+            return e
+        if y is None:  # the null label
+            y = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
+        elif y.shape != t.shape:
+            raise ValueError(f"y must have shape (B,) = {tuple(t.shape)}, got {tuple(y.shape)}")
+        return e + self.labels(y.to(device=t.device, dtype=torch.long)).to(e.dtype)

@@ -27,7 +27,8 @@ class EnergyMLP(nn.Module):
 
     Arguments:
         dim: number of input features (flattened data dimension).
-        hidden, depth, emb_dim, embedding, emb_scale, time_input: as :class:`MLP`.
+        hidden, depth, emb_dim, embedding, emb_scale, time_input, num_classes: as
+            :class:`MLP`.
 
     Example:
         >>> import torch
@@ -46,9 +47,14 @@ class EnergyMLP(nn.Module):
         embedding: str = "fourier",
         emb_scale: float = 16.0,
         time_input: str = "t",
+        num_classes: int | None = None,
     ):
         super().__init__()
-        self.mlp = MLP(dim, hidden, depth, emb_dim, embedding, emb_scale, time_input, out_dim=1)
+        self.mlp = MLP(
+            dim, hidden, depth, emb_dim, embedding, emb_scale, time_input, out_dim=1,
+            num_classes=num_classes,
+        )  # fmt: skip
+        self.num_classes = self.mlp.num_classes
         self._config = {**self.mlp.config(), "name": "energy_mlp"}
         del self._config["out_dim"]
 
@@ -56,5 +62,5 @@ class EnergyMLP(nn.Module):
         """JSON-able config; ``scorekit.nets.build_net(config)`` rebuilds the network."""
         return dict(self._config)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.mlp.out(self.mlp.trunk(x, t)).squeeze(1)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.mlp.out(self.mlp.trunk(x, t, y)).squeeze(1)

@@ -74,8 +74,10 @@ class MLP(nn.Module):
             as in the DDPM U-Net's blocks; active in ``train()`` mode only).
         fourier_features: frequencies :math:`f_k` of the input Fourier features (each adds
             :math:`2\,dim` inputs); empty (default) for none.
+        num_classes: class-conditional on labels ``y`` in :math:`[0, K]`, :math:`K` the null
+            label (see :class:`~scorekit.nets.embedding.NoiseEmbedding`); ``None``: no labels.
 
-    Returns (forward):
+    Returns (forward ``net(x, t, y=None)``):
         Tensor of shape ``(B, *D)`` (or ``(B,)`` when ``out_dim == 1`` and ``dim > 1``).
 
     Example:
@@ -96,6 +98,7 @@ class MLP(nn.Module):
         out_dim: int | None = None,
         fourier_features: tuple[float, ...] | list[float] = (),
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.dim = check_int("dim", dim)
@@ -124,12 +127,17 @@ class MLP(nn.Module):
         freqs = _check_frequencies(fourier_features)
         if freqs:
             self._config["fourier_features"] = list(freqs)
+        if num_classes is not None:
+            self._config["num_classes"] = check_int("num_classes", num_classes)
         self.register_buffer(
             "freqs", torch.tensor(freqs, dtype=torch.float64) * math.pi, persistent=False
         )
         check_int("emb_dim", emb_dim, minimum=2)
         check_positive("emb_scale", emb_scale)
-        self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
+        self.embed = NoiseEmbedding(
+            emb_dim, embedding, emb_scale, time_input, num_classes=num_classes
+        )
+        self.num_classes = self.embed.num_classes
         self.inp = nn.Linear(self.dim * (1 + 2 * len(freqs)), hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim, float(dropout)) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
@@ -148,7 +156,7 @@ class MLP(nn.Module):
         h = (x[:, :, None] * self.freqs.to(x.dtype)).flatten(1)
         return torch.cat([x, h.sin(), h.cos()], dim=1)
 
-    def trunk(self, x: Tensor, t: Tensor) -> Tensor:
+    def trunk(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Hidden features of shape ``(B, hidden)``."""
         b = x.shape[0]
         if math.prod(x.shape[1:]) != self.dim:
@@ -157,14 +165,14 @@ class MLP(nn.Module):
             )
         if t.shape != (b,):
             raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
-        e = self.embed(t).to(x.dtype)
+        e = self.embed(t, y).to(x.dtype)
         h = self.inp(self.features(x.reshape(b, -1)))
         for block in self.blocks:
             h = block(h, e)
         return torch.nn.functional.silu(self.out_norm(h))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        y = self.out(self.trunk(x, t))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        out = self.out(self.trunk(x, t, y))
         if self.out_dim == self.dim:
-            return y.reshape(x.shape)
-        return y.squeeze(1) if self.out_dim == 1 else y
+            return out.reshape(x.shape)
+        return out.squeeze(1) if self.out_dim == 1 else out

@@ -74,8 +74,10 @@ class UNet(nn.Module):
         attention: add single-head self-attention at the lowest resolution.
         emb_dim, embedding, emb_scale, time_input: the noise embedding (see
             :class:`~scorekit.nets.embedding.NoiseEmbedding`).
+        num_classes: class-conditional on labels ``y`` in :math:`[0, K]`, :math:`K` the null
+            label; ``None``: no labels.
 
-    Returns (forward):
+    Returns (forward ``net(x, t, y=None)``):
         Tensor of shape ``(B, channels, H, W)``.
 
     Example:
@@ -95,6 +97,7 @@ class UNet(nn.Module):
         embedding: str = "fourier",
         emb_scale: float = 16.0,
         time_input: str = "t",
+        num_classes: int | None = None,
     ):
         super().__init__()
         check_int("channels", channels)
@@ -115,10 +118,15 @@ class UNet(nn.Module):
             "emb_scale": emb_scale,
             "time_input": time_input,
         }
+        if num_classes is not None:
+            self._config["num_classes"] = check_int("num_classes", num_classes)
         self.channels, self.levels = channels, len(mults)
         check_int("emb_dim", emb_dim, minimum=2)
         check_positive("emb_scale", emb_scale)
-        self.embed = NoiseEmbedding(emb_dim, embedding, emb_scale, time_input)
+        self.embed = NoiseEmbedding(
+            emb_dim, embedding, emb_scale, time_input, num_classes=num_classes
+        )
+        self.num_classes = self.embed.num_classes
         self.inp = nn.Conv2d(channels, base, 3, padding=1)
         chans = [base * m for m in mults]
         self.down = nn.ModuleList()
@@ -168,9 +176,9 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         self._check(x, t)
-        e = F.silu(self.embed(t).to(x.dtype))
+        e = F.silu(self.embed(t, y).to(x.dtype))
         h = self.inp(x)
         hs = [h]
         for i, level in enumerate(self.down):

@@ -36,7 +36,7 @@ __all__ = [
     "build_model",
     "check_shapes",
     "check_state",
-    "is_conditional",
+    "is_legacy_conditional",
     "load_checkpoint",
     "load_model",
     "load_state",
@@ -167,12 +167,41 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return tensors, meta
 
 
-def is_conditional(meta: dict) -> bool:
-    """Whether a checkpoint's ``meta`` describes a class-conditional model (load it with
-    :func:`scorekit.conditional.load_conditional`)."""
+def is_legacy_conditional(meta: dict) -> bool:
+    """Whether a checkpoint's ``meta`` holds a class-conditional model in the layout of
+    scorekit 0.1 (a ``ClassConditional`` wrapper, net config ``{"name": "conditional"}``),
+    which :func:`load_model` converts and the Trainer does not resume."""
     model = meta.get("model")
     net = model.get("net") if isinstance(model, dict) else None
     return isinstance(net, dict) and net.get("name") == "conditional"
+
+
+def _upgrade_legacy_conditional(meta: dict, tensors: dict[str, Tensor], what: str) -> tuple:
+    r"""The 0.1 class-conditional layout as today's: the inner network's config with
+    ``num_classes``, and its tensors renamed (``net.cond.net.net.X`` to ``net.X``, the
+    label table ``embed.table`` to ``embed.labels`` and the wrapped embedding
+    ``embed.embed.*`` to ``embed.*``); the arithmetic is the same,
+    :math:`e(t) + E[y]`."""
+    net = meta["model"]["net"]
+    inner = net.get("net") if isinstance(net, dict) else None
+    base = inner.get("net") if isinstance(inner, dict) else None
+    k = net.get("num_classes")
+    if not isinstance(base, dict) or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{what} has a class-conditional config that cannot be read: {net!r}")
+    out = {}
+    for key, v in tensors.items():
+        head, _, rest = key.partition(".")
+        if head not in ("model", "ema"):
+            continue
+        if not rest.startswith("net.cond.net.net."):
+            continue  # the duplicate names of the wrapped embedding
+        inner_key = rest.removeprefix("net.cond.net.net.")
+        inner_key = inner_key.replace("embed.table.", "embed.labels.", 1)
+        inner_key = inner_key.replace("embed.embed.", "embed.", 1)
+        out[f"{head}.net.{inner_key}"] = v
+    model = {**meta["model"], "net": {**base, "num_classes": k}}
+    shape = (meta.get("conditional") or {}).get("data_shape")  # the trainer saw packed rows
+    return {**meta, "model": model, "data_shape": shape}, out
 
 
 def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -240,20 +269,19 @@ def load_model(
 ) -> tuple[ScoreModel, Normalizer, dict]:
     """Load a trained model (the EMA weights when ``ema`` and present), its data
     :class:`~scorekit.train.data.Normalizer` and the checkpoint's ``meta``. The model is in
-    eval mode."""
+    eval mode and knows its data shape (``scorekit.sample(model, n)``). Every checkpoint
+    loads here, class-conditional ones too (their network takes ``y=``); a class-conditional
+    checkpoint of scorekit 0.1's layout is converted on the fly."""
     tensors, meta = load_checkpoint(path)
     if "model" not in meta:
         raise ValueError(f"checkpoint {path} has no 'model' configuration")
+    if is_legacy_conditional(meta):
+        meta, tensors = _upgrade_legacy_conditional(meta, tensors, f"checkpoint {path}")
     state = prefixed(tensors, "ema") if ema else {}
     if not state:
         state = prefixed(tensors, "model")
     net = meta["model"].get("net") if isinstance(meta["model"], dict) else None
     net = net if isinstance(net, dict) else {}
-    if is_conditional(meta):
-        raise ValueError(
-            f"checkpoint {path} holds a class-conditional model; load it with "
-            "scorekit.conditional.load_conditional (or sample it with scorekit sample --label)"
-        )
     check_state(lambda: build_model(meta["model"]), state, net, f"checkpoint {path}")
     model = build_model(meta["model"])
     load_state(model, state, f"checkpoint {path}")
@@ -265,4 +293,5 @@ def load_model(
         ):
             raise ValueError(f"checkpoint {path} has data_shape {shape!r}, expected a list of ints")
         normalizer.check_shape(tuple(shape), f"checkpoint {path}'s normalizer")
+        model.data_shape = tuple(shape)
     return model.to(device).eval(), normalizer, meta

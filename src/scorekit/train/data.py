@@ -114,9 +114,11 @@ class Normalizer:
 
 
 @dataclass
-class Dataset:
+class Dataset(torch.utils.data.Dataset):
     """Normalised examples ``x`` of shape ``(N, *D)`` (float32), optional ``labels`` ``(N,)``,
-    the ``normalizer`` that produced them, and a ``name``."""
+    the ``normalizer`` that produced them, and a ``name``. A torch ``Dataset`` of ``x[i]``,
+    or ``(x[i], labels[i])`` pairs when labelled (what :class:`~scorekit.train.Trainer`
+    reads, the labels as the conditioning ``y``)."""
 
     x: Tensor
     normalizer: Normalizer
@@ -126,6 +128,17 @@ class Dataset:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        """``(x,)`` or ``(x, labels)``, as ``torch.utils.data.TensorDataset`` has them."""
+        return (self.x,) if self.labels is None else (self.x, self.labels)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.x[i] if self.labels is None else (self.x[i], self.labels[i])
 
 
 def _u(n: int, g: torch.Generator | None) -> Tensor:

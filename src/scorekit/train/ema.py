@@ -33,6 +33,10 @@ class EMA:
         decay: :math:`\beta` in [0, 1).
         warmup: use :math:`\min(\beta, (1+n)/(10+n))`.
 
+    The count :math:`n` of updates lives in a tensor on the model's device, so an update
+    whose step was skipped (``good`` false: a non-finite loss) leaves the average and the
+    count as they were without reading any value on the host.
+
     Example:
         >>> net = nn.Linear(2, 2)
         >>> ema = EMA(net, decay=0.9)
@@ -47,27 +51,47 @@ class EMA:
         check_range("decay", float(decay), 0.0, 1.0)
         if decay >= 1:
             raise ValueError(f"decay must be < 1, got {decay}")
-        self.decay, self.warmup, self.updates = float(decay), bool(warmup), 0
+        self.decay, self.warmup = float(decay), bool(warmup)
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self._ema = (list(self.module.parameters()), list(self.module.buffers()))
         self._src: tuple[int, list, list] | None = None  # the tracked model's tensors, cached
+        first = next(iter(self._ema[0]), None)
+        device = first.device if first is not None else None
+        self._n = torch.zeros((), dtype=torch.float64, device=device)
+
+    @property
+    def updates(self) -> int:
+        """The number of updates so far (reads the count: call it outside the step loop)."""
+        return int(self._n)
+
+    @updates.setter
+    def updates(self, n: int) -> None:
+        self._n = torch.full_like(self._n, float(n))
 
     def decay_at(self, n: int) -> float:
         r""":math:`\beta_n` used by the update after ``n`` previous updates."""
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current parameters; copy its buffers."""
-        beta = self.decay_at(self.updates)
+    def update(self, model: nn.Module, good: torch.Tensor | None = None) -> None:
+        """Move the average towards ``model``'s current parameters; copy its buffers. With
+        ``good`` (a 0-dimensional bool tensor) false, nothing changes."""
         if self._src is None or self._src[0] != id(model):
             params = [p.detach() for p in model.parameters()]
             buffers = list(model.buffers())
             if len(params) != len(self._ema[0]) or len(buffers) != len(self._ema[1]):
                 raise ValueError("model does not match the EMA copy (different parameters)")
             self._src = (id(model), params, buffers)
+            if params and self._n.device != params[0].device:
+                self._n = self._n.to(params[0].device)
         _, params, buffers = self._src
-        torch._foreach_lerp_(self._ema[0], params, 1.0 - beta)
+        n = self._n
+        beta = torch.clamp((1 + n) / (10 + n), max=self.decay) if self.warmup else None
+        weight = (1.0 - beta) if beta is not None else torch.full_like(n, 1.0 - self.decay)
+        if good is not None:
+            weight = weight * good
+        if params:
+            torch._foreach_lerp_(self._ema[0], params, weight.to(params[0].dtype))
         for b_ema, b in zip(self._ema[1], buffers, strict=True):
-            b_ema.copy_(b)
-        self.updates += 1
+            b_ema.copy_(b if good is None else torch.where(good, b, b_ema))
+        self._n = n + (1.0 if good is None else good.to(n.dtype))

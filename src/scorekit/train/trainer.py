@@ -1,24 +1,37 @@
-r"""The training loop: AdamW, warm-up, clipping, EMA, per-σ logging, checkpoints, DDP.
+r"""The training loop: AdamW, learning-rate schedules, step and time budgets, clipping,
+EMA, per-σ logging, callbacks, checkpoints, DDP.
 
 One step draws a global batch of ``batch_size`` examples (indices uniform with
-replacement), splits it into ``world_size × accum`` shards, and on each shard ``k``
-draws :math:`t \sim` ``objective.sample_t`` and the objective's noise from a
-generator seeded by ``(seed, step, k)``. So the randomness of a run is a function of
-the step, which makes ``resume`` exact (bit-identical on CPU in float32), and a run
-on :math:`W` processes (``torchrun --nproc_per_node=W``, DistributedDataParallel,
-gloo on CPU / nccl on GPU) sees the same examples and noise as one process with
-``accum = W`` — equal up to the order of floating-point sums.
+replacement) with their conditioning (labels of a dataset of ``(x, y)`` pairs), splits it
+into ``world_size × accum`` shards, and on each shard ``k`` draws :math:`t \sim`
+``objective.sample_t`` and the objective's noise from a generator seeded by
+``(seed, step, k)``. So the randomness of a run is a function of the step, which makes
+``resume`` exact (bit-identical on CPU in float32), and a run on :math:`W` processes
+(``torchrun --nproc_per_node=W``, DistributedDataParallel, gloo on CPU / nccl on GPU)
+sees the same examples and noise as one process with ``accum = W`` — equal up to the order
+of floating-point sums.
 
-The loss minimised is the mean of the objective's per-example values; the learning
-rate ramps linearly over ``warmup`` steps, :math:`\eta_n = \eta \min(1, (n+1)/n_w)`;
-gradients are clipped to a global norm; the EMA of the weights (:class:`~scorekit.train.ema.EMA`)
-is kept and saved. Every ``log_every`` steps one JSON line goes to ``log.jsonl`` with
-the mean loss and the mean loss per bucket of :math:`\log\sigma` (geometric edges between
-:math:`\sigma(t_{min})` and :math:`\sigma(t_{max})`).
+The loss minimised is the mean of the objective's per-example values. The learning rate
+follows ``schedule``: ``"constant"`` :math:`\eta`; ``"warmup"`` (default) the linear ramp
+:math:`\eta_n = \eta \min(1, (n+1)/n_w)`; ``"cosine"`` that ramp times
+:math:`\tfrac12(1 + \cos \pi c)`, decaying to zero at the end of the budget, with
+:math:`c \in [0, 1]` the fraction of the budget spent (steps, or seconds of ``clock``,
+whichever is further; Loshchilov & Hutter 2017). Gradients are clipped to a global norm;
+the EMA of the weights (:class:`~scorekit.train.ema.EMA`) is kept and saved. Every
+``log_every`` steps one JSON line goes to ``log.jsonl`` with the mean loss and the mean loss
+per bucket of :math:`\log\sigma` (geometric edges between :math:`\sigma(t_{min})` and
+:math:`\sigma(t_{max})`), and every callback is called with that record.
+
+No step reads a value on the host: the gradient norm, the non-finite test, the skipped
+count, the per-σ sums and the EMA's count stay on the device, a non-finite step is skipped
+there (the fused AdamW's ``found_inf``), and the values are read at the logging interval,
+before a checkpoint and at the end (where a non-finite step under ``on_nonfinite="stop"``
+raises :class:`NonFiniteLoss`, naming it).
 
 References:
     Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW), 2019;
-    Song & Ermon (2020) for EMA; Li et al., "PyTorch Distributed", VLDB 2020.
+    Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts" (cosine),
+    ICLR 2017; Song & Ermon (2020) for EMA; Li et al., "PyTorch Distributed", VLDB 2020.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from torch import Tensor, nn
 from .._validate import check_choice, check_int, check_positive
 from ..core.parametrize import ScoreModel
 from .checkpoint import (
+    is_legacy_conditional,
     load_checkpoint,
     load_state,
     model_config,
@@ -61,14 +75,27 @@ class NonFiniteLoss(RuntimeError):
     """Raised when a step's loss or gradient is NaN or infinite (``on_nonfinite="stop"``)."""
 
 
+SCHEDULES = ("constant", "warmup", "cosine")
+CLOCKS = ("wall", "process")
+
+
 @dataclass
 class TrainConfig:
-    """Settings of :class:`Trainer` (all JSON-able; stored in every checkpoint)."""
+    """Settings of :class:`Trainer` (all JSON-able; stored in every checkpoint).
 
-    steps: int = 2000
+    ``steps`` and ``seconds`` bound the run (it stops at the first one reached; ``steps=None``
+    with a time budget runs until the time is spent); ``clock`` measures the seconds:
+    ``"wall"`` time or this ``"process"``'s CPU time (comparable on a shared machine).
+    ``schedule`` is ``"constant"``, ``"warmup"`` or ``"cosine"`` (see the module docstring).
+    """
+
+    steps: int | None = 2000
+    seconds: float | None = None
+    clock: str = "wall"
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.0
+    schedule: str = "warmup"
     warmup: int = 100
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
@@ -83,10 +110,17 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        check_int("steps", self.steps, minimum=0)
+        if self.steps is None and self.seconds is None:
+            raise ValueError("steps: a run needs a step count or a time budget (seconds)")
+        if self.steps is not None:
+            check_int("steps", self.steps, minimum=0)
+        if self.seconds is not None:
+            check_positive("seconds", self.seconds)
+        check_choice("clock", self.clock, CLOCKS)
         check_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
         check_positive("weight_decay", self.weight_decay, strict=False)
+        check_choice("schedule", self.schedule, SCHEDULES)
         check_int("warmup", self.warmup, minimum=0)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
@@ -107,6 +141,30 @@ class TrainConfig:
             )
         return cls(**d)
 
+    def fraction(self, step: int, seconds: float) -> float:
+        """The fraction of the budget spent after ``step`` steps and ``seconds``, in [0, 1]."""
+        done = 0.0
+        if self.steps:
+            done = step / self.steps
+        if self.seconds:
+            done = max(done, seconds / self.seconds)
+        return min(done, 1.0)
+
+    def learning_rate(self, step: int, seconds: float = 0.0) -> float:
+        r"""The learning rate of step ``step`` (0-based) after ``seconds`` of the budget."""
+        if self.schedule == "constant":
+            return self.lr
+        scale = min(1.0, (step + 1) / max(self.warmup, 1))
+        if self.schedule == "cosine":
+            scale *= 0.5 * (1 + math.cos(math.pi * self.fraction(step, seconds)))
+        return self.lr * scale
+
+    def done(self, step: int, seconds: float) -> bool:
+        """Whether the budget is spent."""
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and seconds >= self.seconds
+        )
+
 
 def _seed(*ints: int) -> int:
     """SplitMix64 of a tuple of non-negative ints: a well-mixed 63-bit seed."""
@@ -118,16 +176,18 @@ def _seed(*ints: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def _clip_grad(params: list[Tensor], max_norm: float | None) -> float:
+def _clip_grad(params: list[Tensor], max_norm: float | None) -> Tensor:
     r"""Scale the gradients to global norm at most ``max_norm`` (``None``: no clipping) and
-    return the norm before scaling, :math:`\lVert (\lVert g_i \rVert)_i \rVert_2` (NaN or
-    inf when a gradient is not finite; nothing is scaled then)."""
+    return the norm before scaling, :math:`\lVert (\lVert g_i \rVert)_i \rVert_2`, as a
+    tensor (NaN or inf when a gradient is not finite; nothing is scaled then). Nothing is
+    read on the host."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    total = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-    if max_norm is not None and math.isfinite(total) and total > max_norm:
-        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm is not None:
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, torch.where(torch.isfinite(total), scale, 1.0))
     return total
 
 
@@ -153,43 +213,130 @@ class _Loss(nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, x0: Tensor, t: Tensor, generator: torch.Generator) -> Tensor:
-        return self.objective(self.model, x0, t=t, generator=generator)
+    def forward(self, x0: Tensor, t: Tensor, generator: torch.Generator, **cond) -> Tensor:
+        return self.objective(self.model, x0, t=t, generator=generator, **cond)
+
+
+def _cond_of(item: Any) -> tuple[Any, dict]:
+    """``(x, cond)`` of a dataset item or batch: ``x``, ``(x, y)`` (labels) or ``(x, dict)``."""
+    if isinstance(item, (tuple, list)):
+        if len(item) == 1:
+            return item[0], {}
+        if len(item) == 2:
+            x, c = item
+            return x, (dict(c) if isinstance(c, dict) else {"y": c})
+        raise ValueError(
+            f"data items must be x, (x, y) or (x, cond_dict), got a tuple of {len(item)}"
+        )
+    return item, {}
+
+
+class _Source:
+    r"""Where batches come from: a tensor ``(N, *D)``, a dataset of tensors (``tensors``
+    attribute, e.g. ``TensorDataset(x, y)`` or :class:`~scorekit.train.data.Dataset`),
+    any map-style ``torch.utils.data.Dataset`` of ``x`` / ``(x, y)`` / ``(x, cond)`` items
+    (gathered by index: the randomness stays a function of the step), or a ``DataLoader``,
+    whose batches are this process's batches as they come (its order is its own: a resumed
+    run goes on from a fresh iterator)."""
+
+    def __init__(self, data: Any, device: torch.device):
+        self.loader, self.tensors, self.dataset = None, None, None
+        if isinstance(data, Tensor):
+            data = (data,)
+        elif isinstance(data, torch.utils.data.DataLoader):
+            self.loader, self._it = data, iter(data)
+            x, _ = _cond_of(next(iter(data)))
+            self._check(x, "data batches")
+            self.n, self.data_shape = None, tuple(x.shape[1:])
+            return
+        elif getattr(data, "tensors", None) is not None:
+            data = tuple(data.tensors)
+        if isinstance(data, tuple):
+            x = data[0]
+            self._check(x, "data")
+            if len(data) > 2:
+                raise ValueError(f"data must hold x and at most labels, got {len(data)} tensors")
+            self.tensors = (x.to(device, torch.float32),) + tuple(v.to(device) for v in data[1:])
+            self.n, self.data_shape = x.shape[0], tuple(x.shape[1:])
+            return
+        if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__len__"):
+            raise ValueError(
+                f"data must be a tensor (N, *D), a torch Dataset or a DataLoader, got "
+                f"{type(data).__name__}"
+            )
+        self.dataset, self.n, self.device = data, len(data), device
+        x, _ = _cond_of(data[0])
+        self._check(torch.as_tensor(x)[None], "data items")
+        self.data_shape = tuple(torch.as_tensor(x).shape)
+
+    @staticmethod
+    def _check(x: Any, what: str) -> None:
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{what} must be tensors of shape (N, *D) with N >= 1, got {shape}")
+
+    @property
+    def labels(self) -> Tensor | None:
+        return self.tensors[1] if self.tensors is not None and len(self.tensors) > 1 else None
+
+    def take(self, idx: Tensor) -> tuple[Tensor, dict]:
+        """The examples at ``idx`` and their conditioning (map-style data)."""
+        if self.tensors is not None:
+            idx = idx.to(self.tensors[0].device)
+            x = self.tensors[0][idx]
+            return x, ({} if len(self.tensors) == 1 else {"y": self.tensors[1][idx]})
+        from torch.utils.data import default_collate
+
+        x, cond = _cond_of(default_collate([self.dataset[i] for i in idx.tolist()]))
+        move = lambda v: v.to(self.device) if isinstance(v, Tensor) else v  # noqa: E731
+        return move(x).float(), {k: move(v) for k, v in cond.items()}
+
+    def next_batch(self) -> tuple[Tensor, dict]:
+        """The next batch of a ``DataLoader`` (a new pass when one ends)."""
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            item = next(self._it)
+        return _cond_of(item)
 
 
 class Trainer:
     r"""Train ``model`` on ``data`` with ``objective``; see the module docstring.
 
     Arguments:
-        model: a :class:`~scorekit.core.parametrize.ScoreModel` over a ``scorekit.nets`` network.
+        model: a :class:`~scorekit.core.parametrize.ScoreModel` over a ``scorekit.nets``
+            network.
         objective: object with ``.process``, ``.sample_t(B, generator, dtype, device)`` and
-            ``__call__(model, x0, t=, generator=) -> (B,)`` (see ``scorekit.losses``).
-        data: training examples in model space, shape ``(N, *D)``.
+            ``__call__(model, x0, t=, generator=, **cond) -> (B,)`` (see ``scorekit.losses``).
+        data: training examples in model space: a tensor ``(N, *D)``, a torch ``Dataset``
+            of ``x``, ``(x, y)`` or ``(x, cond_dict)`` items (``TensorDataset(x, labels)``
+            for labelled data), or a ``DataLoader`` of such batches.
         config: a :class:`TrainConfig`.
         out_dir: folder for ``checkpoint.safetensors`` / ``.json`` and ``log.jsonl``
             (``None``: nothing is written).
         normalizer: the data normalisation, saved with the checkpoint.
         meta: extra JSON-able information saved with the checkpoint (e.g. data, objective).
         device: where to train (default: the device :func:`init_distributed` reports).
+        callbacks: callables ``callback(trainer, record)`` called at every logging interval
+            with the JSON record written to ``log.jsonl`` (on every rank), e.g. an evaluation.
     """
 
     def __init__(
         self,
         model: ScoreModel,
         objective: Any,
-        data: Tensor,
+        data: Any,
         config: TrainConfig | None = None,
         out_dir: str | Path | None = None,
         *,
         normalizer: Normalizer | None = None,
         meta: dict | None = None,
         device: str | torch.device | None = None,
+        callbacks: list | tuple = (),
     ):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")
-        if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] == 0:
-            shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
-            raise ValueError(f"data must be a tensor of shape (N, *D) with N >= 1, got {shape}")
         self.cfg = config or TrainConfig()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -200,25 +347,42 @@ class Trainer:
                 f"got {self.cfg.batch_size}"
             )
         self.device = torch.device(device) if device is not None else init_distributed()[2]
+        self.source = _Source(data, self.device)
+        self._check_labels(model)
+        if model.data_shape is None:  # the model learns the shape of what it is trained on
+            model.data_shape = self.source.data_shape
         self.model = model.to(self.device)
         self.objective = objective
         self.process = objective.process
-        self.data = data.to(self.device, torch.float32)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.normalizer = normalizer or Normalizer()
         self.meta = dict(meta or {})
-        self.opt = torch.optim.AdamW(
-            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, foreach=True
-        )
+        self.callbacks = list(callbacks)
+        if not all(callable(cb) for cb in self.callbacks):
+            raise ValueError("callbacks must be callables callback(trainer, record)")
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:  # fused: one kernel, and a non-finite step is skipped on the device (found_inf)
+            self.opt = torch.optim.AdamW(
+                params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True
+            )
+            self._fused = True
+        except (RuntimeError, TypeError):  # a device without the fused kernel
+            self.opt = torch.optim.AdamW(
+                params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, foreach=True
+            )
+            self._fused = False
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
-        self.step, self.skipped = 0, 0
+        self.step, self.elapsed = 0, 0.0
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
-        lo = float(self.process.sigma(torch.tensor(self.process.t_min, dtype=torch.float64)))
-        hi = float(self.process.sigma(torch.tensor(self.process.t_max, dtype=torch.float64)))
-        lo = max(lo, hi * 1e-6)
+        ends = self.process.sigma(
+            torch.tensor([self.process.t_min, self.process.t_max], dtype=torch.float64)
+        ).tolist()
+        lo, hi = max(ends[0], ends[1] * 1e-6), ends[1]
         self.sigma_edges = torch.logspace(
             math.log10(lo), math.log10(hi), self.cfg.sigma_buckets + 1, dtype=torch.float64
         )
+        self._inner_edges = self.sigma_edges[1:-1].to(self.device)
+        self._reset_counters(skipped=0)
         self._loss = _Loss(self.model, objective)
         self._ddp = None
         if self.world > 1:
@@ -229,10 +393,34 @@ class Trainer:
                 self._loss, device_ids=ids, find_unused_parameters=unused
             )
 
+    def _check_labels(self, model: ScoreModel) -> None:
+        """Labels of a labelled dataset must be classes of the model (read once, here)."""
+        y = self.source.labels
+        if y is None:
+            return
+        from ..guidance import check_labels, num_classes_of
+
+        k = num_classes_of(model)
+        if k is not None:
+            check_labels("data labels", y, k)
+
+    def _reset_counters(self, skipped: int) -> None:
+        """The statistics kept on the device between two reads (sums per sigma bucket)."""
+        z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
+        self._sums, self._counts = z(self.cfg.sigma_buckets), z(self.cfg.sigma_buckets)
+        self._skipped = torch.full((), skipped, dtype=torch.long, device=self.device)
+        self._bad = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)  # step, lo, hi
+        self._last = torch.full((), math.nan, dtype=torch.float64, device=self.device)
+
     # -- checkpoints -------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "checkpoint.safetensors"
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for a non-finite loss or gradient (reads the count)."""
+        return int(self._skipped)
 
     def state(self) -> tuple[dict[str, Tensor], dict]:
         """Everything needed to continue: ``(tensors, meta)`` for :func:`save_checkpoint`."""
@@ -250,6 +438,7 @@ class Trainer:
             "train": asdict(self.cfg),
             "normalizer": self.normalizer.config(),
             "step": self.step,
+            "elapsed": self.elapsed,
             "skipped": self.skipped,
             "ema": {
                 "decay": self.ema.decay,
@@ -257,12 +446,14 @@ class Trainer:
                 "updates": self.ema.updates,
             },
             "optim": {"param_groups": groups},
-            "data_shape": list(self.data.shape[1:]),
+            "data_shape": list(self.source.data_shape),
         }
         return tensors, meta
 
     def save(self, path: str | Path | None = None) -> Path | None:
-        """Write the checkpoint (rank 0 only); returns its path."""
+        """Write the checkpoint (rank 0 only); returns its path. Steps that were not finite
+        are reported first (:class:`NonFiniteLoss` under ``on_nonfinite="stop"``)."""
+        self._check_finite()
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             return None
@@ -275,9 +466,16 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Restore model, EMA, optimiser, step and RNG from a checkpoint of this trainer."""
+        """Restore model, EMA, optimiser, step, time spent and RNG from a checkpoint of this
+        trainer."""
         path = Path(path) if path is not None else self.checkpoint_path
         tensors, meta = load_checkpoint(path)
+        if is_legacy_conditional(meta):
+            raise ValueError(
+                f"checkpoint {path} holds a class-conditional model of scorekit 0.1's layout: "
+                "it loads for sampling (scorekit sample --label), but training cannot resume "
+                "from it; start a new run in another folder"
+            )
         mine, theirs = model_config(self.model), meta.get("model", {})
         for key in ("net", "process", "prediction", "precond"):
             if json.dumps(mine.get(key), sort_keys=True) != json.dumps(
@@ -295,7 +493,8 @@ class Trainer:
             state.setdefault(int(i), {})[name] = v
         self.opt.load_state_dict({"state": state, "param_groups": meta["optim"]["param_groups"]})
         torch.set_rng_state(tensors["rng.torch"])
-        self.step, self.skipped = int(meta["step"]), int(meta.get("skipped", 0))
+        self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
+        self._reset_counters(skipped=int(meta.get("skipped", 0)))
         self.ema.updates = int(meta["ema"]["updates"])
         self.last_checkpoint = (path, self.step)
         self._truncate_log()
@@ -321,35 +520,40 @@ class Trainer:
                 continue  # a line cut short by the interruption
         write_atomic(p, "".join(keep))
 
-    def _bucket_stats(self, pending: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Sum and count of the losses per sigma bucket, over the steps since the last log."""
-        nb = self.cfg.sigma_buckets
-        sums = torch.zeros(nb, dtype=torch.float64)
-        counts = torch.zeros(nb, dtype=torch.float64)
-        if pending:
-            t = torch.cat([p[0] for p in pending]).double().cpu()
-            losses = torch.cat([p[1] for p in pending]).double().cpu()
-            idx = torch.bucketize(self.process.sigma(t), self.sigma_edges[1:-1])
-            sums.index_add_(0, idx, losses)
-            counts.index_add_(0, idx, torch.ones_like(losses))
-        return sums, counts
-
     # -- the loop ------------------------------------------------------------------------
-    def _step_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Forward and backward of this rank's shards; returns (losses, t, idx)."""
+    def _clock(self) -> float:
+        return time.process_time() if self.cfg.clock == "process" else time.perf_counter()
+
+    def _step_batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Forward and backward of this rank's shards; returns (losses, t)."""
         cfg, B = self.cfg, self.cfg.batch_size
-        micro = B // (self.world * cfg.accum)
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, step, 1 << 20))
-        idx = torch.randint(self.data.shape[0], (B,), generator=gen)
         runner = self._ddp if self._ddp is not None else self._loss
+        if self.source.loader is not None:
+            xs, conds = self.source.next_batch()
+            x_all = xs.to(self.device, torch.float32)
+            micro = -(-x_all.shape[0] // cfg.accum)
+        else:
+            micro = B // (self.world * cfg.accum)
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, step, 1 << 20))
+            idx = torch.randint(self.source.n, (B,), generator=gen)
         all_losses, all_t = [], []
         for a in range(cfg.accum):
             k = self.rank * cfg.accum + a
-            xb = self.data[idx[k * micro : (k + 1) * micro].to(self.device)]
+            if self.source.loader is not None:
+                rows = slice(a * micro, (a + 1) * micro)
+                xb = x_all[rows]
+                cond = {
+                    n: (v[rows].to(self.device) if isinstance(v, Tensor) else v)
+                    for n, v in conds.items()
+                }
+            else:
+                xb, cond = self.source.take(idx[k * micro : (k + 1) * micro])
             g = torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, step, k))
-            t = self.objective.sample_t(micro, generator=g, dtype=xb.dtype, device=self.device)
+            t = self.objective.sample_t(
+                xb.shape[0], generator=g, dtype=xb.dtype, device=self.device
+            )
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                losses = runner(xb, t, g)
+                losses = runner(xb, t, g, **cond)
             loss = losses.float().mean() / cfg.accum
             if self._ddp is not None and a < cfg.accum - 1:
                 with self._ddp.no_sync():
@@ -358,103 +562,135 @@ class Trainer:
                 loss.backward()
             all_losses.append(losses.detach().float())
             all_t.append(t.detach())
-        return torch.cat(all_losses), torch.cat(all_t), idx
+        return torch.cat(all_losses), torch.cat(all_t)
+
+    def _account(self, step: int, losses: Tensor, t: Tensor, good: Tensor) -> None:
+        """Add a step to the statistics on the device (no value is read)."""
+        sigma = self.process.sigma(t.to(torch.float64))
+        idx = torch.bucketize(sigma, self._inner_edges)
+        w = good.to(torch.float64)
+        self._sums.index_add_(0, idx, torch.where(good, losses.to(torch.float64), 0.0))
+        self._counts.index_add_(0, idx, w.expand_as(sigma))
+        self._skipped += (~good).to(torch.long)
+        first = (~good) & (self._bad[0] < 0)
+        here = torch.stack([torch.full_like(sigma[0], step + 1), sigma.min(), sigma.max()])
+        self._bad = torch.where(first, here, self._bad)
+        self._last = torch.where(good, losses.to(torch.float64).mean(), self._last)
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteLoss` for the first non-finite step since the start (under
+        ``on_nonfinite="stop"``); reads three numbers."""
+        bad_step, lo, hi = self._bad.tolist()
+        if bad_step < 0 or self.cfg.on_nonfinite != "stop":
+            return
+        good = self.last_checkpoint
+        where = (
+            f"last good checkpoint {good[0]} (step {good[1]})"
+            if good is not None
+            else "no checkpoint saved yet"
+        )
+        raise NonFiniteLoss(
+            f"non-finite loss or gradient at step {int(bad_step)} (batch sigma in "
+            f"[{lo:.4g}, {hi:.4g}]); {where}; lower the learning rate or use --on-nonfinite skip"
+        )
 
     def fit(self) -> dict:
-        """Train until ``config.steps``; returns ``{"step", "loss", "skipped", "seconds"}``.
+        """Train until the budget (``config.steps`` and/or ``config.seconds``) is spent;
+        returns ``{"step", "loss", "skipped", "seconds"}``. The checkpoint is written every
+        ``ckpt_every`` steps and at the end.
 
         Raises:
             NonFiniteLoss: a step's loss or gradient norm was not finite (and
-                ``on_nonfinite="stop"``); nothing non-finite is saved.
+                ``on_nonfinite="stop"``), at the next log or checkpoint; nothing non-finite
+                is saved.
         """
         cfg = self.cfg
         self.model.train()
-        pending: list[tuple[Tensor, Tensor]] = []  # (t, losses) of the good steps since the log
         params = [p for p in self.model.parameters() if p.requires_grad]
-        bar = None
-        if cfg.progress and self.rank == 0:
-            try:  # tqdm comes with the 'cli' extra; without it, no bar
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
-        t0, steps0, last = time.perf_counter(), self.step, float("nan")
+        bar = self._bar()
+        t0, steps0, start = self._clock(), self.step, self.elapsed
         try:
-            while self.step < cfg.steps:
+            while not cfg.done(self.step, self.elapsed):
                 step = self.step
                 for group in self.opt.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+                    group["lr"] = cfg.learning_rate(step, self.elapsed)
                 self.opt.zero_grad(set_to_none=True)
-                losses, t, _ = self._step_batch(step)
-                gnorm = _clip_grad(params, cfg.grad_clip)
-                mean = float(losses.mean())
-                bad = not (math.isfinite(mean) and math.isfinite(gnorm))
+                losses, t = self._step_batch(step)
+                gnorm = _clip_grad(params, cfg.grad_clip).to(self.device)
+                good = torch.isfinite(losses.sum()) & torch.isfinite(gnorm)
                 if self._ddp is not None:
-                    flag = torch.tensor([float(bad)])
+                    flag = (~good).to(torch.float32)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    bad = bool(flag[0] > 0)
-                if bad:
-                    s = self.process.sigma(t.detach().double().cpu())
-                    what = (
-                        f"non-finite loss or gradient at step {step + 1} "
-                        f"(batch sigma in [{float(s.min()):.4g}, {float(s.max()):.4g}])"
-                    )
-                    if cfg.on_nonfinite == "stop":
-                        good = self.last_checkpoint
-                        where = (
-                            f"last good checkpoint {good[0]} (step {good[1]})"
-                            if good is not None
-                            else "no checkpoint saved yet"
-                        )
-                        raise NonFiniteLoss(
-                            f"{what}; {where}; lower the learning rate or use --on-nonfinite skip"
-                        )
-                    self.opt.zero_grad(set_to_none=True)
-                    self.skipped += 1
-                else:
+                    good = flag == 0
+                if self._fused:
+                    self.opt.found_inf = (~good).to(torch.float32)
                     self.opt.step()
-                    self.ema.update(self.model)
-                    pending.append((t, losses))
-                    last = mean
+                elif bool(good):  # without the fused kernel: one read per step
+                    self.opt.step()
+                self.ema.update(self.model, good)
+                self._account(step, losses, t, good)
                 self.step += 1
+                self.elapsed = start + self._clock() - t0
                 if bar is not None:
                     bar.update(1)
-                    if self.step % 10 == 0 or self.step == cfg.steps:
-                        bar.set_postfix(loss=f"{last:.4g}", skipped=self.skipped)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log(*self._bucket_stats(pending), t0, steps0)
-                    pending.clear()
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                end = cfg.done(self.step, self.elapsed)
+                if self.step % cfg.log_every == 0 or end:
+                    self._log(t0, steps0, bar)
+                if (self.step % cfg.ckpt_every == 0 or end) and self.out_dir is not None:
                     self.save()
+            self._check_finite()
+            if self.out_dir is not None and (self.last_checkpoint or (None, -1))[1] != self.step:
+                self.save()  # a run that took no step still leaves its checkpoint
         finally:
             if bar is not None:
                 bar.close()
-        seconds = time.perf_counter() - t0
-        return {"step": self.step, "loss": last, "skipped": self.skipped, "seconds": seconds}
+            if self._fused:
+                self.opt.found_inf = None
+        last = float(self._last)
+        return {"step": self.step, "loss": last, "skipped": self.skipped,
+                "seconds": self.elapsed - start}  # fmt: skip
 
-    def _log(self, sums: Tensor, counts: Tensor, t0: float, steps0: int) -> None:
+    def _bar(self):
+        if not self.cfg.progress or self.rank != 0:
+            return None
+        try:  # tqdm comes with the 'cli' extra; without it, no bar
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step")
+
+    def _log(self, t0: float, steps0: int, bar) -> None:
+        """Read the statistics (the one host read of the loop), write a log line, call the
+        callbacks."""
+        self._check_finite()
+        sums, counts = self._sums, self._counts
         if self._ddp is not None:
             both = torch.stack([sums, counts])
             dist.all_reduce(both)
             sums, counts = both[0], both[1]
-        if self.rank != 0 or self.log_path is None:
-            return
-        n = float(counts.sum())
-        per = [float(s / c) if c > 0 else None for s, c in zip(sums, counts, strict=True)]
+        sums, counts = sums.tolist(), counts.tolist()
+        self._sums.zero_()
+        self._counts.zero_()
+        n = sum(counts)
         rec = {
             "step": self.step,
-            "loss": float(sums.sum()) / n if n else None,
+            "loss": sum(sums) / n if n else None,
             "lr": self.opt.param_groups[0]["lr"],
             "skipped": self.skipped,
-            "steps_per_s": (self.step - steps0) / max(time.perf_counter() - t0, 1e-9),
+            "steps_per_s": (self.step - steps0) / max(self._clock() - t0, 1e-9),
+            "elapsed": self.elapsed,
             "sigma_edges": self.sigma_edges.tolist(),
-            "bucket_loss": per,
+            "bucket_loss": [s / c if c > 0 else None for s, c in zip(sums, counts, strict=True)],
             "bucket_count": [int(c) for c in counts],
         }
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss'] or math.nan:.4g}", skipped=rec["skipped"])
+        if self.rank == 0 and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        for cb in self.callbacks:
+            cb(self, rec)
 
     def close(self) -> None:
         """Release the DDP wrapper (call before :func:`shutdown_distributed`)."""

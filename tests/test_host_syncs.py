@@ -1,0 +1,119 @@
+"""No step turns a tensor into a Python number: the count of host syncs (tensor-to-Python
+conversions, see ``host_syncs.py``) of a training run or a sampler call does not grow with
+its number of steps, for every built-in objective and sampler. Values are checked once, at
+the boundary of the call."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from host_syncs import syncs
+from scorekit import EDM, VP, EDMPrecond, ExactScore, GaussianMixture, ScoreModel, nets
+from scorekit.guidance import ClassifierFreeGuidance, ExactConditional
+from scorekit.losses import OBJECTIVES, ClassifierObjective, LabelDropout, make_objective
+from scorekit.samplers import SAMPLERS, sample
+from scorekit.train import TrainConfig, Trainer
+
+
+def _model(name, process, num_classes=None):
+    torch.manual_seed(0)
+    if name == "edm":
+        net = EDMPrecond(nets.MLP(2, hidden=16, depth=1, num_classes=num_classes), process)
+        return ScoreModel(net, process, "x0")
+    return ScoreModel(nets.MLP(2, hidden=16, depth=1, num_classes=num_classes), process, "eps")
+
+
+def _steps(model, objective, n, **cond):
+    """``n`` bare steps: objective, backward, fused AdamW (as the Trainer's)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+
+    def run():
+        for _ in range(n):
+            loss = objective(model, x, generator=g, **cond).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+CASES = [*OBJECTIVES, "label_dropout", "classifier"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_objective_steps_make_no_host_sync(name):
+    process = EDM() if name == "edm" else VP()
+    cond = {}
+    if name == "label_dropout":
+        model = _model(name, process, num_classes=3)
+        objective = LabelDropout(make_objective("dsm", process), 3, 0.2)
+        cond = {"y": torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(3))}
+    elif name == "classifier":
+        torch.manual_seed(0)
+        model = ScoreModel(nets.MLP(2, hidden=16, depth=1, out_dim=3), process)
+        objective = ClassifierObjective(process, 3)
+        cond = {"y": torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(3))}
+    else:
+        model = _model(name, process)
+        objective = make_objective(name, process)
+    _steps(model, objective, 1, **cond)()  # first call: one-time reads (cached constants)
+    one, _ = syncs(_steps(model, objective, 1, **cond))
+    four, where = syncs(_steps(model, objective, 4, **cond))
+    assert four == one == 0, (name, one, four, where)
+
+
+def test_training_runs_read_values_only_at_their_boundary():
+    # the Trainer reads at the start, at each logging interval and at the end, not per step
+    process = VP()
+    data = TensorDataset(torch.randn(256, 2), torch.randint(0, 3, (256,)))
+    objective = LabelDropout(make_objective("dsm", process), 3, 0.1)
+
+    def fit(steps):
+        cfg = TrainConfig(steps=steps, batch_size=32, log_every=1000, progress=False)
+        return lambda: Trainer(_model("dsm", process, 3), objective, data, cfg).fit()
+
+    short, _ = syncs(fit(4))
+    long, where = syncs(fit(16))
+    assert long == short, (short, long, where)
+
+
+MIX = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
+OPTIONS = {"edm": {"s_churn": 5.0}, "ddim": {"eta": 0.5}, "mala": {"step_size": 0.01}}
+# dopri5's adaptive controller accepts or rejects each internal step on the host (its
+# error norm is read): the one sampler whose reads follow its internal steps by design.
+ADAPTIVE = {"dopri5"}
+
+
+def _energy(process):
+    def energy(x, t):
+        a, s = process.marginal(t)
+        return -MIX.noised_log_prob(x, a, s)
+
+    return ScoreModel(energy, process, "energy", (2,))
+
+
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - ADAPTIVE))
+def test_sampler_steps_make_no_host_sync(name):
+    process = VP()
+    model = _energy(process) if name == "mala" else ExactScore(MIX, process)
+    steps = (3, 9) if name == "annealed_langevin" else (4, 12)
+    opts = {"steps_per_level": 2} if name == "annealed_langevin" else OPTIONS.get(name, {})
+
+    def run(n):
+        return lambda: sample(model, 16, name, n, torch.Generator().manual_seed(0), **opts)
+
+    few, _ = syncs(run(steps[0]))
+    many, where = syncs(run(steps[1]))
+    assert many == few, (name, few, many, where)
+
+
+def test_conditional_guided_sampling_makes_no_host_sync_per_step():
+    model = ClassifierFreeGuidance(ExactConditional(MIX, [0, 1], VP()), 2.0)
+    y = {"y": torch.tensor([0, 1] * 8)}
+
+    def run(n):
+        return lambda: sample(model, 16, "dpmpp_2m", n, torch.Generator().manual_seed(0), cond=y)
+
+    assert syncs(run(4))[0] == syncs(run(12))[0]
