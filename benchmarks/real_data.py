@@ -46,7 +46,6 @@ from scorekit.losses import EDMLoss
 from scorekit.metrics import digits_quality
 from scorekit.nets import MLP
 from scorekit.samplers import sample
-from scorekit.train.ema import EMA
 
 __all__ = [
     "SETUPS",
@@ -82,37 +81,54 @@ def _cpu() -> float:
     return time.process_time()
 
 
-def train_budget(model, objective, batch_fn, minutes, setup: dict, seed: int):
-    r"""Adam (grad-norm clip 1, linear warm-up, then a cosine decay of the learning rate to
-    zero at the end of the budget, :math:`\eta = \eta_0\,\tfrac12(1 + \cos(\pi c/C))`
-    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``) with an EMA; the
-    setup gives ``lr``, ``warmup`` (steps) and ``ema`` (decay).
+class Dequantized:
+    r"""An objective trained on dequantized data: :math:`x_0 + w\,U`, :math:`U \sim U[0,1)`
+    drawn from the step's generator, for data stored at the bin's lower edge."""
 
-    Returns ``(ema_copy, raw_copy, steps, cpu_seconds, mean of the last 200 losses)``.
+    def __init__(self, objective, width: float):
+        self.objective, self.process, self.width = objective, objective.process, width
+
+    def sample_t(self, *args, **kwargs):
+        return self.objective.sample_t(*args, **kwargs)
+
+    def __call__(self, model, x0, t=None, generator=None, **cond):
+        u = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        return self.objective(model, x0 + self.width * u, t=t, generator=generator, **cond)
+
+
+def train_budget(model, objective, data, minutes, setup: dict, seed: int):
+    r"""The Trainer for ``minutes`` of this process's CPU time: AdamW without weight decay
+    (Adam), grad-norm clip 1, linear warm-up, then a cosine decay of the learning rate to
+    zero at the end of the budget, :math:`\eta = \eta_0\,\tfrac12(1 + \cos(\pi c/C))`
+    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``, with an EMA; the
+    setup gives ``lr``, ``warmup`` (steps), ``ema`` (decay) and ``batch``.
+
+    Returns ``(ema_copy, raw_copy, steps, cpu_seconds, mean loss of the last 200 steps)``.
     """
-    g = torch.Generator().manual_seed(seed)
-    lr, warmup = setup["lr"], setup["warmup"]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = EMA(model, decay=setup["ema"])
-    budget, step, spent, losses = 60.0 * minutes, 0, 0.0, []
-    model.train()
-    while spent < budget:
-        c0 = _cpu()
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * spent / budget))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        loss = objective(model, batch_fn(g), generator=g).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        step += 1
-        losses.append(float(loss.detach()))
-        spent += _cpu() - c0
-    raw = copy.deepcopy(model).eval().requires_grad_(False)
-    ema_copy = copy.deepcopy(ema.module).eval().requires_grad_(False)
-    return ema_copy, raw, step, spent, float(np.mean(losses[-200:]))
+    from scorekit.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        steps=None,
+        seconds=60.0 * minutes,
+        clock="process",
+        batch_size=setup["batch"],
+        lr=setup["lr"],
+        schedule="cosine",
+        warmup=setup["warmup"],
+        grad_clip=1.0,
+        ema_decay=setup["ema"],
+        seed=seed,
+        log_every=200,
+        progress=False,
+    )
+    logs = []
+    trainer = Trainer(model, objective, data, cfg, device="cpu",
+                      callbacks=[lambda tr, rec: logs.append(rec)])  # fmt: skip
+    fit = trainer.fit()
+    raw = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+    ema_copy = copy.deepcopy(trainer.ema.module).eval().requires_grad_(False)
+    full = [r for r in logs if r["step"] % 200 == 0] or logs  # the last full interval
+    return ema_copy, raw, fit["step"], fit["seconds"], full[-1]["loss"]
 
 
 def _samples_digits(model, n, sampler, steps, seed):
@@ -253,8 +269,8 @@ def _choices(setup: dict, model: ScoreModel, sigma_data: float, warmup: int) -> 
         "parametrisation": f"EDMPrecond (x0), sigma_data={sigma_data:.3g}",
         "process": f"EDM(sigma_min={setup['sigma_min']:g}, sigma_max=80)",
         "loss": f"EDMLoss: ln sigma ~ N({setup['p_mean']:g}, {setup['p_std']:g}^2), EDM weight",
-        "optimizer": f"Adam lr={setup['lr']:g}, {warmup}-step warm-up, cosine decay to 0 at "
-        f"the budget, grad-norm clip 1, batch {setup['batch']}",
+        "optimizer": f"Trainer: AdamW lr={setup['lr']:g} (no weight decay), {warmup}-step "
+        f"warm-up, cosine decay to 0 at the CPU budget, grad-norm clip 1, batch {setup['batch']}",
         "ema": f"{setup['ema']:g}",
     }
 
@@ -277,11 +293,9 @@ def _run_digits(name, setup, minutes, quick, seed):
     sigma_data = float(f"{float(dequantize(train, torch.Generator().manual_seed(5)).std()):.3g}")
     torch.manual_seed(seed)
     model, objective = build(setup, 64, sigma_data)
-
-    def batch_fn(g):
-        return dequantize(train[torch.randint(0, len(train), (setup["batch"],), generator=g)], g)
-
-    ema, raw, steps, spent, loss = train_budget(model, objective, batch_fn, minutes, setup, seed)
+    edges = (train - CENTER) / SCALE  # lower bin edges; + U / SCALE is dequantize()
+    objective = Dequantized(objective, 1.0 / SCALE)
+    ema, raw, steps, spent, loss = train_budget(model, objective, edges, minutes, setup, seed)
     common = {
         "setup": name,
         "budget_cpu_min": minutes,
@@ -359,11 +373,7 @@ def _run_moons(name, setup, minutes, quick, seed):
     log_det = float(-torch.log(scale).sum())  # log |dz/dx|
     torch.manual_seed(seed)
     model, objective = build(setup, 2, 1.0)
-
-    def batch_fn(g):
-        return ztr[torch.randint(0, len(ztr), (setup["batch"],), generator=g)]
-
-    ema, _, steps, spent, loss = train_budget(model, objective, batch_fn, minutes, setup, seed)
+    ema, _, steps, spent, loss = train_budget(model, objective, ztr, minutes, setup, seed)
     rtol = 1e-4 if quick else 1e-5
     r, cpu = _likelihood(
         copy.deepcopy(ema).double(),
