@@ -248,9 +248,10 @@ def edm_coefficients(
 
 
 def _edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    s2, d2 = sigma**2, sigma_data**2
-    root = torch.sqrt(s2 + d2)
-    return d2 / (s2 + d2), sigma * sigma_data / root, 1 / root, torch.log(sigma) / 4
+    c_in = sigma.square().add_(sigma_data**2).rsqrt_()  # 1 / sqrt(sigma^2 + sigma_d^2)
+    c_skip = c_in.square().mul_(sigma_data**2)
+    c_out = (sigma * c_in).mul_(sigma_data)
+    return c_skip, c_out, c_in, sigma.log().mul_(0.25)
 
 
 class EDMPrecond(nn.Module):
@@ -275,9 +276,13 @@ class EDMPrecond(nn.Module):
         self.data_shape = getattr(net, "data_shape", None)
 
     def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
-        alpha, sigma = self.process.marginal(t)
-        alpha, sigma = alpha.to(x), sigma.to(x)
-        c_skip, c_out, c_in, c_noise = _edm_coefficients(sigma / alpha, self.sigma_data)
-        xh = x / broadcast_like(alpha, x)
+        if self.process.unit_alpha:  # VE, EDM: x_hat = x, sigma_hat = sigma
+            sigma = self.process.sigma(t)
+            s_hat, xh = (sigma if sigma.dtype == x.dtype else sigma.to(x.dtype)), x
+        else:
+            alpha, sigma = self.process.marginal(t)
+            alpha, sigma = alpha.to(x), sigma.to(x)
+            s_hat, xh = sigma / alpha, x / broadcast_like(alpha, x)
+        c_skip, c_out, c_in, c_noise = _edm_coefficients(s_hat, self.sigma_data)
         f = self.net(broadcast_like(c_in, x) * xh, c_noise, **cond)
-        return broadcast_like(c_skip, x) * xh + broadcast_like(c_out, x) * f
+        return torch.addcmul(broadcast_like(c_skip, x) * xh, broadcast_like(c_out, x), f)

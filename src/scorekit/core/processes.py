@@ -81,6 +81,8 @@ class Process:
     T: float = 1.0
     t_min: float = 0.0
     t_max: float = 1.0
+    #: :math:`\alpha \equiv 1` (VE, EDM): code may skip multiplying by it
+    unit_alpha: bool = False
 
     # -- to implement -------------------------------------------------------
     def _alpha(self, t: Tensor) -> Tensor:
@@ -276,6 +278,8 @@ class VE(Process):
         Song & Ermon (2019); Song et al. (2021), eq. (30).
     """
 
+    unit_alpha = True
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         self.sigma_min = check_positive("sigma_min", sigma_min)
         self.sigma_max = check_positive("sigma_max", sigma_max)
@@ -470,6 +474,8 @@ class EDM(Process):
     References:
         Karras et al. (2022), Table 1.
     """
+
+    unit_alpha = True
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         self.sigma_min = check_positive("sigma_min", sigma_min)

@@ -19,7 +19,10 @@ Familiar objectives in this language (with :math:`\mathrm{SNR} = \alpha^2/\sigma
 * min-SNR-γ: :math:`\lambda = \sigma^2 \min(\mathrm{SNR}, \gamma)/\mathrm{SNR}`, the same in
   its ε, x0 and v forms.
 
-(:math:`\hat\sigma = \sigma/\alpha`.) A weighting is any callable ``w(process, t) -> (B,)``.
+(:math:`\hat\sigma = \sigma/\alpha`.) A weighting is any callable ``w(process, t) -> (B,)``;
+the ones here also give :math:`\lambda/c` in a prediction space directly from the
+:math:`\alpha, \sigma` a loss has already computed (``relative``), with fewer operations
+per training step (:func:`relative_weight`).
 
 A noise-level sampler is a small object with ``sample(process, batch, generator, dtype,
 device) -> t`` of shape ``(B,)`` inside the process domain, and (when continuous)
@@ -71,7 +74,7 @@ def error_scale(target: str, alpha: Tensor, sigma: Tensor) -> Tensor:
 
     Arguments:
         target: ``"score"``, ``"eps"``, ``"x0"`` or ``"v"``.
-        alpha, sigma: tensors of shape ``(B,)``.
+        alpha, sigma: tensors of shape ``(B,)`` (``alpha`` may be the number 1).
     """
     check_choice("target", target, ("score", "eps", "x0", "v"))
     if target == "score":
@@ -81,6 +84,18 @@ def error_scale(target: str, alpha: Tensor, sigma: Tensor) -> Tensor:
     if target == "x0":
         return sigma**4 / alpha**2
     return sigma**2 * (alpha**2 + sigma**2) ** 2 / alpha**2
+
+
+def relative_weight(weighting, process: Process, t: Tensor, target: str, alpha, sigma):
+    r""":math:`\lambda(t)/c_{target}(t)`: the weight of the squared residual in prediction
+    space ``target`` (:func:`error_scale`), from the ``alpha``, ``sigma`` of ``t`` already at
+    hand; ``None`` means 1. Weightings with a ``relative(target, alpha, sigma)`` method give
+    it in closed form; any other callable ``w(process, t)`` is divided by
+    :func:`error_scale`."""
+    own = getattr(weighting, "relative", None)
+    if own is not None:
+        return own(target, alpha, sigma)
+    return weighting(process, t) / error_scale(target, alpha, sigma)
 
 
 # -- weightings (score space) -------------------------------------------------------------
@@ -104,6 +119,10 @@ class SigmaSquared:
 
     def __call__(self, process: Process, t: Tensor) -> Tensor:
         return process.sigma(t) ** 2
+
+    def relative(self, target: str, alpha, sigma):
+        r"""``None`` (1) for the eps residual, :math:`\sigma^2/c` otherwise."""
+        return None if target == "eps" else sigma**2 / error_scale(target, alpha, sigma)
 
     def __repr__(self) -> str:
         return "SigmaSquared()"
@@ -135,6 +154,15 @@ class EDMWeighting:
         sh2 = (sigma / alpha) ** 2
         d2 = self.sigma_data**2
         return (sh2 + d2) / d2 * sigma**2
+
+    def relative(self, target: str, alpha, sigma):
+        r"""For the x0 residual, EDM's own :math:`w(\hat\sigma) = 1/\sigma_d^2 +
+        1/\hat\sigma^2`; :math:`\lambda/c` otherwise."""
+        sh2 = sigma.square() if isinstance(alpha, float) and alpha == 1.0 else (sigma / alpha) ** 2
+        d2 = self.sigma_data**2
+        if target == "x0":
+            return sh2.reciprocal_().add_(1.0 / d2)
+        return (sh2 + d2) / d2 * sigma**2 / error_scale(target, alpha, sigma)
 
     def __repr__(self) -> str:
         return f"EDMWeighting(sigma_data={self.sigma_data!r})"
@@ -198,10 +226,9 @@ class UniformT:
         dtype: torch.dtype = torch.float32,
         device=None,
     ) -> Tensor:
-        """Draw ``batch`` times, shape ``(B,)``."""
+        """Draw ``batch`` times, shape ``(B,)``, in ``dtype`` (drawn in float64)."""
         lo, hi = self.bounds(process)
-        u = rand((batch,), generator, torch.float64, device)
-        return (lo + (hi - lo) * u).to(dtype)
+        return rand((batch,), generator, torch.float64, device).mul_(hi - lo).add_(lo).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         """Density of ``t``, same shape as ``t``."""
@@ -321,11 +348,9 @@ class LogNormalSigma:
     ) -> Tensor:
         """Draw ``batch`` times, shape ``(B,)``."""
         lo, hi, c_lo, c_hi = self._cdf_range(process)
-        u = rand((batch,), generator, torch.float64, device)
-        z = torch.special.ndtri(c_lo + (c_hi - c_lo) * u)
-        log_sh = self.p_mean + self.p_std * z
-        t = process.t_of_log_snr(-2 * log_sh)
-        return t.clamp(lo, hi).to(dtype)
+        u = rand((batch,), generator, torch.float64, device).mul_(c_hi - c_lo).add_(c_lo)
+        sigma_hat = torch.special.ndtri(u).mul_(self.p_std).add_(self.p_mean).exp_()
+        return process._t_of_ratio(sigma_hat).clamp_(lo, hi).to(dtype)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         r"""Density of ``t``: the truncated normal density of :math:`\ln\hat\sigma` times

@@ -45,7 +45,7 @@ from ..core.weighting import (
     MinSNRWeighting,
     SigmaSquared,
     UniformT,
-    error_scale,
+    relative_weight,
 )
 from .score_matching import _sqnorm
 
@@ -132,9 +132,13 @@ class _NoiseConditional:
         # t is not range-checked here: reading its values would stall an accelerator at
         # every step; t_sampler draws inside the domain, and a t of one's own is one's own
         eps = randn(x0.shape, generator, x0.dtype, x0.device)
-        alpha, sigma = self.process.marginal(t)
         view = (-1,) + (1,) * (x0.dim() - 1)
-        xt = alpha.reshape(view) * x0 + sigma.reshape(view) * eps
+        if self.process.unit_alpha:  # VE, EDM: alpha is the number 1, x_t = x0 + sigma eps
+            alpha, sigma = 1.0, self.process.sigma(t)
+            xt = torch.addcmul(x0, sigma.reshape(view), eps)
+        else:
+            alpha, sigma = self.process.marginal(t)
+            xt = torch.addcmul(alpha.reshape(view) * x0, sigma.reshape(view), eps)
         return t, eps, alpha, sigma, xt
 
 
@@ -234,13 +238,19 @@ class DiffusionLoss(_NoiseConditional):
             y = x0
         else:
             view = (-1,) + (1,) * (x0.dim() - 1)
-            y = alpha.reshape(view) * eps - sigma.reshape(view) * x0
-        w = self.weighting(self.process, t) / error_scale(target, alpha, sigma)
+            a = alpha if isinstance(alpha, float) else alpha.reshape(view)
+            y = a * eps - sigma.reshape(view) * x0
+        w = relative_weight(self.weighting, self.process, t, target, alpha, sigma)
         if self.importance:
             lo, hi = self._bounds
-            w = w / (self.t_sampler.pdf(self.process, t) * (hi - lo))
-        val = w.to(x0.dtype) * _sqnorm(pred - y)
-        return 0.5 * val if self.half else val
+            q = self.t_sampler.pdf(self.process, t) * (hi - lo)
+            w = 1 / q if w is None else w / q
+        val = _sqnorm(pred - y)
+        scale = 0.5 if self.half else 1.0
+        if w is None:
+            return val * scale
+        w = w.to(x0.dtype) if w.dtype != x0.dtype else w
+        return torch.mul(w, val).mul_(scale) if scale != 1.0 else w * val
 
     def __repr__(self) -> str:
         return (

@@ -43,7 +43,7 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 def _sqnorm(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).pow(2).sum(1)
+    return v.square().sum(tuple(range(1, v.dim())))
 
 
 def _call(score_fn: Callable[..., Tensor], x: Tensor, *args) -> Tensor:

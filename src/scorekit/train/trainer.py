@@ -405,12 +405,10 @@ class Trainer:
             check_labels("data labels", y, k)
 
     def _reset_counters(self, skipped: int) -> None:
-        """The statistics kept on the device between two reads (sums per sigma bucket)."""
-        z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
-        self._sums, self._counts = z(self.cfg.sigma_buckets), z(self.cfg.sigma_buckets)
-        self._skipped = torch.full((), skipped, dtype=torch.long, device=self.device)
-        self._bad = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)  # step, lo, hi
-        self._last = torch.full((), math.nan, dtype=torch.float64, device=self.device)
+        """The statistics of the run so far, and the steps not yet read (on the device)."""
+        self._pending: list[tuple[int, Tensor, Tensor, Tensor]] = []  # (step, t, losses, good)
+        self._skipped, self._bad, self._last = skipped, None, math.nan
+        self._stats: tuple[Tensor, Tensor] | None = None  # per-sigma sums and counts read
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -419,8 +417,9 @@ class Trainer:
 
     @property
     def skipped(self) -> int:
-        """Steps skipped for a non-finite loss or gradient (reads the count)."""
-        return int(self._skipped)
+        """Steps skipped for a non-finite loss or gradient (reads the pending steps)."""
+        self._read()
+        return self._skipped
 
     def state(self) -> tuple[dict[str, Tensor], dict]:
         """Everything needed to continue: ``(tensors, meta)`` for :func:`save_checkpoint`."""
@@ -564,25 +563,44 @@ class Trainer:
             all_t.append(t.detach())
         return torch.cat(all_losses), torch.cat(all_t)
 
-    def _account(self, step: int, losses: Tensor, t: Tensor, good: Tensor) -> None:
-        """Add a step to the statistics on the device (no value is read)."""
-        sigma = self.process.sigma(t.to(torch.float64))
-        idx = torch.bucketize(sigma, self._inner_edges)
-        w = good.to(torch.float64)
-        self._sums.index_add_(0, idx, torch.where(good, losses.to(torch.float64), 0.0))
-        self._counts.index_add_(0, idx, w.expand_as(sigma))
-        self._skipped += (~good).to(torch.long)
-        first = (~good) & (self._bad[0] < 0)
-        here = torch.stack([torch.full_like(sigma[0], step + 1), sigma.min(), sigma.max()])
-        self._bad = torch.where(first, here, self._bad)
-        self._last = torch.where(good, losses.to(torch.float64).mean(), self._last)
+    def _read(self) -> None:
+        """Read the pending steps (the host read of the loop, once per log or checkpoint):
+        the skip count, the first non-finite step, the last good loss, and the per-sigma
+        bucket sums and counts of the good losses since the last log (``_stats``)."""
+        if not self._pending:
+            return
+        steps = [p[0] for p in self._pending]
+        t = torch.stack([p[1] for p in self._pending]).to(torch.float64)  # (n, B)
+        losses = torch.stack([p[2] for p in self._pending]).to(torch.float64)
+        good = torch.stack([p[3] for p in self._pending])
+        self._pending = []
+        sigma = self.process.sigma(t)
+        idx = torch.bucketize(sigma, self._inner_edges).reshape(-1)
+        nb = self.cfg.sigma_buckets
+        w = good[:, None].expand_as(sigma).reshape(-1).to(torch.float64)
+        sums = torch.zeros(nb, dtype=torch.float64, device=t.device)
+        counts = torch.zeros_like(sums)
+        sums.index_add_(0, idx, torch.where(w > 0, losses.reshape(-1), 0.0))
+        counts.index_add_(0, idx, w)
+        ok = good.tolist()
+        self._skipped += ok.count(False)
+        if self._bad is None and not all(ok):
+            i = ok.index(False)
+            self._bad = (steps[i] + 1, float(sigma[i].min()), float(sigma[i].max()))
+        if any(ok):
+            last = max(i for i, v in enumerate(ok) if v)
+            self._last = float(losses[last].mean())
+        if self._stats is not None:
+            sums, counts = sums + self._stats[0], counts + self._stats[1]
+        self._stats = (sums, counts)
 
     def _check_finite(self) -> None:
         """Raise :class:`NonFiniteLoss` for the first non-finite step since the start (under
-        ``on_nonfinite="stop"``); reads three numbers."""
-        bad_step, lo, hi = self._bad.tolist()
-        if bad_step < 0 or self.cfg.on_nonfinite != "stop":
+        ``on_nonfinite="stop"``)."""
+        self._read()
+        if self._bad is None or self.cfg.on_nonfinite != "stop":
             return
+        bad_step, lo, hi = self._bad
         good = self.last_checkpoint
         where = (
             f"last good checkpoint {good[0]} (step {good[1]})"
@@ -628,7 +646,7 @@ class Trainer:
                 elif bool(good):  # without the fused kernel: one read per step
                     self.opt.step()
                 self.ema.update(self.model, good)
-                self._account(step, losses, t, good)
+                self._pending.append((step, t.detach(), losses, good))
                 self.step += 1
                 self.elapsed = start + self._clock() - t0
                 if bar is not None:
@@ -646,8 +664,7 @@ class Trainer:
                 bar.close()
             if self._fused:
                 self.opt.found_inf = None
-        last = float(self._last)
-        return {"step": self.step, "loss": last, "skipped": self.skipped,
+        return {"step": self.step, "loss": self._last, "skipped": self.skipped,
                 "seconds": self.elapsed - start}  # fmt: skip
 
     def _bar(self):
@@ -663,14 +680,15 @@ class Trainer:
         """Read the statistics (the one host read of the loop), write a log line, call the
         callbacks."""
         self._check_finite()
-        sums, counts = self._sums, self._counts
+        nb = self.cfg.sigma_buckets
+        zeros = torch.zeros(nb, dtype=torch.float64, device=self.device)
+        sums, counts = self._stats or (zeros, zeros)
+        self._stats = None
         if self._ddp is not None:
             both = torch.stack([sums, counts])
             dist.all_reduce(both)
             sums, counts = both[0], both[1]
         sums, counts = sums.tolist(), counts.tolist()
-        self._sums.zero_()
-        self._counts.zero_()
         n = sum(counts)
         rec = {
             "step": self.step,
