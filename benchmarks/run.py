@@ -1,6 +1,8 @@
 """Run every benchmark suite (benchmarks/bench_*.py) and write one JSON file per suite.
 
-Each suite module defines ``run(quick: bool) -> dict``. Usage:
+Each suite module defines ``run(quick: bool) -> dict`` and may define
+``markdown(result) -> str``, whose table is written beside the JSON (``NAME.md``), so the
+tables are always regenerated from the record. Usage:
 
     python benchmarks/run.py --out benchmarks/results [--only NAME] [--quick]
 """
@@ -16,6 +18,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -41,9 +49,9 @@ def main() -> int:
         result = mod.run(quick=args.quick)
         result["wall_seconds"] = round(time.perf_counter() - t0, 2)
         target = out / f"{name}.json"
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, target)
+        _write(target, json.dumps(result, indent=2))
+        if hasattr(mod, "markdown"):
+            _write(target.with_suffix(".md"), mod.markdown(result))
         print(f"{name}: wrote {target} ({result['wall_seconds']} s)")
     return 0
 

@@ -111,3 +111,16 @@ def test_plot_normalized_loss():
     assert len(fig.axes) == 2 and fig.axes[0].get_yscale() == "log"
     with pytest.raises(ValueError, match="runs"):
         plot_normalized_loss({})
+
+
+def test_bucket_sums_by_hand():
+    from scorekit.noise.diagnostics import bucket_sums
+
+    edges = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)  # outer buckets open-ended
+    sigma = torch.tensor([0.01, 0.5, 2.0, 50.0, 3.0])
+    values = torch.tensor([1.0, 2.0, 3.0, float("nan"), 4.0])
+    weights = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])  # weight 0 leaves the NaN out
+    s, s2, n = bucket_sums(sigma, values, edges, weights)
+    torch.testing.assert_close(s, torch.tensor([3.0, 7.0], dtype=torch.float64))
+    torch.testing.assert_close(s2, torch.tensor([5.0, 25.0], dtype=torch.float64))
+    torch.testing.assert_close(n, torch.tensor([2.0, 2.0], dtype=torch.float64))

@@ -92,7 +92,7 @@ def net_config_for(spec: dict, shape: tuple[int, ...], process, precond: bool = 
     if name == "auto":
         name = "unet" if len(shape) == 3 and shape[1] >= 8 and shape[2] >= 8 else "mlp"
     net = {k: v for k, v in spec.items() if k != "name"}
-    if type(process).__name__ == "EDM" and not precond:
+    if process.log_time and not precond:
         net.setdefault("time_input", "log_t")
     if name == "unet":
         if len(shape) != 3:

@@ -83,6 +83,8 @@ class Process:
     t_max: float = 1.0
     #: :math:`\alpha \equiv 1` (VE, EDM): code may skip multiplying by it
     unit_alpha: bool = False
+    #: ``t`` spans decades (EDM's ``t = sigma``): a network should embed :math:`\log t`
+    log_time: bool = False
 
     # -- to implement -------------------------------------------------------
     def _alpha(self, t: Tensor) -> Tensor:
@@ -476,6 +478,7 @@ class EDM(Process):
     """
 
     unit_alpha = True
+    log_time = True
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         self.sigma_min = check_positive("sigma_min", sigma_min)

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .._validate import check_choice, check_finite, check_positive, check_tensor
 from .processes import Process
-from .random import rand, randint
+from .random import rand
 
 __all__ = [
     "Constant",
@@ -55,6 +55,7 @@ __all__ = [
     "LogSNRImportance",
     "MinSNRWeighting",
     "SigmaSquared",
+    "TimeSampler",
     "UniformT",
     "error_scale",
 ]
@@ -207,9 +208,11 @@ def _bounds(process: Process, low: float | None, high: float | None) -> tuple[fl
     return float(lo), float(hi)
 
 
-class UniformT:
-    r""":math:`t \sim \mathcal{U}[\text{low}, \text{high}]`; the defaults are the process's
-    ``t_min`` and ``t_max`` (score_sde samples :math:`t \sim \mathcal{U}[\epsilon, T]`)."""
+class TimeSampler:
+    r"""A law of ``t`` on ``[low, high]`` (default the process's ``[t_min, t_max]``) drawn by
+    its inverse CDF: :math:`u \sim \mathcal U[0, 1)` in float64, :math:`t = F^{-1}(u)`,
+    clamped to the support against round-off. Subclasses give :meth:`inverse` (and
+    :meth:`pdf`)."""
 
     def __init__(self, low: float | None = None, high: float | None = None):
         self.low, self.high = low, high
@@ -217,6 +220,10 @@ class UniformT:
     def bounds(self, process: Process) -> tuple[float, float]:
         """The support ``(low, high)`` for ``process``."""
         return _bounds(process, self.low, self.high)
+
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`F^{-1}(u)` for ``u`` in :math:`[0, 1)`, float64."""
+        raise NotImplementedError
 
     def sample(
         self,
@@ -226,9 +233,23 @@ class UniformT:
         dtype: torch.dtype = torch.float32,
         device=None,
     ) -> Tensor:
-        """Draw ``batch`` times, shape ``(B,)``, in ``dtype`` (drawn in float64)."""
+        """Draw ``batch`` times, shape ``(B,)``, in ``dtype``."""
         lo, hi = self.bounds(process)
-        return rand((batch,), generator, torch.float64, device).mul_(hi - lo).add_(lo).to(dtype)
+        u = rand((batch,), generator, torch.float64, device)
+        return self.inverse(process, u).clamp_(lo, hi).to(dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(low={self.low!r}, high={self.high!r})"
+
+
+class UniformT(TimeSampler):
+    r""":math:`t \sim \mathcal{U}[\text{low}, \text{high}]`; the defaults are the process's
+    ``t_min`` and ``t_max`` (score_sde samples :math:`t \sim \mathcal{U}[\epsilon, T]`)."""
+
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`t = \text{low} + (\text{high} - \text{low})\,u`."""
+        lo, hi = self.bounds(process)
+        return u.mul_(hi - lo).add_(lo)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         """Density of ``t``, same shape as ``t``."""
@@ -236,11 +257,8 @@ class UniformT:
         inside = (t >= lo) & (t <= hi)
         return torch.where(inside, 1.0 / (hi - lo), 0.0).to(t.dtype)
 
-    def __repr__(self) -> str:
-        return f"UniformT(low={self.low!r}, high={self.high!r})"
 
-
-class LogSNRImportance:
+class LogSNRImportance(TimeSampler):
     r"""Importance distribution for the likelihood weighting (Song, Durkan, Murray & Ermon
     2021, Section 5): :math:`q(t) \propto g(t)^2/\sigma(t)^2 = -d\lambda/dt` on
     [low, high], with :math:`\lambda` the log-SNR; so :math:`\lambda(t)` is uniform between
@@ -251,9 +269,6 @@ class LogSNRImportance:
     :math:`Z = \lambda(\text{low}) - \lambda(\text{high})`: the variance from :math:`g^2`
     blowing up is gone.
     """
-
-    def __init__(self, low: float | None = None, high: float | None = None):
-        self.low, self.high = low, high
 
     def bounds(self, process: Process) -> tuple[float, float]:
         """The support ``(low, high)`` for ``process``."""
@@ -274,19 +289,11 @@ class LogSNRImportance:
 
         return _per_process(self, process, compute)
 
-    def sample(
-        self,
-        process: Process,
-        batch: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float32,
-        device=None,
-    ) -> Tensor:
-        """Draw ``batch`` times, shape ``(B,)``."""
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`t = \lambda^{-1}(\lambda(\text{low}) + (\lambda(\text{high}) -
+        \lambda(\text{low}))\,u)`."""
         lo, hi, lam_lo, lam_hi = self._support(process)
-        u = rand((batch,), generator, torch.float64, device)
-        t = process.t_of_log_snr(lam_lo + (lam_hi - lam_lo) * u)
-        return t.clamp(lo, hi).to(dtype)
+        return process.t_of_log_snr(lam_lo + (lam_hi - lam_lo) * u)
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         """Density :math:`q(t)`, same shape as ``t``."""
@@ -295,17 +302,14 @@ class LogSNRImportance:
         dens = process.g2(t) / sigma**2 / (lam_lo - lam_hi)
         return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
 
-    def __repr__(self) -> str:
-        return f"LogSNRImportance(low={self.low!r}, high={self.high!r})"
 
-
-class LogNormalSigma:
+class LogNormalSigma(TimeSampler):
     r"""EDM's training noise levels (Karras et al. 2022, Table 1):
     :math:`\ln\hat\sigma \sim \mathcal{N}(P_{mean}, P_{std}^2)` with
     :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.core.processes.EDM`),
     truncated to :math:`[\hat\sigma(\text{low}), \hat\sigma(\text{high})]` so that ``t`` stays
     in the process domain; drawn exactly by the inverse CDF and mapped to ``t`` by
-    :meth:`~scorekit.core.processes.Process.t_of_log_snr`. The truncation removes
+    :meth:`~scorekit.core.processes.Process.t_of_ratio`. The truncation removes
     :math:`<2\cdot10^{-5}` of the mass for the defaults on ``EDM(0.002, 80)``.
     """
 
@@ -316,15 +320,11 @@ class LogNormalSigma:
         low: float | None = None,
         high: float | None = None,
     ):
+        super().__init__(low, high)
         self.p_mean = float(p_mean)
         if not math.isfinite(self.p_mean):
             raise ValueError(f"p_mean must be finite, got {p_mean!r}")
         self.p_std = check_positive("p_std", p_std)
-        self.low, self.high = low, high
-
-    def bounds(self, process: Process) -> tuple[float, float]:
-        """The support ``(low, high)`` in ``t`` for ``process``."""
-        return _bounds(process, self.low, self.high)
 
     def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
         """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
@@ -338,19 +338,12 @@ class LogNormalSigma:
 
         return _per_process(self, process, compute)
 
-    def sample(
-        self,
-        process: Process,
-        batch: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float32,
-        device=None,
-    ) -> Tensor:
-        """Draw ``batch`` times, shape ``(B,)``."""
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`\hat\sigma = \exp(P_{mean} + P_{std}\,\Phi^{-1}(\Phi_{lo} + (\Phi_{hi} -
+        \Phi_{lo})\,u))`, then ``t`` of :math:`\hat\sigma`."""
         lo, hi, c_lo, c_hi = self._cdf_range(process)
-        u = rand((batch,), generator, torch.float64, device).mul_(c_hi - c_lo).add_(c_lo)
-        sigma_hat = torch.special.ndtri(u).mul_(self.p_std).add_(self.p_mean).exp_()
-        return process._t_of_ratio(sigma_hat).clamp_(lo, hi).to(dtype)
+        z = torch.special.ndtri(u.mul_(c_hi - c_lo).add_(c_lo))
+        return process._t_of_ratio(z.mul_(self.p_std).add_(self.p_mean).exp_())
 
     def pdf(self, process: Process, t: Tensor) -> Tensor:
         r"""Density of ``t``: the truncated normal density of :math:`\ln\hat\sigma` times
@@ -367,9 +360,10 @@ class LogNormalSigma:
         return f"LogNormalSigma(p_mean={self.p_mean!r}, p_std={self.p_std!r})"
 
 
-class GridT:
+class GridT(TimeSampler):
     r"""``t`` uniform on a finite grid: NCSN's noise levels (Song & Ermon 2019, labels drawn
-    uniformly from :math:`\{1..L\}`) or DDPM's :math:`t \in \{1..N\}` (Ho et al. 2020).
+    uniformly from :math:`\{1..L\}`) or DDPM's :math:`t \in \{1..N\}` (Ho et al. 2020); by
+    the inverse CDF, :math:`t = t_{\lfloor K u \rfloor}` for :math:`K` times.
 
     Arguments:
         times: 1-D tensor of times inside the process domain (checked once per process,
@@ -382,19 +376,17 @@ class GridT:
             raise ValueError(f"times must be a non-empty 1-D tensor, got {tuple(times.shape)}")
         self.times = check_finite("times", times)
         self._placed = self.times
+        super().__init__(float(times.min()), float(times.max()))
 
-    def sample(
-        self,
-        process: Process,
-        batch: int,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float32,
-        device=None,
-    ) -> Tensor:
-        """Draw ``batch`` grid times, shape ``(B,)``."""
+    def bounds(self, process: Process) -> tuple[float, float]:
+        """The smallest and largest time, checked against the process (once)."""
         _per_process(self, process, lambda: process.check_t(self.times, "times"))
-        idx = randint(len(self.times), (batch,), generator, device)
-        return self._on(idx.device)[idx].to(dtype)
+        return self.low, self.high
+
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`t_{\lfloor K u \rfloor}`."""
+        times = self._on(u.device)
+        return times[(u * len(times)).long().clamp_(max=len(times) - 1)]
 
     def _on(self, device) -> Tensor:
         """The times on ``device``, copied there once."""
@@ -403,5 +395,4 @@ class GridT:
         return self._placed
 
     def __repr__(self) -> str:
-        lo, hi = float(self.times.min()), float(self.times.max())
-        return f"GridT({len(self.times)} times in [{lo:g}, {hi:g}])"
+        return f"GridT({len(self.times)} times in [{self.low:g}, {self.high:g}])"

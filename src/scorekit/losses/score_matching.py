@@ -42,6 +42,12 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
     return values
 
 
+def _finish(val: Tensor, create_graph: bool, half: bool, reduction: str) -> Tensor:
+    """Detach unless training, apply the ½ convention and the reduction."""
+    val = val if create_graph else val.detach()
+    return _reduce(val if half else 2 * val, reduction)
+
+
 def _sqnorm(v: Tensor) -> Tensor:
     return v.square().sum(tuple(range(1, v.dim())))
 
@@ -207,19 +213,15 @@ def ism(
     check_choice("probe", probe, PROBES)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    if trace == "hutchinson":  # the Hutchinson trace estimate of ISM is SSM-VR
+        return ssm(score_fn, x, n_projections=n_probes, probe=probe, variance_reduction=True,
+                   generator=generator, half=half, reduction=reduction)  # fmt: skip
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         xg = _with_input_grad(x)
         s = _call(score_fn, xg)
-        if trace == "exact":
-            tr = _exact_trace(s, xg, chunk_size, create_graph)
-        else:
-            v = _probes(probe, n_probes, xg, generator)
-            jv = _vjp(s, xg, v, create_graph)
-            tr = (jv * v).reshape(n_probes, x.shape[0], -1).sum(-1).mean(0)
-    val = 0.5 * _sqnorm(s) + tr
-    val = val if create_graph else val.detach()
-    return _reduce(val if half else 2 * val, reduction)
+        tr = _exact_trace(s, xg, chunk_size, create_graph)
+    return _finish(0.5 * _sqnorm(s) + tr, create_graph, half, reduction)
 
 
 def ssm(
@@ -282,8 +284,7 @@ def ssm(
         else:
             vs = (v * s).reshape(n, x.shape[0], -1).sum(-1)
             val = (vjv + 0.5 * vs**2).mean(0)
-    val = val if create_graph else val.detach()
-    return _reduce(val if half else 2 * val, reduction)
+    return _finish(val, create_graph, half, reduction)
 
 
 def ssm_vr(

@@ -54,6 +54,7 @@ from ..core.processes import Process
 from ..core.random import randn
 
 __all__ = [
+    "bucket_sums",
     "bucket_loss",
     "dsm_per_level",
     "irreducible_buckets",
@@ -195,6 +196,24 @@ def normalized_dsm(
     return ratio, ratio * torch.sqrt((se / loss) ** 2 + (se_floor / floor) ** 2)
 
 
+def bucket_sums(
+    sigma: Tensor, values: Tensor, edges: Tensor, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per bucket :math:`[e_j, e_{j+1})` of ``sigma``: the sums of ``values``, of their
+    squares and of the ``weights`` (default 1; a weight of 0 leaves a value out, even a
+    non-finite one); the outer buckets extend to 0 and infinity. All shapes ``(N,)`` in,
+    ``(J,)`` out, float64, on the device of ``sigma`` (nothing is read on the host)."""
+    idx = torch.bucketize(sigma.reshape(-1), edges[1:-1].to(sigma.device))
+    v = values.reshape(-1).to(torch.float64)
+    w = torch.ones_like(v) if weights is None else weights.reshape(-1).to(torch.float64)
+    v = torch.where(w > 0, v, 0.0)
+    nb = len(edges) - 1
+    out = torch.zeros(3, nb, dtype=torch.float64, device=sigma.device)
+    for row, vals in zip(out, (w * v, w * v * v, w), strict=True):
+        row.index_add_(0, idx, vals)
+    return out[0], out[1], out[2]
+
+
 def bucket_loss(
     objective,
     model,
@@ -230,9 +249,7 @@ def bucket_loss(
     batch = check_int("batch", batch)
     process = objective.process
     nb = len(edges) - 1
-    s1 = torch.zeros(nb, dtype=torch.float64)
-    s2 = torch.zeros(nb, dtype=torch.float64)
-    cnt = torch.zeros(nb, dtype=torch.float64)
+    s1, s2, cnt = (torch.zeros(nb, dtype=torch.float64) for _ in range(3))
     done = 0
     while done < n:
         m = min(batch, n - done)
@@ -240,10 +257,8 @@ def bucket_loss(
         t = objective.sample_t(m, generator=generator, dtype=torch.float64)
         with torch.no_grad():
             v = objective(model, x0, t=t, generator=generator).double()
-        idx = torch.bucketize(process.sigma(t), edges[1:-1])
-        s1.index_add_(0, idx, v)
-        s2.index_add_(0, idx, v**2)
-        cnt.index_add_(0, idx, torch.ones_like(v))
+        a, b, c = bucket_sums(process.sigma(t), v, edges)
+        s1, s2, cnt = s1 + a, s2 + b, cnt + c
         done += m
     mean = s1 / cnt
     var = (s2 / cnt - mean**2).clamp(min=0) * cnt / (cnt - 1).clamp(min=1)
