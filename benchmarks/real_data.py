@@ -42,7 +42,7 @@ import torch
 
 from scorekit import EDM, EDMPrecond, ScoreModel
 from scorekit.likelihood import log_prob
-from scorekit.losses import EDMLoss
+from scorekit.losses import Dequantized, EDMLoss
 from scorekit.metrics import digits_quality
 from scorekit.nets import MLP
 from scorekit.samplers import sample
@@ -79,21 +79,6 @@ def bpd_from_model_log_prob(log_p_z: torch.Tensor, dim: int, scale: float = SCAL
 
 def _cpu() -> float:
     return time.process_time()
-
-
-class Dequantized:
-    r"""An objective trained on dequantized data: :math:`x_0 + w\,U`, :math:`U \sim U[0,1)`
-    drawn from the step's generator, for data stored at the bin's lower edge."""
-
-    def __init__(self, objective, width: float):
-        self.objective, self.process, self.width = objective, objective.process, width
-
-    def sample_t(self, *args, **kwargs):
-        return self.objective.sample_t(*args, **kwargs)
-
-    def __call__(self, model, x0, t=None, generator=None, **cond):
-        u = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return self.objective(model, x0 + self.width * u, t=t, generator=generator, **cond)
 
 
 def train_budget(model, objective, data, minutes, setup: dict, seed: int):
@@ -294,7 +279,7 @@ def _run_digits(name, setup, minutes, quick, seed):
     torch.manual_seed(seed)
     model, objective = build(setup, 64, sigma_data)
     edges = (train - CENTER) / SCALE  # lower bin edges; + U / SCALE is dequantize()
-    objective = Dequantized(objective, 1.0 / SCALE)
+    objective = Dequantized(objective, 1.0 / SCALE, low=0.0)
     ema, raw, steps, spent, loss = train_budget(model, objective, edges, minutes, setup, seed)
     common = {
         "setup": name,

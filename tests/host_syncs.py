@@ -12,8 +12,12 @@ import traceback
 from collections import Counter
 
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CONVERSIONS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy"}
+# what a conversion becomes below Python, and what C++ code reads a scalar with (e.g. an op
+# that takes a tensor where it needs a number)
+READS = {"aten._local_scalar_dense.default"}
 
 
 class HostSyncs(TorchFunctionMode):
@@ -34,8 +38,28 @@ class HostSyncs(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+class ScalarReads(TorchDispatchMode):
+    """The reads of a tensor's value by the host at the dispatcher, whoever asks for them
+    (Python's conversions and those made inside torch's own C++ code)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self.where: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in READS:
+            self.count += 1
+            frames = [f for f in traceback.extract_stack()[:-1] if "scorekit" in f.filename]
+            if frames:
+                f = frames[-1]
+                self.where[f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {func}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def syncs(fn) -> tuple[int, Counter]:
-    """The conversions ``fn()`` makes, and where."""
-    with HostSyncs() as h:
+    """The host reads ``fn()`` makes (Python conversions and dispatcher-level scalar reads),
+    and where."""
+    with HostSyncs() as h, ScalarReads() as r:
         fn()
-    return h.count, h.where
+    return h.count + r.count, h.where + r.where

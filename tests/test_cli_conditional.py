@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from scorekit.app.cli import build_parser, main
-from scorekit.guidance import ClassifierFreeGuidance
+from scorekit.guidance import ClassifierFreeGuidance, num_classes_of
 from scorekit.samplers import sample
 from scorekit.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 
@@ -27,7 +27,9 @@ def _err(capsys) -> str:
 def _train(out, *extra, steps=30):
     cfg = out.parent / "net.json"
     cfg.write_text(json.dumps(NET))
+    # a schedule that does not depend on the budget, so that 20 + 10 steps = 30 steps
     argv = ["train", "--data", "digits", "--steps", str(steps), "--batch", "32", "--quiet"]
+    argv += ["--schedule", "warmup"]
     argv += ["--log-every", "10", "--config", str(cfg), "--out", str(out), *extra]
     return main(argv)
 
@@ -48,9 +50,9 @@ def test_train_writes_a_conditional_checkpoint(run):
     assert meta["data_shape"] == [1, 8, 8]
     assert (run / "log.jsonl").read_text().count("\n") == 3
     model, normalizer, _ = load_model(run)  # one loader for every checkpoint
-    assert model.net.num_classes == 10 and model.data_shape == (1, 8, 8)
-    assert model.prediction == "eps"
-    assert model.net.embed.labels.weight.shape[0] == 11  # 10 classes + the null label
+    assert num_classes_of(model) == 10 and model.data_shape == (1, 8, 8)
+    assert meta["cli"]["recipe"] == "small-images" and model.prediction == "x0"  # EDM
+    assert model.net.net.embed.labels.weight.shape[0] == 11  # 10 classes + the null label
 
 
 def test_sample_a_class_with_guidance(run, tmp_path, capsys):
@@ -90,7 +92,7 @@ def test_the_guidance_scale_reaches_the_model(run, tmp_path):
     with torch.no_grad():
         # scale 1: the plain conditional model; scale 0: the null label's prediction
         torch.testing.assert_close(g[1.0], lib(model, labels), rtol=1e-6, atol=1e-6)
-        null = torch.full((n,), model.net.num_classes)
+        null = torch.full((n,), num_classes_of(model))
         torch.testing.assert_close(g[0.0], lib(model, null), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(cli(), lib(model, null), rtol=1e-6, atol=1e-6)
         guided = lib(ClassifierFreeGuidance(model, 3.0), labels)
@@ -181,7 +183,7 @@ def test_help_states_the_guidance_convention():
 def test_load_model_refuses_tampered_conditional_checkpoints(run, tmp_path):
     tensors, meta = load_checkpoint(run)
     meta = {k: v for k, v in meta.items() if k != "format"}
-    key = "ema.net.inp.weight"
+    key = "ema.net.net.inp.weight"  # inside the EDM preconditioning
     assert tensors[key].shape == (32, 64)
     bad = tmp_path / "shape.safetensors"
     save_checkpoint(bad, {**tensors, key: torch.zeros(32, 65)}, meta)

@@ -267,3 +267,25 @@ def test_bad_input(mix):
     for fn, name in cases:
         with pytest.raises(ValueError, match=name):
             fn()
+
+
+def test_dequantized_moves_each_example_within_its_bin():
+    from scorekit.losses import Dequantized
+
+    seen = []
+
+    class Spy:
+        process = VP()
+
+        def sample_t(self, *a, **k):
+            return torch.zeros(1)
+
+        def __call__(self, model, x0, t=None, generator=None):
+            seen.append(x0)
+            return x0.sum(1)
+
+    levels = torch.arange(17.0).repeat(200, 1) / 8 - 1  # digits mapped to [-1, 1]
+    Dequantized(Spy(), 2 / 16)(None, levels, generator=torch.Generator().manual_seed(0))
+    offset = (seen[0] - levels) * 8  # in bins
+    assert float(offset.min()) >= -0.5 and float(offset.max()) < 0.5
+    assert abs(float(offset.mean())) < 0.01  # uniform over the bin centred on its level

@@ -191,3 +191,14 @@ def test_ode_drift_transports_gaussian_marginal(gen):
     torch.testing.assert_close(
         p.reverse_drift(x, t, sc) - p.ode_drift(x, t, sc), -0.5 * p.g2(t)[:, None] * sc
     )
+
+
+@pytest.mark.parametrize("p", INVERTIBLE, ids=lambda p: repr(p)[:20])
+def test_inverses_map_levels_outside_the_range_to_its_ends(p):
+    # a sigma above sigma(T) (even above 1 for the variance-preserving ones) gives T, never NaN
+    t = p.t_of_sigma(torch.tensor([1e6, -1.0], dtype=torch.float64))
+    assert torch.isfinite(t).all() and float(t[1]) <= 1e-6 * p.T
+    # round-off at T; the cosine sigma is flat there (d sigma / dt -> 0): 1e-7 of T
+    assert float(t[0]) == pytest.approx(p.T, rel=1e-7)
+    top = float(p.t_of_log_snr(torch.tensor(-1e6, dtype=torch.float64)))
+    assert top == pytest.approx(p.T, rel=1e-7)

@@ -372,3 +372,8 @@ def test_dopri5_on_a_grid_ending_at_zero_noise(mix):
     r = sample(model, 20, "dopri5", grid=grid, generator=torch.Generator().manual_seed(0),
                dtype=torch.float64)  # fmt: skip
     assert torch.isfinite(r.x).all() and r.nfe > 6
+
+
+def test_mala_takes_no_hook():
+    # MALA caches the energy of its points: a hook moving them would void the acceptance test
+    assert not make_sampler("mala").single_step and make_sampler("langevin").single_step

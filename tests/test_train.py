@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -295,3 +296,50 @@ def test_gradient_clipping_matches_torch():
     before = a.bias.grad.clone()
     assert _clip_grad(list(a.parameters()), 0.01) != _clip_grad(list(a.parameters()), 0.01)
     assert torch.equal(a.bias.grad, before)  # nothing scaled when the norm is not finite
+
+
+def test_a_dataloader_with_a_short_last_batch_trains_and_logs(tmp_path):
+    # batches of 32 from 100 examples: the last of each pass holds 4
+    model, obj, data, _ = _setup()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x[:100]), 32)
+    cfg = TrainConfig(steps=8, batch_size=32, log_every=4, progress=False)
+    out = Trainer(model, obj, loader, cfg, tmp_path).fit()
+    assert out["step"] == 8 and out["skipped"] == 0
+    counts = [sum(json.loads(s)["bucket_count"]) for s in (tmp_path / "log.jsonl").open()]
+    assert counts == [32 * 3 + 4, 32 * 3 + 4]
+
+
+def test_resume_takes_this_runs_optimizer_kernel(tmp_path):
+    # a checkpoint whose optimizer was the multi-tensor AdamW resumes under the fused one
+    model, obj, data, cfg = _setup(steps=4, ckpt_every=4)
+    tr = Trainer(model, obj, data.x, cfg, tmp_path)
+    tr.fit()
+    tensors, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    for g in meta["optim"]["param_groups"]:
+        g["fused"], g["foreach"] = None, True
+    save_checkpoint(tmp_path / "old.safetensors", tensors, {k: v for k, v in meta.items()
+                                                           if k != "format"})  # fmt: skip
+    model, obj, data, cfg = _setup(steps=6)
+    again = Trainer(model, obj, data.x, cfg, tmp_path / "b")
+    again.resume(tmp_path / "old.safetensors")
+    assert again.fit()["step"] == 6
+
+
+def test_cosine_schedule_and_time_budget():
+    cfg = TrainConfig(steps=100, schedule="cosine", warmup=10, lr=1.0)
+    assert cfg.learning_rate(0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
+    assert cfg.learning_rate(49) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.49)))
+    assert cfg.learning_rate(99) < 1e-3
+    timed = TrainConfig(steps=None, seconds=10.0, schedule="cosine", warmup=1, lr=1.0)
+    assert timed.learning_rate(5, seconds=5.0) == pytest.approx(0.5)
+    assert not timed.done(10**6, 9.9) and timed.done(3, 10.0)
+    assert TrainConfig(schedule="constant", lr=0.3).learning_rate(0) == 0.3
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=None)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+    model, obj, data, _ = _setup()
+    seen = []
+    cfg = TrainConfig(steps=None, seconds=0.5, log_every=5, progress=False)
+    out = Trainer(model, obj, data.x, cfg, callbacks=[lambda tr, rec: seen.append(rec)]).fit()
+    assert out["seconds"] >= 0.5 and out["step"] >= 1 and seen[-1]["step"] == out["step"]

@@ -63,11 +63,18 @@ class DiscreteVP(VarianceAlpha, Process):
         self.alphas_cumprod = a
         self.N = a.numel()
         self._L = torch.cat([a.new_zeros(1), torch.log(a)])  # log alpha-bar at t = i / N
+        self._L_on = self._L
         self.t_min = 1.0 / self.N
         self.t_max = 1.0
 
+    def _knots(self, like: Tensor) -> Tensor:
+        """``log alpha-bar`` at the knots, on ``like``'s device and dtype (copied once)."""
+        if self._L_on.device != like.device or self._L_on.dtype != like.dtype:
+            self._L_on = self._L.to(like.device, like.dtype)
+        return self._L_on
+
     def _segment(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        L = self._L.to(t.device, t.dtype)
+        L = self._knots(t)
         u = t * self.N
         i = torch.clamp(torch.floor(u), 0, self.N - 1).long()
         slope = L[i + 1] - L[i]
@@ -92,7 +99,7 @@ class DiscreteVP(VarianceAlpha, Process):
 
     def _t_of_log_alpha2(self, log_alpha2):
         # log alpha-bar is piecewise linear and decreasing in t: find the segment, interpolate
-        L = self._L.to(log_alpha2.device, log_alpha2.dtype)
+        L = self._knots(log_alpha2)
         flat = -log_alpha2.reshape(-1).contiguous()
         i = torch.searchsorted(-L, flat).reshape(log_alpha2.shape)
         i = torch.clamp(i - 1, 0, self.N - 1)

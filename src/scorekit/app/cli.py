@@ -27,13 +27,18 @@ from .recipes import (
     DEFAULTS,
     LABEL_DROPOUT,
     PROCESSES,
+    RECIPES,
     build_process,
     build_run_model,
+    choose_recipe,
     conditional_objective,
     conditional_settings,
     data_meta,
+    describe,
+    measured,
     model_net_config,
     nll_report,
+    recipe_settings,
 )
 
 __all__ = ["main"]
@@ -75,17 +80,22 @@ def _save_npy(path: Path, x: np.ndarray) -> None:
 
 
 # -- train ------------------------------------------------------------------------------
-def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
-    """Defaults, then the checkpoint's settings (on resume), the --config file, the flags."""
-    s = json.loads(json.dumps(DEFAULTS))
+def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None = None) -> dict:
+    """The recipe's settings (or the defaults), then the checkpoint's settings (on resume),
+    the --config file, the flags."""
+    s = recipe_settings(recipe) if recipe else json.loads(json.dumps(DEFAULTS))
     if stored:
-        s.update(stored)
+        s.update({"split": "all", **stored})  # runs of scorekit 0.1 trained on all digits
     cfg = _load_json(args.config)
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in --config; known: {sorted(DEFAULTS)}")
     for k, v in cfg.items():
-        s[k] = {**s[k], **v} if isinstance(s[k], dict) and isinstance(v, dict) else v
+        named = k in ("process", "net") and isinstance(v, dict) and "name" in v
+        if named and str(v["name"]).lower() != str(s[k].get("name", "")).lower():
+            s[k] = dict(v)  # another network or process: the old one's options do not apply
+        else:
+            s[k] = {**s[k], **v} if isinstance(s[k], dict) and isinstance(v, dict) else v
     for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
         if getattr(args, flag) is not None:
             s[flag] = getattr(args, flag)
@@ -114,6 +124,14 @@ def _settings(args: argparse.Namespace, stored: dict | None) -> dict:
             s["train"][name] = getattr(args, flag)
     if args.bf16:
         s["train"]["bf16"] = True
+    if args.schedule is not None:
+        s["train"]["schedule"] = args.schedule
+    if args.minutes is not None:
+        if not args.minutes > 0:
+            raise ValueError(f"--minutes must be a number > 0, got {args.minutes}")
+        s["train"]["seconds"] = 60.0 * args.minutes
+        if args.steps is None:  # the time is the budget
+            s["train"]["steps"] = None
     cond = conditional_settings(s["conditional"], "'conditional' in the settings")
     if args.conditional:
         cond = cond or {}
@@ -140,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stored = load_checkpoint(ckpt)[1].get("cli")
     elif ckpt.exists():
         raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
-    s = _settings(args, stored)
+    s = _settings(args, stored)  # the data-related settings; the recipe comes with the data
     if args.resume and bool((stored or {}).get("conditional")) != bool(s["conditional"]):
         kind = "a class-conditional" if s["conditional"] is None else "an unconditional"
         raise ValueError(
@@ -162,14 +180,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             normalize=s["normalize"],
             key=s["key"],
             image_size=s["image_size"],
+            split=s["split"] if s["data"] == "digits" else "all",
         )
         if data.x.shape[0] < 2:
             raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
+        cfg_recipe = _load_json(args.config).get("recipe")
+        recipe = args.recipe or cfg_recipe or (stored or {}).get("recipe")
+        auto = recipe is None and not stored
+        if auto:
+            recipe = choose_recipe(data.shape)
+        if recipe is not None:
+            s = _settings(args, stored, recipe)
+        if s["loss_kwargs"].get("sigma_data") == "auto":  # the data's own spread
+            s["loss_kwargs"]["sigma_data"] = float(f"{float(data.x.std()):.3g}")
         process = build_process(s["process"], data.x)
         s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
         from ..losses import make_objective
 
         objective = make_objective(s["loss"], process, **s["loss_kwargs"])
+        bins = data_meta(s, data)["bins"]
+        if s.get("dequantize") and bins:  # each example moves within its pixel's bin
+            from ..losses import Dequantized
+
+            objective = Dequantized(objective, 2.0 / (bins - 1))
         examples = data.x
         if s["conditional"] is not None:  # the labels travel with x; the net takes y=
             objective = conditional_objective(s, data, objective)
@@ -179,6 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         s["net"] = model_net_config(model)
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
         meta = {"cli": s, "data": data_meta(s, data)}
+        if rank == 0 and not args.quiet:
+            print(describe(s, data.shape, len(data), auto), flush=True)
         trainer = Trainer(
             model,
             objective,
@@ -283,19 +318,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _test_data(spec: str, meta: dict, normalizer, n: int, seed: int, args) -> torch.Tensor:
+def _test_data(spec: str, meta: dict, normalizer, n: int | None, seed: int, args) -> torch.Tensor:
+    """Held-out examples in model space: the test split of 'digits', ``n`` fresh points of
+    a toy (a seed other than training's), or a file; the first ``n`` (``None``: all)."""
     from ..train.data import load_data
 
     g = torch.Generator().manual_seed(seed)
-    d = load_data(spec, n=n, generator=g, normalize="none", key=args.key,
-                  image_size=args.image_size)  # fmt: skip
+    d = load_data(
+        spec,
+        n=10_000 if n is None else n,
+        generator=g,
+        normalize="none",
+        key=args.key,
+        image_size=args.image_size,
+        split="test" if spec == "digits" else "all",
+    )
     shape = tuple(meta["data"]["shape"])
     if d.shape != shape:
         raise ValueError(
             f"data {spec!r} has examples of shape {d.shape}, but the checkpoint was trained on "
             f"{shape}"
         )
-    return normalizer.encode(d.x[:n].double()).float()
+    return normalizer.encode(d.x[:n].double()).float()  # n None: all of them
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
@@ -314,6 +358,107 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats, {r['bpd']:.4f} ± {r['bpd_stderr']:.4f}"
         f" bits/dim over {r['n']} examples of dimension {r['dim']} (NFE {r['nfe']})"
     )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Sample quality against held-out data, and the test NLL, as JSON and markdown."""
+    from ..metrics import digits_quality, frechet_distance, sliced_wasserstein
+    from ..train.checkpoint import write_atomic
+    from ..train.data import TOYS, load_data
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    model, normalizer, meta = _load(ckpt, not args.no_ema)
+    shape = tuple(meta["data"]["shape"])
+    settings = meta.get("cli", {})
+    sampler = args.sampler or settings.get("sample", {}).get("sampler", "heun")
+    steps = args.steps or settings.get("sample", {}).get("steps", 50)
+    fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
+    held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
+    res = _sample(model, shape, args.n, sampler, steps, args.seed + 1)
+    gen = normalizer.decode(res.x.detach().double())
+    real = normalizer.decode(held.double())
+    out = {
+        "checkpoint": str(ckpt),
+        "data": args.data,
+        "n_samples": args.n,
+        "n_held_out": len(held),
+        "sampler": sampler,
+        "steps": steps,
+        "nfe": res.nfe,
+        "weights": "raw" if args.no_ema else "ema",
+    }
+    if len(shape) == 3:  # images: Frechet distance in a PCA space fitted on training data
+        spec = meta["data"]["spec"]
+        split = meta["data"].get("split", "all") if spec == "digits" else "all"
+        train = load_data(spec, normalize="none", split=split).x.double()
+        if args.data == "digits":
+            y = load_data("digits", split=split).labels.numpy()
+            q = digits_quality(
+                gen.clamp(0, 16).reshape(len(gen), -1).numpy(),
+                train.reshape(len(train), -1).numpy(),
+                y,
+                real.reshape(len(real), -1).numpy(),
+                protocol="full",
+            )
+            out.update(
+                frechet=q["frechet"],
+                frechet_real=q["frechet_real"],
+                frechet_protocol="PCA-16 of the training digits, all held-out digits; "
+                "real: as many training digits",
+            )
+        else:
+            from sklearn.decomposition import PCA
+
+            flat = lambda v: v.reshape(len(v), -1).numpy()  # noqa: E731
+            pca = PCA(min(16, flat(train).shape[1]), random_state=0).fit(flat(train))
+            m = min(len(gen), len(train))
+            out.update(
+                frechet=frechet_distance(pca.transform(flat(gen)), pca.transform(flat(real))),
+                frechet_real=frechet_distance(
+                    pca.transform(flat(train[:m])), pca.transform(flat(real))
+                ),
+                frechet_protocol="PCA-16 of the training images",
+            )
+    else:  # vectors: sliced W2 in data coordinates, and the held-out data's own floor
+        g = torch.Generator().manual_seed(args.seed)
+        half = len(real) // 2
+        out.update(
+            sliced_w2=float(sliced_wasserstein(gen, real, 256, g)),
+            sliced_w2_real=float(sliced_wasserstein(real[:half], real[half:], 256, g)),
+        )
+    if not args.no_nll:
+        x = held[: args.nll_n]
+        kw = {
+            "divergence": "hutchinson" if x[0].numel() > 16 else "exact",
+            "rtol": 1e-4,
+            "atol": 1e-4,
+            "generator": torch.Generator().manual_seed(args.seed),
+        }
+        if kw["divergence"] == "exact":
+            kw.pop("generator")
+        images = args.data == "digits" or Path(args.data).is_dir()
+        r = nll_report(model, normalizer, x, meta["data"].get("bins") if images else None, **kw)
+        out.update(
+            nll=r["nll"],
+            nll_stderr=r["nll_stderr"],
+            bpd=r["bpd"],
+            bpd_stderr=r["bpd_stderr"],
+            nll_n=r["n"],
+            nll_divergence=kw["divergence"],
+        )
+    target = args.out or ckpt.parent / "evaluate.json"
+    rows = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in out.items()
+    )
+    write_atomic(target, json.dumps(out, indent=1) + "\n")
+    write_atomic(target.with_suffix(".md"), "| measure | value |\n|---|---|\n" + rows + "\n")
+    head = ", ".join(
+        f"{k} {out[k]:.4g}"
+        for k in ("frechet", "frechet_real", "sliced_w2", "sliced_w2_real", "nll", "bpd")
+        if k in out
+    )
+    print(f"{head}; wrote {target} and {target.with_suffix('.md')}")
     return 0
 
 
@@ -422,6 +567,17 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    figures = measured()
+    for name, r in RECIPES.items():
+        print(f"{name}: {r['summary']} (picked for {r['when']})")
+        for m in figures.get(name, []):
+            print(f"  measured: {m['what']} {m['value']} after {m['budget']} ({m['source']})")
+        if not figures.get(name):
+            print("  measured: nothing yet")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -446,7 +602,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", help="objective of scorekit.losses (default dsm)")
     t.add_argument("--net", choices=("auto", "mlp", "unet", "energy_mlp"))
     t.add_argument("--prediction", choices=("auto", "score", "eps", "x0", "v"))
-    t.add_argument("--steps", type=int, help="total training steps (default 2000)")
+    t.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="the set of choices to train with (default: chosen from the data's shape; "
+        "scorekit recipes lists them)",
+    )
+    t.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
+    t.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-clock budget in minutes (with --steps: whichever comes first); a cosine "
+        "schedule decays to zero at its end",
+    )
+    t.add_argument(
+        "--schedule",
+        choices=("constant", "warmup", "cosine"),
+        help="learning-rate schedule (default: the recipe's)",
+    )
     t.add_argument("--batch", type=int, help="global batch size (default 256)")
     t.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3)")
     t.add_argument("--warmup", type=int)
@@ -540,6 +713,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", type=Path, help="also write the advice as JSON here")
     a.set_defaults(func=cmd_advise)
+
+    ev = sub.add_parser("evaluate", help="sample quality against held-out data, and test NLL")
+    ev.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
+    ev.add_argument("--data", required=True, help="held-out data: 'digits' (its test split), a "
+                    "toy name (fresh points) or a path")  # fmt: skip
+    ev.add_argument("--n", type=int, default=500, help="samples drawn (default 500)")
+    ev.add_argument("--sampler", help="sampler (default: the recipe's)")
+    ev.add_argument("--steps", type=int, help="sampler steps (default: the recipe's)")
+    ev.add_argument("--seed", type=int, default=12345, help="seed of fresh toy points, samples")
+    ev.add_argument("--nll-n", type=int, default=500, help="held-out examples for the NLL")
+    ev.add_argument("--no-nll", action="store_true", help="skip the test NLL")
+    ev.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
+    ev.add_argument("--key")
+    ev.add_argument("--image-size", type=int)
+    ev.add_argument("--out", type=Path, help="JSON to write (default RUN/evaluate.json)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recipes", help="list the recipes and what each was measured to reach")
+    r.set_defaults(func=cmd_recipes)
 
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))

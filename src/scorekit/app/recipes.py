@@ -1,4 +1,14 @@
-r"""A training run from JSON-able settings, and the test likelihood of a trained model.
+r"""Recipes, a training run from JSON-able settings, and the test likelihood of a model.
+
+A **recipe** (:data:`RECIPES`) is a named, data-aware set of choices: process,
+parametrisation, loss and its noise-level law, network and width, optimiser, learning-rate
+schedule and budget, EMA, batch, dequantization, and the sampler and step count for
+evaluation. ``scorekit train --data X`` picks one from the shape of the examples
+(:func:`choose_recipe`: 2-D toys, other vectors, small images up to 16×16, larger images),
+``--recipe NAME`` by name; flags and ``--config`` override single choices. The recipe's
+name and every choice are stored in the checkpoint (``"cli"``) and printed when training
+starts (:func:`describe`); ``scorekit recipes`` lists them with what each was measured to
+reach (:func:`measured`, written by ``make bench-real``).
 
 The settings (what ``scorekit train`` stores in a checkpoint under ``"cli"``) name the
 data, the process, the objective, the network and the training options;
@@ -24,6 +34,7 @@ objects with sensible defaults:
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -33,6 +44,11 @@ __all__ = [
     "DEFAULTS",
     "LABEL_DROPOUT",
     "PROCESSES",
+    "RECIPES",
+    "choose_recipe",
+    "describe",
+    "measured",
+    "recipe_settings",
     "build_process",
     "build_run_model",
     "conditional_objective",
@@ -48,18 +64,145 @@ PROCESSES = {"ve": "VE", "vp": "VP", "subvp": "SubVP", "cosine": "CosineVP", "ed
 
 DEFAULTS = {
     "data": "moons",
+    "split": "train",
     "n": 20_000,
     "key": None,
     "image_size": None,
     "normalize": "auto",
+    "recipe": None,
     "process": {"name": "ve"},
     "loss": "dsm",
     "loss_kwargs": {},
     "net": {"name": "auto"},
     "prediction": "auto",
+    "dequantize": False,
     "conditional": None,
     "train": {},
+    "sample": {"sampler": "heun", "steps": 50},
 }
+
+# Each recipe overlays DEFAULTS. "sigma_data": "auto" is the standard deviation of the
+# training examples in model space. The figures of `scorekit recipes` come from
+# measured.json, written by `make bench-real` (benchmarks/real_data.py).
+_EDM_TRAIN = {"schedule": "cosine", "warmup": 500, "ema_decay": 0.999, "grad_clip": 1.0}
+RECIPES: dict[str, dict] = {
+    "toy-2d": {
+        "summary": "2-D points: EDM-preconditioned residual MLP, EDM loss",
+        "when": "examples of shape (2,)",
+        "settings": {
+            "process": {"name": "edm", "sigma_min": 0.001},
+            "loss": "edm",
+            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.5, "p_std": 1.5},
+            "net": {"name": "mlp", "hidden": 256, "depth": 4},
+            "train": {**_EDM_TRAIN, "batch_size": 512, "lr": 1e-3, "steps": 10_000},
+            "sample": {"sampler": "heun", "steps": 50},
+        },
+    },
+    "vectors": {
+        "summary": "vectors and tables: EDM-preconditioned residual MLP, EDM loss",
+        "when": "any other examples that are not images",
+        "settings": {
+            "process": {"name": "edm", "sigma_min": 0.002},
+            "loss": "edm",
+            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
+            "net": {"name": "mlp", "hidden": 512, "depth": 4},
+            "train": {**_EDM_TRAIN, "batch_size": 128, "lr": 2e-3, "steps": 10_000},
+            "sample": {"sampler": "heun", "steps": 50},
+        },
+    },
+    "small-images": {
+        "summary": "images up to 16x16 (digits): EDM-preconditioned U-Net, EDM loss, "
+        "dequantized pixels",
+        "when": "images (C, H, W) with H, W <= 16",
+        "settings": {
+            "process": {"name": "edm", "sigma_min": 0.002},
+            "loss": "edm",
+            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
+            "net": {"name": "unet", "base": 32, "mults": [1, 2]},
+            "dequantize": True,
+            "train": {**_EDM_TRAIN, "batch_size": 64, "lr": 1e-3, "steps": 4000},
+            "sample": {"sampler": "heun", "steps": 50},
+        },
+    },
+    "images": {
+        "summary": "larger images: EDM-preconditioned U-Net with three levels, EDM loss, "
+        "dequantized pixels",
+        "when": "images (C, H, W) larger than 16x16",
+        "settings": {
+            "process": {"name": "edm", "sigma_min": 0.002},
+            "loss": "edm",
+            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
+            "net": {"name": "unet", "base": 64, "mults": [1, 2, 2]},
+            "dequantize": True,
+            "train": {**_EDM_TRAIN, "batch_size": 32, "lr": 2e-4, "steps": 20_000},
+            "sample": {"sampler": "heun", "steps": 50},
+        },
+    },
+    "ve-dsm": {
+        "summary": "scorekit 0.1's default: VE with sigma_max from the data, sigma^2-weighted "
+        "DSM, eps prediction, linear warm-up",
+        "when": "by name only",
+        "settings": {
+            "process": {"name": "ve"},
+            "loss": "dsm",
+            "net": {"name": "auto"},
+            "train": {"schedule": "warmup", "batch_size": 256, "lr": 2e-3, "steps": 2000},
+            "sample": {"sampler": "heun", "steps": 100},
+        },
+    },
+}
+
+
+def choose_recipe(shape: tuple[int, ...]) -> str:
+    """The recipe for examples of ``shape``: ``toy-2d`` for ``(2,)``, ``small-images`` for
+    images ``(C, H, W)`` up to 16×16, ``images`` for larger ones, ``vectors`` otherwise."""
+    shape = tuple(shape)
+    if shape == (2,):
+        return "toy-2d"
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) >= 8:
+        return "small-images" if max(shape[1:]) <= 16 else "images"
+    return "vectors"
+
+
+def recipe_settings(name: str) -> dict:
+    """A fresh copy of the settings of recipe ``name`` over :data:`DEFAULTS`."""
+    if name not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}; got {name!r}")
+    base = json.loads(json.dumps(DEFAULTS))
+    for k, v in json.loads(json.dumps(RECIPES[name]["settings"])).items():
+        base[k] = {**base[k], **v} if isinstance(base.get(k), dict) and k != "net" else v
+    base["recipe"] = name
+    return base
+
+
+def measured() -> dict:
+    """What ``make bench-real`` measured for each recipe (``measured.json`` beside this
+    module: ``{recipe: [{"what", "value", "budget", "source"}, ...]}``), or ``{}``."""
+    p = Path(__file__).with_name("measured.json")
+    try:
+        out = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def describe(s: dict, shape: tuple[int, ...], n: int, auto: bool) -> str:
+    """The choices of a run in a few lines (printed when training starts)."""
+    t, loss = s["train"], s["loss"]
+    budget = f"{t['seconds'] / 60:g} min" if t.get("seconds") else f"{t.get('steps', 2000)} steps"
+    how = f"auto for {n} examples of shape {tuple(shape)}" if auto else "chosen by name"
+    lines = [
+        f"recipe {s.get('recipe') or 'custom'} ({how})",
+        f"  process {s['process']}; loss {loss} {s['loss_kwargs'] or ''}; "
+        f"prediction {s['prediction']}",
+        f"  network {s['net']}",
+        f"  AdamW lr {t.get('lr', 2e-3):g}, batch {t.get('batch_size', 256)}, schedule "
+        f"{t.get('schedule', 'warmup')} (warm-up {t.get('warmup', 100)}), budget {budget}, EMA "
+        f"{t.get('ema_decay', 0.999):g}" + (", dequantized pixels" if s.get("dequantize") else ""),
+        f"  evaluation sampler {s['sample']['sampler']}, {s['sample']['steps']} steps",
+    ]
+    return "\n".join(lines)
+
 
 LABEL_DROPOUT = 0.1  # default probability of the null label in class-conditional training
 
@@ -110,9 +253,11 @@ def build_run_model(settings: dict, shape: tuple[int, ...], process):
     """The untrained :class:`~scorekit.core.parametrize.ScoreModel` the settings describe."""
     from ..train.checkpoint import build_model
 
-    net = net_config_for(settings["net"], shape, process, precond=settings["loss"] == "edm")
+    energy = settings["net"].get("name") == "energy_mlp"
+    edm = settings["loss"] == "edm" and not energy  # an energy is not preconditioned
+    net = net_config_for(settings["net"], shape, process, precond=edm)
     prediction, precond = settings["prediction"], None
-    if settings["loss"] == "edm":
+    if edm:
         precond = {"name": "edm", "sigma_data": settings["loss_kwargs"].get("sigma_data", 0.5)}
         prediction = "x0" if prediction == "auto" else prediction
     if net["name"] == "energy_mlp":
@@ -192,7 +337,13 @@ def data_meta(s: dict, data) -> dict:
     bins = {"digits": 17}.get(s["data"])
     if bins is None and Path(str(s["data"])).is_dir():
         bins = 256
-    return {"spec": str(s["data"]), "n": s["n"], "shape": list(data.shape), "bins": bins}
+    return {
+        "spec": str(s["data"]),
+        "split": s.get("split", "all"),
+        "n": s["n"],
+        "shape": list(data.shape),
+        "bins": bins,
+    }
 
 
 def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> dict:

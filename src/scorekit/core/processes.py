@@ -177,21 +177,41 @@ class Process:
         return 2 * (torch.log(a) - torch.log(s))
 
     def t_of_sigma(self, sigma: Tensor | float) -> Tensor:
-        r"""Inverse of :math:`\sigma(t)` (monotone for every process here), clamped to
-        :math:`[0, T]`."""
-        return self._clamp(self._t_of_sigma(_as_time(sigma)))
+        r"""Inverse of :math:`\sigma(t)` (monotone for every process here); a level outside
+        :math:`[\sigma(0), \sigma(T)]` maps to the nearer end of :math:`[0, T]`."""
+        return self._inverse(self._t_of_sigma, sigma, "sigma")
 
     def t_of_ratio(self, ratio: Tensor | float) -> Tensor:
         r"""Inverse of :meth:`ratio`: the :math:`t` with :math:`\sigma(t)/\alpha(t) =`
-        ``ratio``, clamped to :math:`[0, T]`."""
-        return self._clamp(self._t_of_ratio(_as_time(ratio)))
+        ``ratio``; a level outside the process's range maps to the nearer end of
+        :math:`[0, T]`."""
+        return self._inverse(self._t_of_ratio, ratio, "ratio")
 
     def t_of_log_snr(self, log_snr: Tensor | float) -> Tensor:
-        r"""Inverse of :meth:`log_snr` (decreasing in ``t``), clamped to :math:`[0, T]`."""
-        return self._clamp(self._t_of_log_snr(_as_time(log_snr)))
+        r"""Inverse of :meth:`log_snr` (decreasing in ``t``); a level outside the process's
+        range maps to the nearer end of :math:`[0, T]`."""
+        return self._inverse(self._t_of_log_snr, log_snr, "log_snr")
 
-    def _clamp(self, t: Tensor) -> Tensor:
-        return t.clamp(0.0, self.T)
+    def _inverse(self, fn, level: Tensor | float, kind: str) -> Tensor:
+        """``fn`` of ``level`` clamped into the range of ``kind`` on ``[0, T]`` (bounds read
+        once per process, so the clamp reads no tensor value)."""
+        lo, hi = self._level_range(kind)
+        return fn(_as_time(level).clamp(lo, hi)).clamp(0.0, self.T)
+
+    def _level_range(self, kind: str) -> tuple[float, float]:
+        ranges = getattr(self, "_ranges", None)
+        if ranges is None:
+            ends = torch.tensor([0.0, self.T], dtype=torch.float64)
+            a, s = self._alpha(ends), self._sigma(ends)
+            with torch.no_grad():
+                lam = 2 * (torch.log(a) - torch.log(s))
+            ranges = {
+                "sigma": tuple(s.tolist()),
+                "ratio": tuple((s / a).tolist()),
+                "log_snr": tuple(sorted(lam.tolist())),
+            }
+            self._ranges = ranges
+        return ranges[kind]
 
     def _bisect(self, fn, target: Tensor) -> Tensor:
         r"""The :math:`t \in [0, T]` with ``fn(t) = target`` for an increasing ``fn``: 80

@@ -14,6 +14,7 @@ All losses return per-example values of shape ``(B,)`` and keep the first ½ by 
 from .conditional import ClassifierObjective, LabelDropout
 from .objectives import (
     DDPMObjective,
+    Dequantized,
     DiffusionLoss,
     DSMObjective,
     EDMLoss,
@@ -29,6 +30,7 @@ __all__ = [
     "ClassifierObjective",
     "DDPMObjective",
     "DSMObjective",
+    "Dequantized",
     "DiffusionLoss",
     "EDMLoss",
     "LabelDropout",

@@ -78,6 +78,9 @@ class Langevin(Sampler):
     def __init__(self, step_size: float = 1e-2, metropolis: bool = False):
         self.step_size = check_positive("step_size", step_size)
         self.metropolis = bool(metropolis)
+        # MALA caches the energy of its current points: a hook that moves them would
+        # invalidate the acceptance test
+        self.single_step = not self.metropolis
 
     def default_grid(self, process: Process, steps: int) -> Tensor:
         return torch.full((steps + 1,), float(process.t_min), dtype=torch.float64)

@@ -186,8 +186,20 @@ def _upgrade_legacy_conditional(meta: dict, tensors: dict[str, Tensor], what: st
     inner = net.get("net") if isinstance(net, dict) else None
     base = inner.get("net") if isinstance(inner, dict) else None
     k = net.get("num_classes")
-    if not isinstance(base, dict) or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if (
+        not isinstance(base, dict)
+        or inner.get("name") != "class_conditional"
+        or isinstance(k, bool)
+        or not isinstance(k, int)
+        or k < 1
+        or inner.get("num_classes") != k
+    ):
         raise ValueError(f"{what} has a class-conditional config that cannot be read: {net!r}")
+    if not net.get("null_label", True):
+        raise ValueError(
+            f"{what} holds a class-conditional model trained without a null label; today's "
+            "networks always have one (label dropout): retrain it with scorekit train --conditional"
+        )
     out = {}
     for key, v in tensors.items():
         head, _, rest = key.partition(".")

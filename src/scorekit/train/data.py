@@ -195,15 +195,26 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     return x.float()
 
 
-def digits() -> tuple[Tensor, Tensor]:
-    """sklearn's 1797 8×8 digits as ``(images (N, 1, 8, 8) in [0, 16], labels (N,))``."""
+SPLITS = ("all", "train", "test")
+
+
+def digits(split: str = "all") -> tuple[Tensor, Tensor]:
+    """sklearn's 1797 8×8 digits as ``(images (N, 1, 8, 8) in [0, 16], labels (N,))``: all of
+    them, or the ``"train"`` (1257) / ``"test"`` (540) part of the split that the real-data
+    benchmark and its reference rows use, ``train_test_split(test_size=0.3,
+    random_state=0, stratify=labels)``."""
+    check_choice("split", split, SPLITS)
     try:
         from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
     except ImportError:
         raise ValueError("data 'digits' needs scikit-learn: pip install 'scorekit[data]'") from None
     d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)
-    return x, torch.tensor(d.target, dtype=torch.long)
+    x, y = d.images, d.target
+    if split != "all":
+        parts = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+        x, y = (parts[0], parts[2]) if split == "train" else (parts[1], parts[3])
+    return torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.long)
 
 
 def _numeric(arr: np.ndarray, path: Path) -> Tensor:
@@ -353,6 +364,7 @@ def load_data(
     normalizer: Normalizer | None = None,
     key: str | None = None,
     image_size: int | None = None,
+    split: str = "all",
 ) -> Dataset:
     r"""Load a data set by name (a toy of :data:`TOYS`, ``"digits"``) or path, normalised.
 
@@ -363,6 +375,8 @@ def load_data(
         normalize: ``"auto"`` (per-feature standardisation for toys and tables, the fixed
             map to [-1, 1] for images and digits), ``"standard"``, ``"minmax"``, ``"none"``.
         normalizer: use this map instead of fitting one (e.g. the one in a checkpoint).
+        split: for ``"digits"``, ``"all"`` (default) or the ``"train"`` / ``"test"`` part of
+            the reference split (:func:`digits`); toys and files have no split.
 
     Returns:
         A :class:`Dataset` with ``x`` of shape ``(N, *D)`` in model space.
@@ -374,7 +388,7 @@ def load_data(
     if name in TOYS:
         raw = toy_2d(name, n, generator)
     elif name == "digits":
-        raw, labels = digits()
+        raw, labels = digits(split)
         images = "digits"
     else:
         raw = load_file(spec, key=key, image_size=image_size)

@@ -90,8 +90,10 @@ class EMA:
         weight = (1.0 - beta) if beta is not None else torch.full_like(n, 1.0 - self.decay)
         if good is not None:
             weight = weight * good
-        if params:
-            torch._foreach_lerp_(self._ema[0], params, weight.to(params[0].dtype))
+        if params:  # ema += w (p - ema); foreach lerp would read a tensor weight on the host
+            step = torch._foreach_sub(params, self._ema[0])
+            torch._foreach_mul_(step, weight.to(params[0].dtype))
+            torch._foreach_add_(self._ema[0], step)
         for b_ema, b in zip(self._ema[1], buffers, strict=True):
             b_ema.copy_(b if good is None else torch.where(good, b, b_ema))
         self._n = n + (1.0 if good is None else good.to(n.dtype))

@@ -349,7 +349,7 @@ class Trainer:
             )
         self.device = torch.device(device) if device is not None else init_distributed()[2]
         self.source = _Source(data, self.device)
-        self._check_labels(model)
+        self._check_labels(model, objective)
         if model.data_shape is None:  # the model learns the shape of what it is trained on
             model.data_shape = self.source.data_shape
         self.model = model.to(self.device)
@@ -393,7 +393,7 @@ class Trainer:
                 self._loss, device_ids=ids, find_unused_parameters=unused
             )
 
-    def _check_labels(self, model: ScoreModel) -> None:
+    def _check_labels(self, model: ScoreModel, objective: Any) -> None:
         """Labels of a labelled dataset must be classes of the model (read once, here)."""
         y = self.source.labels
         if y is None:
@@ -401,6 +401,8 @@ class Trainer:
         from ..guidance import check_labels, num_classes_of
 
         k = num_classes_of(model)
+        if k is None:  # e.g. a noise-conditional classifier's objective knows its classes
+            k = getattr(objective, "num_classes", None)
         if k is not None:
             check_labels("data labels", y, k)
 
@@ -491,6 +493,8 @@ class Trainer:
             i, name = k.split(".", 1)
             state.setdefault(int(i), {})[name] = v
         self.opt.load_state_dict({"state": state, "param_groups": meta["optim"]["param_groups"]})
+        for group in self.opt.param_groups:  # this run's kernel, whatever the saved run used
+            group["fused"], group["foreach"] = self._fused or None, None if self._fused else True
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
         self._reset_counters(skipped=int(meta.get("skipped", 0)))
@@ -533,8 +537,9 @@ class Trainer:
             micro = -(-x_all.shape[0] // cfg.accum)
         else:
             micro = B // (self.world * cfg.accum)
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, step, 1 << 20))
-            idx = torch.randint(self.source.n, (B,), generator=gen)
+            # drawn on the training device: no host-to-device copy of the indices
+            gen = torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, step, 1 << 20))
+            idx = torch.randint(self.source.n, (B,), generator=gen, device=self.device)
         all_losses, all_t = [], []
         for a in range(cfg.accum):
             k = self.rank * cfg.accum + a
@@ -566,19 +571,27 @@ class Trainer:
             all_t.append(t.detach())
         return torch.cat(all_losses), torch.cat(all_t)
 
+    def _synced(self, seconds: float) -> float:
+        """``seconds`` as rank 0 measured them (unchanged without DDP)."""
+        if self._ddp is None:
+            return seconds
+        v = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        dist.broadcast(v, src=0)
+        return float(v[0])
+
     def _read(self) -> None:
         """Read the pending steps (the host read of the loop, once per log or checkpoint):
         the skip count, the first non-finite step, the last good loss, and the per-sigma
         bucket sums and counts of the good losses since the last log (``_stats``)."""
         if not self._pending:
             return
-        steps = [p[0] for p in self._pending]
-        t = torch.stack([p[1] for p in self._pending]).to(torch.float64)  # (n, B)
-        losses = torch.stack([p[2] for p in self._pending]).to(torch.float64)
-        good = torch.stack([p[3] for p in self._pending])
-        self._pending = []
-        sigma = self.process.sigma(t)
-        sums, _, counts = bucket_sums(sigma, losses, self.sigma_edges, good[:, None].expand_as(t))
+        pending, self._pending = self._pending, []
+        steps = [p[0] for p in pending]
+        sigma = [self.process.sigma(p[1].to(torch.float64)) for p in pending]
+        good = torch.stack([p[3] for p in pending])  # one flag a step
+        rows = torch.cat([p[3].expand(len(p[1])) for p in pending])  # a step's batches may differ
+        losses = torch.cat([p[2] for p in pending])
+        sums, _, counts = bucket_sums(torch.cat(sigma), losses, self.sigma_edges, rows)
         ok = good.tolist()
         self._skipped += ok.count(False)
         if self._bad is None and not all(ok):
@@ -586,7 +599,7 @@ class Trainer:
             self._bad = (steps[i] + 1, float(sigma[i].min()), float(sigma[i].max()))
         if any(ok):
             last = max(i for i, v in enumerate(ok) if v)
-            self._last = float(losses[last].mean())
+            self._last = float(pending[last][2].to(torch.float64).mean())
         if self._stats is not None:
             sums, counts = sums + self._stats[0], counts + self._stats[1]
         self._stats = (sums, counts)
@@ -645,7 +658,10 @@ class Trainer:
                 self.ema.update(self.model, good)
                 self._pending.append((step, t.detach(), losses, good))
                 self.step += 1
-                self.elapsed = start + self._clock() - t0
+                if self._ddp is None or self.step % cfg.log_every == 0:
+                    # under DDP the clock is rank 0's, read at the logs, so that every rank
+                    # takes the same learning rate and stops at the same step
+                    self.elapsed = self._synced(start + self._clock() - t0)
                 if bar is not None:
                     bar.update(1)
                 end = cfg.done(self.step, self.elapsed)
@@ -699,7 +715,8 @@ class Trainer:
             "bucket_count": [int(c) for c in counts],
         }
         if bar is not None:
-            bar.set_postfix(loss=f"{rec['loss'] or math.nan:.4g}", skipped=rec["skipped"])
+            loss = math.nan if rec["loss"] is None else rec["loss"]
+            bar.set_postfix(loss=f"{loss:.4g}", skipped=rec["skipped"])
         if self.rank == 0 and self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as fh:

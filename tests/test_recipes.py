@@ -1,0 +1,84 @@
+"""Recipes: chosen from the data, by name, overridden by flags, stored and printed; the time
+budget; scorekit recipes and scorekit evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from scorekit.app.cli import main
+from scorekit.app.recipes import RECIPES, choose_recipe, recipe_settings
+
+
+def test_the_recipe_follows_the_shape_of_the_data():
+    assert choose_recipe((2,)) == "toy-2d"
+    assert choose_recipe((1, 8, 8)) == "small-images"
+    assert choose_recipe((3, 32, 32)) == "images"
+    assert choose_recipe((5,)) == choose_recipe((4, 7)) == "vectors"
+    for name in RECIPES:
+        s = recipe_settings(name)
+        assert s["recipe"] == name and "sampler" in s["sample"]
+    with pytest.raises(ValueError, match="--recipe must be one of"):
+        recipe_settings("nope")
+
+
+def _train(tmp_path, *argv):
+    return main(["train", "--quiet", "--out", str(tmp_path), *argv])
+
+
+def test_train_picks_stores_and_prints_the_recipe(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    np.savetxt(table, np.random.default_rng(0).normal(size=(200, 5)), delimiter=",")
+    cases = [
+        (["--data", "moons", "--n", "300"], "toy-2d"),
+        (["--data", str(table)], "vectors"),
+        (["--data", "moons", "--n", "300", "--recipe", "ve-dsm"], "ve-dsm"),
+    ]
+    for i, (argv, recipe) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        assert main(["train", "--out", str(out), "--steps", "3", "--batch", "32", *argv]) == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith(f"recipe {recipe} (")
+        meta = json.loads((out / "checkpoint.json").read_text())
+        assert meta["cli"]["recipe"] == recipe and meta["train"]["batch_size"] == 32
+    meta = json.loads((tmp_path / "r0" / "checkpoint.json").read_text())
+    assert meta["model"]["process"]["name"] == "EDM" and meta["model"]["precond"]["name"] == "edm"
+    assert meta["train"]["schedule"] == "cosine"
+    assert isinstance(meta["cli"]["loss_kwargs"]["sigma_data"], float)  # "auto" resolved
+    assert (
+        json.loads((tmp_path / "r2" / "checkpoint.json").read_text())["model"]["process"]["name"]
+        == "VE"
+    )
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{name}:" in listed for name in RECIPES)
+
+
+def test_minutes_is_a_wall_clock_budget(tmp_path):
+    assert _train(tmp_path, "--data", "moons", "--n", "300", "--batch", "32",
+                  "--minutes", "0.02") == 0  # fmt: skip
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert meta["train"]["seconds"] == pytest.approx(1.2) and meta["train"]["steps"] is None
+    assert meta["elapsed"] >= 1.2 and meta["step"] >= 1
+
+
+def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--data", "moons", "--n", "500", "--steps", "30", "--batch", "64") == 0
+    argv = ["evaluate", str(run), "--data", "moons", "--n", "200", "--steps", "5",
+            "--nll-n", "50"]  # fmt: skip
+    assert main(argv) == 0
+    assert "sliced_w2" in capsys.readouterr().out
+    rec = json.loads((run / "evaluate.json").read_text())
+    assert rec["n_samples"] == 200 and rec["sampler"] == "heun" and rec["nll_n"] == 50
+    assert rec["sliced_w2"] > 0 and rec["sliced_w2_real"] > 0 and np.isfinite(rec["nll"])
+    assert (run / "evaluate.md").read_text().startswith("| measure | value |")
+    digits = tmp_path / "digits"
+    net = tmp_path / "net.json"
+    net.write_text(json.dumps({"net": {"base": 8}}))
+    assert _train(digits, "--data", "digits", "--steps", "2", "--batch", "16",
+                  "--config", str(net)) == 0  # fmt: skip
+    assert main(["evaluate", str(digits), "--data", "digits", "--n", "40", "--steps", "2",
+                 "--no-nll"]) == 0  # fmt: skip
+    rec = json.loads((digits / "evaluate.json").read_text())
+    assert rec["n_held_out"] == 540 and rec["frechet"] > rec["frechet_real"] > 0
