@@ -40,17 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorekit import EDM, EDMPrecond, ScoreModel
+from scorekit import ScoreModel
 from scorekit.likelihood import log_prob
-from scorekit.losses import Dequantized, EDMLoss
 from scorekit.metrics import digits_quality
-from scorekit.nets import MLP
 from scorekit.samplers import sample
 
 __all__ = [
     "SETUPS",
     "bpd_from_model_log_prob",
-    "build",
     "dequantize",
     "main",
     "moons_true_nll",
@@ -81,31 +78,15 @@ def _cpu() -> float:
     return time.process_time()
 
 
-def train_budget(model, objective, data, minutes, setup: dict, seed: int):
-    r"""The Trainer for ``minutes`` of this process's CPU time: AdamW without weight decay
-    (Adam), grad-norm clip 1, linear warm-up, then a cosine decay of the learning rate to
-    zero at the end of the budget, :math:`\eta = \eta_0\,\tfrac12(1 + \cos(\pi c/C))`
-    with :math:`c` the CPU seconds spent of :math:`C = 60\,` ``minutes``, with an EMA; the
-    setup gives ``lr``, ``warmup`` (steps), ``ema`` (decay) and ``batch``.
+def train_budget(model, objective, data, train: dict, seed: int):
+    r"""The Trainer with the settings ``train`` (a recipe's, with the budget: ``seconds`` of
+    the ``"process"`` clock, so a CPU budget; the cosine schedule decays to zero at its end).
 
     Returns ``(ema_copy, raw_copy, steps, cpu_seconds, mean loss of the last 200 steps)``.
     """
     from scorekit.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(
-        steps=None,
-        seconds=60.0 * minutes,
-        clock="process",
-        batch_size=setup["batch"],
-        lr=setup["lr"],
-        schedule="cosine",
-        warmup=setup["warmup"],
-        grad_clip=1.0,
-        ema_decay=setup["ema"],
-        seed=seed,
-        log_every=200,
-        progress=False,
-    )
+    cfg = TrainConfig.from_dict({**train, "seed": seed, "log_every": 200, "progress": False})
     logs = []
     trainer = Trainer(model, objective, data, cfg, device="cpu",
                       callbacks=[lambda tr, rec: logs.append(rec)])  # fmt: skip
@@ -116,13 +97,13 @@ def train_budget(model, objective, data, minutes, setup: dict, seed: int):
     return ema_copy, raw, fit["step"], fit["seconds"], full[-1]["loss"]
 
 
-def _samples_digits(model, n, sampler, steps, seed):
+def _samples_digits(model, n, sampler, steps, seed, normalizer):
     g = torch.Generator().manual_seed(seed)
     c0 = _cpu()
     with torch.no_grad():
-        res = sample(model, (n, 64), sampler=sampler, steps=steps, generator=g)
-    # back to the pixel scale; U's mean 1/2 is removed before clamping to 0..16
-    x = (res.x.double() * SCALE + CENTER - 0.5).clamp(0, 16).numpy()
+        res = sample(model, (n, 1, 8, 8), sampler=sampler, steps=steps, generator=g)
+    # back to the pixel scale (the dequantization bins are centred on the levels)
+    x = normalizer.decode(res.x.double()).clamp(0, 16).reshape(n, 64).numpy()
     return x, res.nfe, _cpu() - c0
 
 
@@ -160,58 +141,17 @@ def real_baseline(Xtr: np.ndarray, Xte: np.ndarray, n: int = 500, draws: int = 1
     return {"n": n, "draws": draws, "mean": float(np.mean(fds)), "min": min(fds), "max": max(fds)}
 
 
-# The setups the table is made with. Every run trains one network for one CPU budget
-# (the learning rate decays to zero at its end, so a 15-minute run is not a 5-minute run
-# continued). "digits-samples" is chosen for sample quality, "digits-likelihood" for
-# bits/dim: EDM preconditioning and weighting in both; the latter draws more small noise
-# levels (ln sigma ~ N(-2, 2^2): EDM's weight is then close to the likelihood weighting
-# at sigma << sigma_data) and gives the MLP Fourier features of its input with one and
-# two periods per dequantization bin (bins are 2/17 wide in model space), which the
-# likelihood of dequantized data needs (Kingma et al. 2021, App. C), and dropout 0.1:
-# without it a 15-minute run memorises the 1257 training digits (1.33 bits/dim on training
-# digits, 3.69 on held-out ones, measured).
+# The setups the table is made with: each is a recipe of scorekit.app.recipes, trained on
+# the benchmark's data by the Trainer for one CPU budget (the learning rate decays to zero
+# at its end, so a 15-minute run is not a 5-minute run continued). "digits-samples" is the
+# recipe `scorekit train --data digits` picks; "digits-likelihood" the one chosen for
+# bits/dim; "moons" the one `--data moons` picks.
 SETUPS = {
-    "digits-samples": {
-        "data": "digits",
-        "hidden": 512,
-        "depth": 4,
-        "fourier": [],
-        "dropout": 0.0,
-        "p_mean": -1.2,
-        "p_std": 1.2,
-        "sigma_min": 0.002,
-        "batch": 128,
-        "lr": 2e-3,
-        "ema": 0.999,
-    },
-    "digits-likelihood": {
-        "data": "digits",
-        "hidden": 512,
-        "depth": 4,
-        "fourier": [8.5, 17.0],
-        "dropout": 0.1,
-        "p_mean": -2.0,
-        "p_std": 2.0,
-        "sigma_min": 0.002,
-        "batch": 128,
-        "lr": 1e-3,
-        "ema": 0.999,
-    },
-    "moons": {
-        "data": "moons",
-        "hidden": 256,
-        "depth": 4,
-        "fourier": [],
-        "dropout": 0.0,
-        "p_mean": -1.5,
-        "p_std": 1.5,
-        "sigma_min": 0.001,
-        "batch": 512,
-        "lr": 1e-3,
-        "ema": 0.999,
-    },
+    "digits-samples": {"data": "digits", "recipe": "small-images"},
+    "digits-likelihood": {"data": "digits", "recipe": "small-images-nll"},
+    "moons": {"data": "moons", "recipe": "toy-2d"},
 }
-QUICK = {"hidden": 64, "depth": 2, "batch": 64, "warmup": 20}
+QUICK_NET = {"mlp": {"hidden": 64, "depth": 2}, "unet": {"base": 8}}
 
 
 def _digits_split():
@@ -231,32 +171,34 @@ def _moons_split():
     return xtr, xte
 
 
-def build(setup: dict, dim: int, sigma_data: float) -> tuple[ScoreModel, EDMLoss]:
-    """The EDM-preconditioned MLP score model and EDM loss of a setup."""
-    process = EDM(sigma_min=setup["sigma_min"])
-    net = MLP(
-        dim,
-        hidden=setup["hidden"],
-        depth=setup["depth"],
-        fourier_features=setup["fourier"],
-        dropout=setup["dropout"],
-    )
-    model = ScoreModel(EDMPrecond(net, process, sigma_data), process, prediction="x0")
-    return model, EDMLoss(process, sigma_data, setup["p_mean"], setup["p_std"])
+def _settings(name: str, quick: bool) -> dict:
+    from scorekit.app.recipes import recipe_settings
+
+    s = recipe_settings(SETUPS[name]["recipe"])
+    s["data"] = SETUPS[name]["data"]
+    if quick:
+        s["net"] = {**s["net"], **QUICK_NET[s["net"]["name"]]}
+        s["train"] = {**s["train"], "warmup": 20, "batch_size": 64}
+    return s
 
 
-def _choices(setup: dict, model: ScoreModel, sigma_data: float, warmup: int) -> dict:
+def _train(s: dict, data, minutes: float, seed: int):
+    """The recipe's run for ``minutes`` of this process's CPU time (one thread)."""
+    from scorekit.app.recipes import build_run
+
+    torch.manual_seed(seed)
+    model, objective, examples = build_run(s, data)
+    train = {**s["train"], "steps": None, "seconds": 60.0 * minutes, "clock": "process"}
+    ema, raw, steps, spent, loss = train_budget(model, objective, examples, train, seed)
+    return model, ema, raw, steps, spent, loss
+
+
+def _choices(s: dict, model: ScoreModel, shape, n) -> dict:
+    from scorekit.app.recipes import describe
+
     return {
-        "network": f"MLP(hidden={setup['hidden']}, depth={setup['depth']}"
-        + (f", fourier_features={setup['fourier']}" if setup["fourier"] else "")
-        + (f", dropout={setup['dropout']:g}" if setup["dropout"] else "")
-        + f"), {sum(p.numel() for p in model.parameters())} parameters",
-        "parametrisation": f"EDMPrecond (x0), sigma_data={sigma_data:.3g}",
-        "process": f"EDM(sigma_min={setup['sigma_min']:g}, sigma_max=80)",
-        "loss": f"EDMLoss: ln sigma ~ N({setup['p_mean']:g}, {setup['p_std']:g}^2), EDM weight",
-        "optimizer": f"Trainer: AdamW lr={setup['lr']:g} (no weight decay), {warmup}-step "
-        f"warm-up, cosine decay to 0 at the CPU budget, grad-norm clip 1, batch {setup['batch']}",
-        "ema": f"{setup['ema']:g}",
+        "recipe": describe(s, shape, n, auto=False).replace("\n", ";"),
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -265,41 +207,40 @@ def run_task(name: str, minutes: float, quick: bool = False, seed: int = 0) -> d
     and evaluate it: digits — 500 samples (EMA and raw weights) and test bits/dim;
     moons — test NLL through the exact probability-flow ODE."""
     torch.set_num_threads(1)
-    setup = {**SETUPS[name], "warmup": 500, **(QUICK if quick else {})}
-    if setup["data"] == "digits":
-        return _run_digits(name, setup, minutes, quick, seed)
-    return _run_moons(name, setup, minutes, quick, seed)
+    s = _settings(name, quick)
+    if s["data"] == "digits":
+        return _run_digits(name, s, minutes, quick, seed)
+    return _run_moons(name, s, minutes, quick, seed)
 
 
-def _run_digits(name, setup, minutes, quick, seed):
+def _run_digits(name, s, minutes, quick, seed):
+    from scorekit.train.data import load_data
+
     Xtr, Xte, ytr, _ = _digits_split()
-    train = torch.tensor(Xtr, dtype=torch.float32)
+    data = load_data("digits", split="train")  # the same split; pixels (x - 8) / 8
     test = torch.tensor(Xte, dtype=torch.float64)
-    sigma_data = float(f"{float(dequantize(train, torch.Generator().manual_seed(5)).std()):.3g}")
-    torch.manual_seed(seed)
-    model, objective = build(setup, 64, sigma_data)
-    edges = (train - CENTER) / SCALE  # lower bin edges; + U / SCALE is dequantize()
-    objective = Dequantized(objective, 1.0 / SCALE, low=0.0)
-    ema, raw, steps, spent, loss = train_budget(model, objective, edges, minutes, setup, seed)
+    model, ema, raw, steps, spent, loss = _train(s, data, minutes, seed)
     common = {
         "setup": name,
+        "recipe": s["recipe"],
         "budget_cpu_min": minutes,
         "train_steps": steps,
         "train_cpu_s": spent,
         "steps_per_s": steps / spent,
         "loss": loss,
     }
-    n_gen, k = (100, 10) if quick else (500, 50)
+    sampler, k = s["sample"]["sampler"], (10 if quick else s["sample"]["steps"])
+    n_gen = 100 if quick else 500
     rows = []
     for weights, net in (("ema", ema), ("raw", raw)):
-        gen, nfe, cpu = _samples_digits(net, n_gen, "heun", k, seed + 1)
+        gen, nfe, cpu = _samples_digits(net, n_gen, sampler, k, seed + 1, data.normalizer)
         q = digits_quality(gen, Xtr, ytr, Xte, protocol="full")
         q_halves = digits_quality(gen, Xtr, ytr, Xte, protocol="halves")
         rows.append(
             {
                 "kind": "samples",
                 "weights": weights,
-                "sampler": "heun",
+                "sampler": sampler,
                 "sampler_steps": k,
                 "nfe": nfe,
                 "n_samples": n_gen,
@@ -312,17 +253,20 @@ def _run_digits(name, setup, minutes, quick, seed):
         )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     n_bpd = 40 if quick else len(test)
-    z_test = dequantize(test[:n_bpd], torch.Generator().manual_seed(seed + 7))
+    # one dequantization sample per test digit: z = (x + U - 1/2 - 8) / 8 = (17 u - 8.5) / 8
+    u = torch.rand(test[:n_bpd].shape, generator=torch.Generator().manual_seed(seed + 7),
+                   dtype=torch.float64)  # fmt: skip
+    z_test = (test[:n_bpd] + u - 0.5 - 8.0) / 8.0
     rtol, probes = (1e-3, 2) if quick else (1e-4, 4)
     r, cpu = _likelihood(
         copy.deepcopy(ema).double(),
-        z_test,
+        z_test.reshape(-1, 1, 8, 8),
         divergence="hutchinson",
         rtol=rtol,
         n_probes=probes,
         seed=seed + 3,
     )
-    bpd = bpd_from_model_log_prob(r.log_prob, 64)
+    bpd = bpd_from_model_log_prob(r.log_prob, 64, scale=8.0)
     hutch = (r.stderr.double() ** 2).sum().sqrt() / len(bpd) / (64 * math.log(2))
     rows.append(
         {
@@ -345,20 +289,21 @@ def _run_digits(name, setup, minutes, quick, seed):
         "data": "digits",
         "minutes": minutes,
         "rows": rows,
-        "choices": _choices(setup, model, sigma_data, setup["warmup"]),
+        "choices": _choices(s, model, data.shape, len(data)),
     }
 
 
-def _run_moons(name, setup, minutes, quick, seed):
+def _run_moons(name, s, minutes, quick, seed):
+    from scorekit.train.data import Dataset, Normalizer
+
     xtr, xte = _moons_split()
     loc, scale = xtr.double().mean(0), xtr.double().std(0)
-    ztr = ((xtr - loc.float()) / scale.float()).contiguous()
+    norm = Normalizer(loc, scale)
+    data = Dataset(x=norm.encode(xtr.double()).float(), normalizer=norm, name="moons")
     n_test = 500 if quick else len(xte)
-    zte = (xte[:n_test] - loc) / scale
+    zte = norm.encode(xte[:n_test].double())
     log_det = float(-torch.log(scale).sum())  # log |dz/dx|
-    torch.manual_seed(seed)
-    model, objective = build(setup, 2, 1.0)
-    ema, _, steps, spent, loss = train_budget(model, objective, ztr, minutes, setup, seed)
+    model, ema, _, steps, spent, loss = _train(s, data, minutes, seed)
     rtol = 1e-4 if quick else 1e-5
     r, cpu = _likelihood(
         copy.deepcopy(ema).double(),
@@ -372,6 +317,7 @@ def _run_moons(name, setup, minutes, quick, seed):
     row = {
         "kind": "nll",
         "setup": name,
+        "recipe": s["recipe"],
         "budget_cpu_min": minutes,
         "weights": "ema",
         "n_test": n_test,
@@ -388,7 +334,7 @@ def _run_moons(name, setup, minutes, quick, seed):
         "loss": loss,
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
-    choices = _choices(setup, model, 1.0, setup["warmup"])
+    choices = _choices(s, model, data.shape, len(data))
     choices["normalisation"] = (
         "standardised per coordinate (train mean/std); NLL moved back "
         "to data coordinates with the log-determinant"
@@ -625,7 +571,42 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     _write(a.out / "real_data.json", json.dumps(result, indent=2))
     _write(a.out / "real_data.md", _markdown(result))
+    if not a.quick:  # what `scorekit recipes` shows, regenerated from this record
+        _write(RECIPES_MEASURED, json.dumps(recipe_figures(result), indent=1) + "\n")
     return result
+
+
+RECIPES_MEASURED = Path(__file__).resolve().parents[1] / "src/scorekit/app/measured.json"
+
+
+def recipe_figures(result: dict) -> dict:
+    """Each recipe's measured figures in a bench-real record, as ``scorekit recipes`` lists
+    them (``{recipe: [{"what", "value", "budget", "source"}]}``)."""
+    out: dict[str, list] = {}
+    source = f"make bench-real, seed {result['seed']}, torch {result['torch']}"
+    for run in result["runs"]:
+        for r in run["rows"]:
+            if r.get("weights") != "ema":
+                continue
+            budget = f"{r['budget_cpu_min']:g} CPU-min"
+            if r["kind"] == "samples":
+                what, value = (
+                    "digits PCA-16 Frechet (500 samples vs the 540 held out)",
+                    (f"{r['frechet']:.1f} (real digits {r['frechet_real']:.1f})"),
+                )
+            elif r["kind"] == "bpd":
+                what, value = "digits test bits/dim", f"{r['bpd']:.3f} +- {r['bpd_stderr']:.3f}"
+            else:
+                what, value = (
+                    "moons test NLL (nats)",
+                    (
+                        f"{r['nll_nats']:.4f} +- {r['nll_stderr']:.4f} (true density "
+                        f"{r['true_nll_nats']:.4f})"
+                    ),
+                )
+            entry = {"what": what, "value": value, "budget": budget, "source": source}
+            out.setdefault(r["recipe"], []).append(entry)
+    return out
 
 
 def _write(path: Path, text: str) -> None:

@@ -156,7 +156,9 @@ def test_quick_table(real_data, tmp_path):
     for name in ("digits-samples", "digits-likelihood"):
         kinds = [r["kind"] for r in runs[name]["rows"]]
         assert kinds == ["samples", "samples", "bpd"]
-    assert "fourier_features" in runs["digits-likelihood"]["choices"]["network"]
+    # the runs are the recipes' (what scorekit train picks, or the one chosen by name)
+    assert "fourier_features" in runs["digits-likelihood"]["choices"]["recipe"]
+    assert runs["digits-samples"]["choices"]["recipe"].startswith("recipe small-images ")
     rows = [r for run in result["runs"] for r in run["rows"]]
     for r in rows:
         for key in ("nfe", "train_steps", "steps_per_s"):

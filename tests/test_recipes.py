@@ -82,3 +82,26 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
                  "--no-nll"]) == 0  # fmt: skip
     rec = json.loads((digits / "evaluate.json").read_text())
     assert rec["n_held_out"] == 540 and rec["frechet"] > rec["frechet_real"] > 0
+
+
+def test_every_command_takes_device_and_threads(tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    assert _train(run, "--data", "moons", "--n", "200", "--steps", "2", "--threads", "1") == 0
+    base = ["sample", str(run), "--n", "4", "--steps", "2", "--out", str(tmp_path / "s.npy")]
+    assert main([*base, "--device", "cpu", "--threads", "1", "--quiet"]) == 0
+    assert torch.get_num_threads() == 1
+    capsys.readouterr()
+    cases = [
+        (["--device", "banana"], "--device must be a torch device such as cpu, cuda"),
+        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: this machine has no CUDA device"))
+    for extra, msg in cases:
+        for cmd in (base, ["likelihood", str(run), "--data", "moons", "--n", "4"],
+                    ["evaluate", str(run), "--data", "moons", "--n", "4"]):  # fmt: skip
+            assert main([*cmd, *extra]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and msg in err[0], (cmd, err)

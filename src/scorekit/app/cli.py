@@ -28,15 +28,12 @@ from .recipes import (
     LABEL_DROPOUT,
     PROCESSES,
     RECIPES,
-    build_process,
-    build_run_model,
+    build_run,
     choose_recipe,
-    conditional_objective,
     conditional_settings,
     data_meta,
     describe,
     measured,
-    model_net_config,
     nll_report,
     recipe_settings,
 )
@@ -165,11 +162,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--conditional: {str(out)!r} holds {kind} checkpoint; resume it as it was "
             "trained (with --conditional exactly when it is class-conditional) or use another --out"
         )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    chosen = _runtime(args)
     rank, _, device = init_distributed()
     if args.device is not None:
-        device = torch.device(args.device)
+        device = chosen
     trainer = None
     try:
         seed = int(s["train"].get("seed", 0))
@@ -191,25 +187,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             recipe = choose_recipe(data.shape)
         if recipe is not None:
             s = _settings(args, stored, recipe)
-        if s["loss_kwargs"].get("sigma_data") == "auto":  # the data's own spread
-            s["loss_kwargs"]["sigma_data"] = float(f"{float(data.x.std()):.3g}")
-        process = build_process(s["process"], data.x)
-        s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
-        from ..losses import make_objective
-
-        objective = make_objective(s["loss"], process, **s["loss_kwargs"])
-        bins = data_meta(s, data)["bins"]
-        if s.get("dequantize") and bins:  # each example moves within its pixel's bin
-            from ..losses import Dequantized
-
-            objective = Dequantized(objective, 2.0 / (bins - 1))
-        examples = data.x
-        if s["conditional"] is not None:  # the labels travel with x; the net takes y=
-            objective = conditional_objective(s, data, objective)
-            examples = data
         torch.manual_seed(seed)
-        model = build_run_model(s, data.shape, process)
-        s["net"] = model_net_config(model)
+        model, objective, examples = build_run(s, data)
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
         meta = {"cli": s, "data": data_meta(s, data)}
         if rank == 0 and not args.quiet:
@@ -240,11 +219,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
-def _load(path: Path, ema: bool = True):
-    """``(model, normalizer, meta)`` of a checkpoint file or run folder."""
+def _load(path: Path, ema: bool = True, device: torch.device | str = "cpu"):
+    """``(model, normalizer, meta)`` of a checkpoint file or run folder, on ``device``."""
     from ..train.checkpoint import load_model
 
-    return load_model(_checkpoint_path(path), ema=ema)
+    return load_model(_checkpoint_path(path), ema=ema, device=device)
 
 
 def _labels(model, path: Path, n: int, label: int | None, guidance: float | None):
@@ -278,10 +257,22 @@ def _labels(model, path: Path, n: int, label: int | None, guidance: float | None
     return model, {"y": y}, f", class {label}, guidance {scale:g}"
 
 
-def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None):
+def _pixels(meta: dict) -> tuple[float, float] | None:
+    """The data's own pixel range, ``(0, levels - 1)``, for images of discrete levels."""
+    bins = meta.get("data", {}).get("bins")
+    return (0.0, float(bins - 1)) if bins else None
+
+
+def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None, args=None):
+    """Samples on the model's device (the generator on the CPU: the same seed, the same
+    samples on any device up to the device's arithmetic), with a progress bar unless
+    ``--quiet``."""
     from ..samplers import sample
 
     g = torch.Generator().manual_seed(seed)
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    if cond is not None:
+        cond = {k: v.to(device) for k, v in cond.items()}
     return sample(
         model,
         (n, *shape),
@@ -290,24 +281,29 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None):
         generator=g,
         return_trajectory=trajectory,
         cond=cond,
+        device=device,
+        progress=args is not None and not args.quiet,
     )
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import plot_image_grid, plot_samples, save_figure
 
-    model, normalizer, meta = _load(args.checkpoint, ema=not args.no_ema)
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
     model, cond, what = _labels(model, args.checkpoint, args.n, args.label, args.guidance)
-    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed, cond=cond)
-    x = normalizer.decode(res.x.detach().double()).numpy()
+    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed, cond=cond, args=args)
+    res.x = res.x.detach().cpu()
+    x = normalizer.decode(res.x.double()).numpy()
     _save_npy(args.out, x)
     png = args.png or args.out.with_suffix(".png")
     title = f"{args.n} samples{what}, {args.sampler}, {res.nfe} evaluations"
     if shape == (2,):
         fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
     elif len(shape) == 3:
-        fig = plot_image_grid(res.x[:64], normalizer=normalizer, title=title)
+        fig = plot_image_grid(
+            res.x[:64].cpu(), normalizer=normalizer, title=title, value_range=_pixels(meta)
+        )
     else:
         fig = None
     if fig is not None:
@@ -343,8 +339,9 @@ def _test_data(spec: str, meta: dict, normalizer, n: int | None, seed: int, args
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    model, normalizer, meta = _load(args.checkpoint, not args.no_ema)
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
+    x = x.to(next(iter(model.parameters()), torch.zeros(())).device)
     kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
     for k in ("steps", "rtol", "atol"):
         if getattr(args, k) is not None:
@@ -368,15 +365,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.data import TOYS, load_data
 
     ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt, not args.no_ema)
+    model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
     settings = meta.get("cli", {})
     sampler = args.sampler or settings.get("sample", {}).get("sampler", "heun")
     steps = args.steps or settings.get("sample", {}).get("steps", 50)
     fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
     held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
-    res = _sample(model, shape, args.n, sampler, steps, args.seed + 1)
-    gen = normalizer.decode(res.x.detach().double())
+    res = _sample(model, shape, args.n, sampler, steps, args.seed + 1, args=args)
+    gen = normalizer.decode(res.x.detach().cpu().double())
     real = normalizer.decode(held.double())
     out = {
         "checkpoint": str(ckpt),
@@ -428,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             sliced_w2_real=float(sliced_wasserstein(real[:half], real[half:], 256, g)),
         )
     if not args.no_nll:
-        x = held[: args.nll_n]
+        x = held[: args.nll_n].to(next(iter(model.parameters()), torch.zeros(())).device)
         kw = {
             "divergence": "hutchinson" if x[0].numel() > 16 else "exact",
             "rtol": 1e-4,
@@ -477,7 +474,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
 
     ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt)
+    model, normalizer, meta = _load(ckpt, device=_runtime(args))
     out = _out_dir(args.out)
     shape = tuple(meta["data"]["shape"])
     kinds = KINDS if "all" in args.kind else args.kind
@@ -505,7 +502,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         elif kind == "field":
             p = model.process
             ts = [float(p.t_of_sigma(torch.tensor(s))) for s in _field_sigmas(p)]
-            fig = plot_score_field(model, data, ts, normalizer=normalizer)
+            fig = plot_score_field(model.cpu(), data, ts, normalizer=normalizer)
         else:
             res = _sample(
                 model,
@@ -515,11 +512,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 args.steps,
                 args.seed,
                 trajectory=kind == "trajectories",
+                args=args,
             )
+            res.x = res.x.cpu()
+            res.trajectory = None if res.trajectory is None else res.trajectory.cpu()
             if kind == "samples":
                 fig = plot_samples({args.sampler: res.x}, data, normalizer=normalizer)
             elif kind == "grid":
-                fig = plot_image_grid(res.x[:64], normalizer=normalizer)
+                fig = plot_image_grid(res.x[:64], normalizer=normalizer, value_range=_pixels(meta))
             else:
                 fig = plot_trajectories(
                     {args.sampler: _stack(res.trajectory)}, data, normalizer=normalizer
@@ -587,12 +587,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------
+THREADS_HELP = (
+    "torch intra-op threads (default: the cores the machine leaves free, cores minus the "
+    "1-minute load average, at least 1: measured on 2 cores, a U-Net step ran 12.5/s on one "
+    "thread and 18.6/s on two when idle, but two processes of two threads each slow each "
+    "other down several times over)"
+)
+
+
+def default_threads() -> int:
+    """The cores this machine leaves free: ``cpu_count`` minus the 1-minute load average,
+    rounded, at least 1 (see :data:`THREADS_HELP`)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on every platform
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _runtime(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and return the ``--device`` (default: CUDA when present), each
+    checked with one line naming the flag."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {threads}")
+    torch.set_num_threads(threads or default_threads())
+    name = getattr(args, "device", None)
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device must be a torch device such as cpu, cuda or cuda:1, got {name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scorekit", description=__doc__.splitlines()[0])
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: cuda if "
+                         "available, else cpu)")  # fmt: skip
+    runtime.add_argument("--threads", type=int, help=THREADS_HELP)
+    runtime.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a score model")
+    t = sub.add_parser("train", help="train a score model", parents=[runtime])
     t.add_argument("--data", help="toy name (moons, 8gaussians, ...), 'digits', or a path")
     t.add_argument("--n", type=int, help="number of toy points (default 20000)")
     t.add_argument("--key", help="array name inside an .npz file")
@@ -647,12 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("runs/train"))
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.add_argument("--config", help="JSON file with settings (flags override it)")
-    t.add_argument("--device", help="torch device (default: cuda if available)")
-    t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s = sub.add_parser("sample", help="draw samples from a checkpoint", parents=[runtime])
     s.add_argument("checkpoint", type=Path)
     s.add_argument("--sampler", default="heun")
     s.add_argument("--steps", type=int, default=100)
@@ -676,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_sample)
 
-    lk = sub.add_parser("likelihood", help="negative log-likelihood of data under a checkpoint")
+    lk = sub.add_parser(
+        "likelihood", help="negative log-likelihood of data under a checkpoint", parents=[runtime]
+    )
     lk.add_argument("checkpoint", type=Path)
     lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
     lk.add_argument("--n", type=int, default=1000, help="examples (toys: drawn fresh)")
@@ -692,7 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--no-ema", action="store_true")
     lk.set_defaults(func=cmd_likelihood)
 
-    p = sub.add_parser("plot", help="figures of a checkpoint and its training log")
+    p = sub.add_parser(
+        "plot", help="figures of a checkpoint and its training log", parents=[runtime]
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     p.add_argument("--kind", nargs="+", choices=KINDS + ("all",), default=["all"])
     p.add_argument("--sampler", default="heun")
@@ -714,7 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, help="also write the advice as JSON here")
     a.set_defaults(func=cmd_advise)
 
-    ev = sub.add_parser("evaluate", help="sample quality against held-out data, and test NLL")
+    ev = sub.add_parser(
+        "evaluate", help="sample quality against held-out data, and test NLL", parents=[runtime]
+    )
     ev.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     ev.add_argument("--data", required=True, help="held-out data: 'digits' (its test split), a "
                     "toy name (fresh points) or a path")  # fmt: skip

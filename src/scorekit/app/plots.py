@@ -205,14 +205,22 @@ def plot_image_grid(
     title: str = "Samples",
     value_range: tuple[float, float] | None = None,
 ):
-    """Grid of images ``(N, C, H, W)`` (model space; ``normalizer`` maps them back, and the
-    pixel range is taken from ``value_range`` or the decoded data)."""
+    """Grid of images ``(N, C, H, W)`` (model space; ``normalizer`` maps them back). With
+    ``value_range`` (the data's own pixel range, e.g. ``(0, 16)`` for sklearn's digits) the
+    pixels are shown in that range, clipped, and the share of values outside it is written
+    in the title, so out-of-range samples are not hidden by a rescaling; without it, the
+    decoded images' own minimum and maximum span the grey scale."""
     x = images.detach().double().cpu()
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
     if normalizer is not None:
         x = normalizer.decode(x)
-    lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    if value_range is not None:
+        lo, hi = value_range
+        outside = float(((x < lo) | (x > hi)).double().mean())
+        title = f"{title}; {100 * outside:.1f}% of pixels outside [{lo:g}, {hi:g}], clipped"
+    else:
+        lo, hi = float(x.min()), float(x.max())
     x = ((x - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))

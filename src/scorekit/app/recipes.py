@@ -50,6 +50,7 @@ __all__ = [
     "measured",
     "recipe_settings",
     "build_process",
+    "build_run",
     "build_run_model",
     "conditional_objective",
     "conditional_settings",
@@ -121,6 +122,27 @@ RECIPES: dict[str, dict] = {
             "net": {"name": "unet", "base": 32, "mults": [1, 2]},
             "dequantize": True,
             "train": {**_EDM_TRAIN, "batch_size": 64, "lr": 1e-3, "steps": 4000},
+            "sample": {"sampler": "heun", "steps": 50},
+        },
+    },
+    "small-images-nll": {
+        "summary": "small images for bits/dim: EDM-preconditioned MLP with input Fourier "
+        "features (one and two periods per pixel bin) and dropout, more weight on small "
+        "noise, dequantized pixels",
+        "when": "by name only",
+        "settings": {
+            "process": {"name": "edm", "sigma_min": 0.002},
+            "loss": "edm",
+            "loss_kwargs": {"sigma_data": "auto", "p_mean": -2.0, "p_std": 2.0},
+            "net": {
+                "name": "mlp",
+                "hidden": 512,
+                "depth": 4,
+                "fourier_features": [8.0, 16.0],
+                "dropout": 0.3,
+            },
+            "dequantize": True,
+            "train": {**_EDM_TRAIN, "batch_size": 128, "lr": 1e-3, "steps": 10_000},
             "sample": {"sampler": "heun", "steps": 50},
         },
     },
@@ -266,6 +288,40 @@ def build_run_model(settings: dict, shape: tuple[int, ...], process):
         prediction = "eps"
     config = {"net": net, "process": process.config(), "prediction": prediction}
     return build_model({**config, "precond": precond})
+
+
+def build_run(settings: dict, data) -> tuple:
+    r"""The untrained model, the objective and the training examples of a run's
+    ``settings`` (a recipe's, :func:`recipe_settings`, with any overrides) on ``data`` (a
+    :class:`~scorekit.train.data.Dataset`): ``"sigma_data": "auto"`` becomes the data's
+    standard deviation in model space; the process is built (VE's :math:`\sigma_{max}` from
+    the data); the objective is wrapped in :class:`~scorekit.losses.Dequantized` when the
+    recipe dequantizes discrete data (``data_meta(...)["bins"]`` levels over [-1, 1]) and in
+    :class:`~scorekit.losses.LabelDropout` for a class-conditional run, whose examples are
+    then ``(x, y)`` pairs. ``settings`` is completed in place (process, network, sigma_data,
+    classes), as a checkpoint stores it. Seed torch first: the network is initialised here.
+
+    Returns:
+        ``(model, objective, examples)`` for :class:`~scorekit.train.Trainer`.
+    """
+    from ..losses import Dequantized, make_objective
+
+    s = settings
+    if s["loss_kwargs"].get("sigma_data") == "auto":  # the data's own spread
+        s["loss_kwargs"]["sigma_data"] = float(f"{float(data.x.std()):.3g}")
+    process = build_process(s["process"], data.x)
+    s["process"] = process.config() | {"name": s["process"].get("name", "ve")}
+    objective = make_objective(s["loss"], process, **s["loss_kwargs"])
+    bins = data_meta(s, data)["bins"]
+    if s.get("dequantize") and bins:  # each example moves within its pixel's bin
+        objective = Dequantized(objective, 2.0 / (bins - 1))
+    examples = data.x
+    if s["conditional"] is not None:  # the labels travel with x; the net takes y=
+        objective = conditional_objective(s, data, objective)
+        examples = data
+    model = build_run_model(s, data.shape, process)
+    s["net"] = model_net_config(model)
+    return model, objective, examples
 
 
 def conditional_settings(value: dict | bool | None, where: str = "conditional") -> dict | None:

@@ -88,6 +88,17 @@ def _data_shape(model: ScoreModel, shape_or_n, data_shape) -> tuple[int, ...]:
     return (n, *tuple(int(d) for d in data_shape))
 
 
+def _bar(progress: bool, total: int | None, desc: str):
+    """A ``tqdm`` bar when asked and available, else ``None``."""
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="step")
+
+
 def split_cond(cond: dict[str, Any] | None, n: int) -> Callable[[slice], dict[str, Any]]:
     r"""Check ``cond`` against a batch of ``n`` and return ``rows -> cond`` of those rows:
     tensors with a batch axis (shape ``(n, ...)``) are sliced, 0-dimensional tensors and
@@ -123,6 +134,7 @@ def sample(
     x_T: Tensor | None = None,
     cond: dict[str, Any] | None = None,
     hook=None,
+    progress: bool = False,
     **options,
 ) -> SampleResult:
     r"""Draw samples from a score model with the sampler called ``sampler``.
@@ -149,6 +161,8 @@ def sample(
         hook: ``hook(x, j, grid, generator, rows) -> x`` applied at every grid index ``j``
             (see :meth:`~scorekit.samplers.base.Sampler.__call__`), e.g. replacement
             inpainting (:func:`scorekit.inpaint.inpaint`).
+        progress: show a progress bar over all steps of all chunks (with ``tqdm``, which
+            comes with the ``cli`` extra; without it, none).
         **options: sampler settings (e.g. ``eta=0.5`` for ``ddim``, ``s_churn=40`` for
             ``edm``, ``snr=0.16`` for ``pc``, ``step_size`` for ``langevin``).
 
@@ -194,6 +208,7 @@ def sample(
     n = x.shape[0]
     bs = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     rows_of = split_cond(cond, n)
+    bar = _bar(progress, smp.num_steps(sched) * -(-n // bs), "sample")
     outs, trajs, nfe, infos = [], [], 0, []
     for start in range(0, n, bs):
         rows = slice(start, start + bs)
@@ -206,12 +221,15 @@ def sample(
             cond=rows_of(rows),
             hook=hook,
             rows=rows,
+            on_step=None if bar is None else bar.update,
         )
         outs.append(res.x)
         nfe += res.nfe
         infos.append(res.info)
         if return_trajectory:
             trajs.append(res.trajectory)
+    if bar is not None:
+        bar.close()
     info = dict(smp.merge_info(infos), chunks=len(outs))
     trajectory = torch.cat(trajs, dim=1) if return_trajectory else None
     return SampleResult(torch.cat(outs), nfe, trajectory, info)

@@ -219,6 +219,7 @@ class Sampler:
         cond: dict[str, Any] | None = None,
         hook=None,
         rows: slice | None = None,
+        on_step=None,
     ) -> SampleResult:
         r"""Run the sampler from ``x`` (shape ``(B, *D)``, the state at ``grid[0]``).
 
@@ -234,6 +235,7 @@ class Sampler:
                 index ``j`` (before the first step and after each), e.g. replacement
                 inpainting; ``rows`` says which rows of the whole batch ``x`` holds.
             rows: passed on to ``hook`` (default: all rows).
+            on_step: called with no argument after each step (e.g. a progress bar's update).
         """
         counted = CountingModel(model, cond)
         check_tensor("x", x, min_dim=1)
@@ -252,6 +254,8 @@ class Sampler:
                 x, state = self.step(counted, x, i, grid, state, generator)
                 if hook is not None:
                     x = hook(x, i + 1, grid, generator, rows)
+                if on_step is not None:
+                    on_step()
                 if traj is not None:
                     traj.append(x)
             info = self.merge_info([self.finish(state)])
