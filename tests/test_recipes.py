@@ -105,3 +105,39 @@ def test_every_command_takes_device_and_threads(tmp_path, capsys):
             assert main([*cmd, *extra]) == 1
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and msg in err[0], (cmd, err)
+
+
+def test_pictures_do_not_lie(tmp_path, capsys):
+    from PIL import Image
+
+    # images: a grid in the data's range and one PNG per sample
+    digits, net = tmp_path / "digits", tmp_path / "net.json"
+    net.write_text(json.dumps({"net": {"base": 8}}))
+    assert _train(digits, "--data", "digits", "--steps", "2", "--batch", "16",
+                  "--config", str(net)) == 0  # fmt: skip
+    assert main(["sample", str(digits), "--n", "6", "--steps", "2", "--quiet",
+                 "--out", str(tmp_path / "d.npy"), "--png-dir", str(tmp_path / "each")]) == 0  # fmt: skip
+    pngs = sorted((tmp_path / "each").iterdir())
+    assert len(pngs) == 6 and Image.open(pngs[0]).size == (8, 8)
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    # vectors of more than 2 coordinates: pairs of coordinates, not nothing
+    table = tmp_path / "t.csv"
+    np.savetxt(table, np.random.default_rng(0).normal(size=(200, 5)), delimiter=",")
+    assert _train(tmp_path / "vec", "--data", str(table), "--steps", "2", "--batch", "16") == 0
+    assert main(["sample", str(tmp_path / "vec"), "--n", "20", "--steps", "2", "--quiet",
+                 "--out", str(tmp_path / "v.npy")]) == 0  # fmt: skip
+    assert (tmp_path / "v.png").stat().st_size > 1000
+    assert main(["sample", str(tmp_path / "vec"), "--n", "4", "--steps", "2", "--quiet",
+                 "--out", str(tmp_path / "w.npy"), "--png-dir", str(tmp_path / "no")]) == 1  # fmt: skip
+    assert "--png-dir writes images" in capsys.readouterr().err
+
+
+def test_an_image_grid_tells_what_is_outside_the_pixel_range():
+    import torch
+
+    from scorekit.app.plots import plot_image_grid
+
+    x = torch.zeros(4, 1, 8, 8)
+    x[0, 0, 0, :4] = 5.0  # 4 of 256 pixels far above the range
+    fig = plot_image_grid(x, value_range=(0.0, 1.0))
+    assert "1.6% of pixels outside [0, 1], clipped" in fig.axes[0].get_title()

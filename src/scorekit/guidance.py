@@ -138,6 +138,7 @@ class ClassifierFreeGuidance(ScoreModel):
         check_finite("scale", torch.tensor(scale))
         super().__init__(None, model.process, model.prediction, model.data_shape)
         self.model, self.scale, self.num_classes = model, scale, k
+        self.normalizer = model.normalizer
 
     def _own(self, x: Tensor, t: Tensor, **cond) -> Tensor:
         """The model's output in its own parametrisation (an energy for an energy model)."""
@@ -184,6 +185,7 @@ class ClassifierGuided(ScoreModel):
             raise ValueError(f"classifier must be callable, got {type(classifier).__name__}")
         super().__init__(None, model.process, "score", model.data_shape)
         self.model = model
+        self.normalizer = model.normalizer
         self.classifier = classifier
         self.scale = float(scale)
         check_finite("scale", torch.tensor(self.scale))

@@ -257,6 +257,39 @@ def _labels(model, path: Path, n: int, label: int | None, guidance: float | None
     return model, {"y": y}, f", class {label}, guidance {scale:g}"
 
 
+def _png_dir(folder: Path, x: np.ndarray, meta: dict) -> list[Path]:
+    """One grey or RGB PNG per image sample (data coordinates, clipped to the pixel range,
+    mapped to 0..255), written atomically; returns the paths."""
+    from PIL import Image
+
+    from ..train.checkpoint import write_atomic
+
+    lo, hi = _pixels(meta) or (float(x.min()), float(x.max()))
+    _out_dir(folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(x):
+        v = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1) * 255
+        arr = v[0] if v.shape[0] == 1 else np.moveaxis(v, 0, -1)
+        buf = io.BytesIO()
+        Image.fromarray(np.round(arr).astype(np.uint8)).save(buf, format="PNG")
+        paths.append(folder / f"sample_{i:05d}.png")
+        write_atomic(paths[-1], buf.getvalue())
+    return paths
+
+
+def _training_points(meta: dict, normalizer) -> torch.Tensor | None:
+    """Up to 2000 training examples in model space (for scatter plots), or ``None``."""
+    from ..train.data import load_data
+
+    try:
+        n = min(meta["data"].get("n", 2000), 2000)
+        g = torch.Generator().manual_seed(0)
+        d = load_data(meta["data"]["spec"], n=n, normalizer=normalizer, generator=g)
+    except (ValueError, OSError):
+        return None
+    return d.x[:2000]
+
+
 def _pixels(meta: dict) -> tuple[float, float] | None:
     """The data's own pixel range, ``(0, levels - 1)``, for images of discrete levels."""
     bins = meta.get("data", {}).get("bins")
@@ -287,7 +320,7 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None, 
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .plots import plot_image_grid, plot_samples, save_figure
+    from .plots import plot_image_grid, plot_pairs, plot_samples, save_figure
 
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
@@ -298,14 +331,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _save_npy(args.out, x)
     png = args.png or args.out.with_suffix(".png")
     title = f"{args.n} samples{what}, {args.sampler}, {res.nfe} evaluations"
+    if args.png_dir is not None:
+        written = _png_dir(args.png_dir, x, meta) if len(shape) == 3 else []
+        if not written:
+            raise ValueError(f"--png-dir writes images; these samples have shape {shape}")
     if shape == (2,):
         fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
     elif len(shape) == 3:
         fig = plot_image_grid(
             res.x[:64].cpu(), normalizer=normalizer, title=title, value_range=_pixels(meta)
         )
-    else:
-        fig = None
+    else:  # more than 2 coordinates: pairs of the first few, over training data
+        fig = plot_pairs(res.x, _training_points(meta, normalizer), normalizer=normalizer,
+                         title=title)  # fmt: skip
     if fig is not None:
         save_figure(fig, png)
     print(
@@ -708,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=Path("samples.npy"))
-    s.add_argument("--png", type=Path, help="picture (default: OUT with .png)")
+    s.add_argument("--png", type=Path, help="picture (default: OUT with .png): an image grid, "
+                   "a scatter plot for 2-D data, pairs of coordinates for more")  # fmt: skip
+    s.add_argument("--png-dir", type=Path, help="images: also one PNG per sample in this folder")
     s.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     s.add_argument(
         "--label",

@@ -27,6 +27,7 @@ from ..train.data import Normalizer
 
 __all__ = [
     "plot_image_grid",
+    "plot_pairs",
     "plot_loss_per_sigma",
     "plot_samples",
     "plot_score_field",
@@ -146,6 +147,40 @@ def plot_samples(
         ax.set_ylabel("x2")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_pairs(
+    samples: Tensor,
+    data: Tensor | None = None,
+    *,
+    normalizer: Normalizer | None = None,
+    dims: int = 4,
+    title: str = "Samples vs data, pairs of coordinates",
+    max_points: int = 2000,
+):
+    """Scatter plots of every pair of the first ``dims`` coordinates of ``samples``
+    (``(N, D)`` with ``D > 2``, model space) over ``data`` (if given): what the samples of
+    vectors look like against held-out ones."""
+    x = samples.detach().double().cpu().reshape(len(samples), -1)
+    ref = None if data is None else data.detach().double().cpu().reshape(len(data), -1)
+    if normalizer is not None:
+        x = normalizer.decode(x.reshape(samples.shape)).reshape(len(x), -1)
+        if ref is not None:
+            ref = normalizer.decode(ref.reshape(data.shape)).reshape(len(ref), -1)
+    k = min(dims, x.shape[1])
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    fig, axes = _figure(len(pairs), size=3.0)
+    for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        if ref is not None:
+            r = ref[:max_points].numpy()
+            ax.scatter(r[:, i], r[:, j], s=2, alpha=0.3, c="tab:gray", label="data")
+        v = x[:max_points].numpy()
+        ax.scatter(v[:, i], v[:, j], s=2, alpha=0.5, c="tab:red", label="samples")
+        ax.set_xlabel(f"x{i + 1}")
+        ax.set_ylabel(f"x{j + 1}")
+    axes[0][0].legend(loc="upper right", markerscale=4)
     fig.suptitle(title)
     return fig
 

@@ -142,6 +142,8 @@ class ScoreModel(nn.Module):
         if data_shape is None:
             data_shape = getattr(net, "data_shape", None)
         self.data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
+        #: the data's normalisation (set by ``load_model``): model space = (x - loc) / scale
+        self.normalizer = None
 
     def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
         if isinstance(t, Tensor):

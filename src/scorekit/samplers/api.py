@@ -135,6 +135,7 @@ def sample(
     cond: dict[str, Any] | None = None,
     hook=None,
     progress: bool = False,
+    decode: bool = False,
     **options,
 ) -> SampleResult:
     r"""Draw samples from a score model with the sampler called ``sampler``.
@@ -163,6 +164,8 @@ def sample(
             inpainting (:func:`scorekit.inpaint.inpaint`).
         progress: show a progress bar over all steps of all chunks (with ``tqdm``, which
             comes with the ``cli`` extra; without it, none).
+        decode: return ``x`` in data coordinates, through ``model.normalizer`` (a model from
+            ``load_model`` has one); the trajectory stays in model space.
         **options: sampler settings (e.g. ``eta=0.5`` for ``ddim``, ``s_churn=40`` for
             ``edm``, ``snr=0.16`` for ``pc``, ``step_size`` for ``langevin``).
 
@@ -232,4 +235,10 @@ def sample(
         bar.close()
     info = dict(smp.merge_info(infos), chunks=len(outs))
     trajectory = torch.cat(trajs, dim=1) if return_trajectory else None
-    return SampleResult(torch.cat(outs), nfe, trajectory, info)
+    x = torch.cat(outs)
+    if decode:
+        norm = getattr(model, "normalizer", None)
+        if norm is None:
+            raise ValueError("decode=True needs a model with a normalizer (from load_model)")
+        x = norm.decode(x)
+    return SampleResult(x, nfe, trajectory, info)

@@ -281,7 +281,9 @@ def load_model(
 ) -> tuple[ScoreModel, Normalizer, dict]:
     """Load a trained model (the EMA weights when ``ema`` and present), its data
     :class:`~scorekit.train.data.Normalizer` and the checkpoint's ``meta``. The model is in
-    eval mode and knows its data shape (``scorekit.sample(model, n)``). Every checkpoint
+    eval mode and knows its data shape (``scorekit.sample(model, n)``), its normaliser
+    (``model.normalizer``; ``scorekit.sample(model, n, decode=True)`` gives samples in data
+    coordinates) and its recipe (``model.recipe``). Every checkpoint
     loads here, class-conditional ones too (their network takes ``y=``); a class-conditional
     checkpoint of scorekit 0.1's layout is converted on the fly."""
     tensors, meta = load_checkpoint(path)
@@ -306,4 +308,6 @@ def load_model(
             raise ValueError(f"checkpoint {path} has data_shape {shape!r}, expected a list of ints")
         normalizer.check_shape(tuple(shape), f"checkpoint {path}'s normalizer")
         model.data_shape = tuple(shape)
+    model.normalizer = normalizer  # sample(model, n, decode=True): data coordinates
+    model.recipe = (meta.get("cli") or {}).get("recipe")
     return model.to(device).eval(), normalizer, meta
