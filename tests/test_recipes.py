@@ -55,8 +55,9 @@ def test_train_picks_stores_and_prints_the_recipe(tmp_path, capsys):
 
 
 def test_minutes_is_a_wall_clock_budget(tmp_path):
-    assert _train(tmp_path, "--data", "moons", "--n", "300", "--batch", "32",
-                  "--minutes", "0.02") == 0  # fmt: skip
+    assert (
+        _train(tmp_path, "--data", "moons", "--n", "300", "--batch", "32", "--minutes", "0.02") == 0
+    )
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["train"]["seconds"] == pytest.approx(1.2) and meta["train"]["steps"] is None
     assert meta["elapsed"] >= 1.2 and meta["step"] >= 1
@@ -65,8 +66,7 @@ def test_minutes_is_a_wall_clock_budget(tmp_path):
 def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(run, "--data", "moons", "--n", "500", "--steps", "30", "--batch", "64") == 0
-    argv = ["evaluate", str(run), "--data", "moons", "--n", "200", "--steps", "5",
-            "--nll-n", "50"]  # fmt: skip
+    argv = ["evaluate", str(run), "--data", "moons", "--n", "200", "--steps", "5", "--nll-n", "50"]
     assert main(argv) == 0
     assert "sliced_w2" in capsys.readouterr().out
     rec = json.loads((run / "evaluate.json").read_text())
@@ -76,10 +76,14 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     digits = tmp_path / "digits"
     net = tmp_path / "net.json"
     net.write_text(json.dumps({"net": {"base": 8}}))
-    assert _train(digits, "--data", "digits", "--steps", "2", "--batch", "16",
-                  "--config", str(net)) == 0  # fmt: skip
-    assert main(["evaluate", str(digits), "--data", "digits", "--n", "40", "--steps", "2",
-                 "--no-nll"]) == 0  # fmt: skip
+    assert (
+        _train(digits, "--data", "digits", "--steps", "2", "--batch", "16", "--config", str(net))
+        == 0
+    )
+    assert (
+        main(["evaluate", str(digits), "--data", "digits", "--n", "40", "--steps", "2", "--no-nll"])
+        == 0
+    )
     rec = json.loads((digits / "evaluate.json").read_text())
     assert rec["n_held_out"] == 540 and rec["frechet"] > rec["frechet_real"] > 0
 
@@ -100,8 +104,11 @@ def test_every_command_takes_device_and_threads(tmp_path, capsys):
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device cuda: this machine has no CUDA device"))
     for extra, msg in cases:
-        for cmd in (base, ["likelihood", str(run), "--data", "moons", "--n", "4"],
-                    ["evaluate", str(run), "--data", "moons", "--n", "4"]):  # fmt: skip
+        for cmd in (
+            base,
+            ["likelihood", str(run), "--data", "moons", "--n", "4"],
+            ["evaluate", str(run), "--data", "moons", "--n", "4"],
+        ):
             assert main([*cmd, *extra]) == 1
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and msg in err[0], (cmd, err)
@@ -113,10 +120,28 @@ def test_pictures_do_not_lie(tmp_path, capsys):
     # images: a grid in the data's range and one PNG per sample
     digits, net = tmp_path / "digits", tmp_path / "net.json"
     net.write_text(json.dumps({"net": {"base": 8}}))
-    assert _train(digits, "--data", "digits", "--steps", "2", "--batch", "16",
-                  "--config", str(net)) == 0  # fmt: skip
-    assert main(["sample", str(digits), "--n", "6", "--steps", "2", "--quiet",
-                 "--out", str(tmp_path / "d.npy"), "--png-dir", str(tmp_path / "each")]) == 0  # fmt: skip
+    assert (
+        _train(digits, "--data", "digits", "--steps", "2", "--batch", "16", "--config", str(net))
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                str(digits),
+                "--n",
+                "6",
+                "--steps",
+                "2",
+                "--quiet",
+                "--out",
+                str(tmp_path / "d.npy"),
+                "--png-dir",
+                str(tmp_path / "each"),
+            ]
+        )
+        == 0
+    )
     pngs = sorted((tmp_path / "each").iterdir())
     assert len(pngs) == 6 and Image.open(pngs[0]).size == (8, 8)
     assert (tmp_path / "d.png").stat().st_size > 1000
@@ -124,11 +149,41 @@ def test_pictures_do_not_lie(tmp_path, capsys):
     table = tmp_path / "t.csv"
     np.savetxt(table, np.random.default_rng(0).normal(size=(200, 5)), delimiter=",")
     assert _train(tmp_path / "vec", "--data", str(table), "--steps", "2", "--batch", "16") == 0
-    assert main(["sample", str(tmp_path / "vec"), "--n", "20", "--steps", "2", "--quiet",
-                 "--out", str(tmp_path / "v.npy")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "vec"),
+                "--n",
+                "20",
+                "--steps",
+                "2",
+                "--quiet",
+                "--out",
+                str(tmp_path / "v.npy"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "v.png").stat().st_size > 1000
-    assert main(["sample", str(tmp_path / "vec"), "--n", "4", "--steps", "2", "--quiet",
-                 "--out", str(tmp_path / "w.npy"), "--png-dir", str(tmp_path / "no")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "vec"),
+                "--n",
+                "4",
+                "--steps",
+                "2",
+                "--quiet",
+                "--out",
+                str(tmp_path / "w.npy"),
+                "--png-dir",
+                str(tmp_path / "no"),
+            ]
+        )
+        == 1
+    )
     assert "--png-dir writes images" in capsys.readouterr().err
 
 
