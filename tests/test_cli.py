@@ -52,7 +52,7 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     assert meta["data"]["shape"] == [2]
     # a second run into the same folder without --resume is refused
     assert main(["train", *common, "--steps", "30"]) == 1
-    assert "already holds a checkpoint" in _err(capsys)
+    assert "already holds a run" in _err(capsys)
     # resuming with another network is refused
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"net": {"hidden": 16}}))

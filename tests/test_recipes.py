@@ -98,18 +98,18 @@ def test_every_command_takes_device_and_threads(tmp_path, capsys):
     assert torch.get_num_threads() == 1
     capsys.readouterr()
     cases = [
-        (["--device", "banana"], "--device must be a torch device such as cpu, cuda"),
-        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+        (["--device", "banana"], "--device must be a torch device such as cpu, cuda", 1),
+        (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'", 2),
     ]
     if not torch.cuda.is_available():
-        cases.append((["--device", "cuda"], "--device cuda: this machine has no CUDA device"))
-    for extra, msg in cases:
+        cases.append((["--device", "cuda"], "--device cuda: this machine has no CUDA device", 1))
+    for extra, msg, code in cases:
         for cmd in (
             base,
             ["likelihood", str(run), "--data", "moons", "--n", "4"],
             ["evaluate", str(run), "--data", "moons", "--n", "4"],
         ):
-            assert main([*cmd, *extra]) == 1
+            assert main([*cmd, *extra]) == code
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and msg in err[0], (cmd, err)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..losses import OBJECTIVES
+from ..samplers.api import SAMPLERS
 from .recipes import (
     DEFAULTS,
     LABEL_DROPOUT,
@@ -43,6 +45,8 @@ __all__ = ["main"]
 
 # -- shared helpers ---------------------------------------------------------------------
 def _out_dir(path: Path) -> Path:
+    if not str(path).strip() or str(path) == ".":
+        raise ValueError(f"--out must name a folder for the run, got {str(path)!r}")
     if path.exists() and not path.is_dir():
         raise ValueError(f"output directory {str(path)!r} is a file")
     return path
@@ -140,6 +144,73 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
     return s
 
 
+class _stop_on_signals:
+    """While training: the first SIGINT or SIGTERM asks the trainer to stop after the
+    current step and save its checkpoint; a second SIGINT stops at once. ``as caught``
+    gives the list of the signals' names."""
+
+    def __init__(self, trainer):
+        self.trainer, self.caught, self.old = trainer, [], {}
+
+    def __enter__(self) -> list[str]:
+        import signal
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self.caught and signum == signal.SIGINT:  # the second Ctrl-C: at once
+                raise KeyboardInterrupt
+            self.caught.append(name)
+            self.trainer.request_stop()
+            print(f"scorekit train: {name}: saving at the end of this step (Ctrl-C again to "
+                  "stop at once)", file=sys.stderr, flush=True)  # fmt: skip
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: no handlers
+                pass
+        return self.caught
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
+    """A resumed run must go on with the data, normalisation and process it was trained on,
+    and have work left; one line naming what differs otherwise."""
+    stored = meta.get("data", {})
+    if stored.get("spec") is not None and str(s["data"]) != stored.get("spec"):
+        raise ValueError(
+            f"--data {s['data']!r} differs from the data {stored['spec']!r} the run in "
+            f"{str(out)!r} was trained on; resume with that data or start another --out"
+        )
+    if stored.get("shape") is not None and list(data.shape) != stored["shape"]:
+        raise ValueError(
+            f"--resume: the data now has examples of shape {tuple(data.shape)}, the run was "
+            f"trained on {tuple(stored['shape'])}"
+        )
+    if meta.get("normalizer") is not None and data.normalizer.config() != meta["normalizer"]:
+        raise ValueError(
+            f"--resume: the data's normalisation {data.normalizer.config()} differs from the "
+            f"run's {meta['normalizer']}; the data must be the same (or pass --normalize as "
+            "the run had it)"
+        )
+    step, t = meta.get("step", 0), s["train"]
+    if t.get("steps") is not None and t["steps"] <= step and not t.get("seconds"):
+        raise ValueError(
+            f"--steps {t['steps']}: the run in {str(out)!r} is already at step {step}; "
+            "pass a larger --steps (or --minutes) to train on"
+        )
+    if t.get("seconds") and meta.get("elapsed", 0.0) >= t["seconds"] and t.get("steps") is None:
+        raise ValueError(
+            f"--minutes {t['seconds'] / 60:g}: the run in {str(out)!r} has already trained "
+            f"{meta['elapsed'] / 60:.2f} minutes; pass a larger --minutes"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.checkpoint import load_checkpoint
     from ..train.data import load_data
@@ -148,13 +219,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = _out_dir(args.out)
     ckpt = out / "checkpoint.safetensors"
-    stored = None
+    stored = stored_meta = None
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
     if args.resume:
         if not ckpt.is_file():
             raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
-        stored = load_checkpoint(ckpt)[1].get("cli")
-    elif ckpt.exists():
-        raise ValueError(f"{str(out)!r} already holds a checkpoint; pass --resume or another --out")
+        stored_meta = load_checkpoint(ckpt)[1]
+        stored = stored_meta.get("cli")
+    else:
+        held = [p for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl") if p.exists()]
+        if held and not args.overwrite:
+            raise ValueError(
+                f"{str(out)!r} already holds a run ({', '.join(p.name for p in held)}); pass "
+                "--resume to continue it, --overwrite to replace it, or another --out"
+            )
     s = _settings(args, stored)  # the data-related settings; the recipe comes with the data
     if args.resume and bool((stored or {}).get("conditional")) != bool(s["conditional"]):
         kind = "a class-conditional" if s["conditional"] is None else "an unconditional"
@@ -187,6 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             recipe = choose_recipe(data.shape)
         if recipe is not None:
             s = _settings(args, stored, recipe)
+        if stored_meta is not None:
+            _check_resume(s, stored_meta, data, out, args)
         torch.manual_seed(seed)
         model, objective, examples = build_run(s, data)
         cfg = TrainConfig.from_dict({"progress": not args.quiet, **s["train"]})
@@ -205,12 +286,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.resume:
             trainer.resume(ckpt)
-        result = trainer.fit()
+        elif args.overwrite:  # the user asked: the old run's files go now, not before
+            for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl"):
+                p.unlink(missing_ok=True)
+        with _stop_on_signals(trainer) as caught:
+            result = trainer.fit()
         if rank == 0:
-            print(
-                f"trained {result['step']} steps, final loss {result['loss']:.4g}, "
-                f"skipped {result['skipped']}; checkpoint {ckpt}"
-            )
+            what = f"trained to step {result['step']}, final loss {result['loss']:.4g}"
+            if caught:
+                print(
+                    f"scorekit train: stopped by {caught[0]} at step {result['step']}; saved "
+                    f"checkpoint {ckpt}; continue with: scorekit train --out {out} --resume",
+                    file=sys.stderr,
+                )
+                return 130 if caught[0] == "SIGINT" else 143
+            print(f"{what}, skipped {result['skipped']}; checkpoint {ckpt}")
     finally:
         if trainer is not None:
             trainer.close()
@@ -322,21 +412,35 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None, 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import plot_image_grid, plot_pairs, plot_samples, save_figure
 
-    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
+    device = _runtime(args)
+    run = _checkpoint_path(args.checkpoint).parent
+    meta = _read_run_meta(args.checkpoint)
     shape = tuple(meta["data"]["shape"])
+    if args.n < 1:
+        raise ValueError(f"--n must be an integer >= 1, got {args.n}")
+    _check_memory("--n", args.n * math.prod(shape) * 8 * 3)
+    if args.png_dir is not None and len(shape) != 3:
+        raise ValueError(f"--png-dir writes images; this run's examples have shape {shape}")
+    sampler, steps = _sampler_choice(args, meta)
+    out = args.out or run / "samples" / f"samples-{sampler}-n{args.n}-seed{args.seed}.npy"
+    png = args.png or out.with_suffix(".png")
+    for p in (out, png):
+        if p.is_dir():
+            raise ValueError(f"cannot write {str(p)!r}: it is a folder (--out names a .npy file)")
+        if p.exists() and not args.overwrite:
+            raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
+    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, device)
     model, cond, what = _labels(model, args.checkpoint, args.n, args.label, args.guidance)
-    res = _sample(model, shape, args.n, args.sampler, args.steps, args.seed, cond=cond, args=args)
+    res = _sample(model, shape, args.n, sampler, steps, args.seed, cond=cond, args=args)
     res.x = res.x.detach().cpu()
     x = normalizer.decode(res.x.double()).numpy()
-    _save_npy(args.out, x)
-    png = args.png or args.out.with_suffix(".png")
-    title = f"{args.n} samples{what}, {args.sampler}, {res.nfe} evaluations"
+    _save_npy(out, x)
+    written = [out]
+    title = f"{args.n} samples{what}, {sampler}, {res.nfe} evaluations"
     if args.png_dir is not None:
-        written = _png_dir(args.png_dir, x, meta) if len(shape) == 3 else []
-        if not written:
-            raise ValueError(f"--png-dir writes images; these samples have shape {shape}")
+        written += _png_dir(args.png_dir, x, meta)
     if shape == (2,):
-        fig = plot_samples({args.sampler: res.x}, normalizer=normalizer, title=title)
+        fig = plot_samples({sampler: res.x}, normalizer=normalizer, title=title)
     elif len(shape) == 3:
         fig = plot_image_grid(
             res.x[:64].cpu(), normalizer=normalizer, title=title, value_range=_pixels(meta)
@@ -345,11 +449,48 @@ def cmd_sample(args: argparse.Namespace) -> int:
         fig = plot_pairs(res.x, _training_points(meta, normalizer), normalizer=normalizer,
                          title=title)  # fmt: skip
     if fig is not None:
-        save_figure(fig, png)
-    print(
-        f"wrote {args.out} ({args.n} samples{what}, NFE {res.nfe})" + (f" and {png}" if fig else "")
-    )
+        png.parent.mkdir(parents=True, exist_ok=True)
+        written.insert(1, save_figure(fig, png))
+    extra = f" and {len(written) - 2} PNGs in {args.png_dir}" if args.png_dir else ""
+    shown = ", ".join(map(str, written[:2]))
+    print(f"wrote {shown}{extra} ({args.n} samples{what}, NFE {res.nfe})")
     return 0
+
+
+def _read_run_meta(path: Path) -> dict:
+    """A checkpoint's meta alone (the header: no tensor read), for checks before the work."""
+    from ..train.checkpoint import read_meta
+
+    meta = read_meta(_checkpoint_path(path))
+    if not isinstance(meta.get("data"), dict) or "shape" not in meta["data"]:
+        raise ValueError(f"checkpoint {path} does not say what data it was trained on")
+    return meta
+
+
+def _check_memory(flag: str, nbytes: int) -> None:
+    """Refuse, up front and with the estimate, what cannot fit in this machine's memory."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if nbytes > 0.5 * total:
+        raise ValueError(
+            f"{flag} asks for about {nbytes / 2**30:.1f} GiB of samples; this machine has "
+            f"{total / 2**30:.1f} GiB of memory"
+        )
+
+
+def _sampler_choice(args, meta: dict) -> tuple[str, int | None]:
+    """``--sampler`` and ``--steps``, or the run's recipe's; ``--steps`` is refused for
+    the adaptive dopri5, which chooses its own."""
+    recipe = (meta.get("cli") or {}).get("sample") or {}
+    sampler = args.sampler or recipe.get("sampler", "heun")
+    if sampler == "dopri5" and args.steps is not None:
+        raise ValueError("--steps does not apply to --sampler dopri5 (adaptive: it picks its own)")
+    steps = args.steps or (None if sampler == "dopri5" else recipe.get("steps"))
+    return sampler, steps
 
 
 def _test_data(spec: str, meta: dict, normalizer, n: int | None, seed: int, args) -> torch.Tensor:
@@ -405,9 +546,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = _checkpoint_path(args.checkpoint)
     model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
-    settings = meta.get("cli", {})
-    sampler = args.sampler or settings.get("sample", {}).get("sampler", "heun")
-    steps = args.steps or settings.get("sample", {}).get("steps", 50)
+    sampler, steps = _sampler_choice(args, meta)
     fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
     held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
     res = _sample(model, shape, args.n, sampler, steps, args.seed + 1, args=args)
@@ -512,19 +651,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
 
     ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt, device=_runtime(args))
-    out = _out_dir(args.out)
+    device = _runtime(args)
+    meta = _read_run_meta(ckpt)
+    out = _out_dir(args.out or ckpt.parent / "plots")
     shape = tuple(meta["data"]["shape"])
-    kinds = KINDS if "all" in args.kind else args.kind
-    two_d = shape == (2,)
-    kinds = [
-        k
-        for k in kinds
-        if (k in ("field", "trajectories") and two_d)
-        or k == "loss"
-        or (k == "samples" and two_d)
-        or (k == "grid" and len(shape) == 3)
-    ]
+    two_d, log = shape == (2,), ckpt.parent / "log.jsonl"
+    fits = {"field": two_d, "trajectories": two_d, "samples": two_d, "grid": len(shape) == 3,
+            "loss": log.is_file()}  # fmt: skip
+    if "all" in args.kind:
+        kinds = [k for k in KINDS if fits[k]]
+    else:
+        kinds = list(dict.fromkeys(args.kind))
+        bad = [k for k in kinds if not fits[k]]
+        if bad:
+            why = f"{log} is missing" if bad == ["loss"] else f"examples of shape {shape}"
+            raise ValueError(f"--kind {' '.join(bad)} does not apply to this run ({why})")
+    if not kinds:
+        raise ValueError(f"no figure applies to this run (examples of shape {shape}, no log)")
+    if not args.overwrite:
+        for k in kinds:
+            if (out / f"{k}.png").exists():
+                raise ValueError(
+                    f"{str(out / f'{k}.png')!r} exists; pass --overwrite to replace it or --out"
+                )
+    sampler, steps = _sampler_choice(args, meta)
+    model, normalizer, meta = _load(ckpt, device=device)
     data = None
     if any(k in ("field", "samples", "trajectories") for k in kinds):
         data = load_data(
@@ -546,8 +697,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 model,
                 shape,
                 args.n,
-                args.sampler,
-                args.steps,
+                sampler,
+                steps,
                 args.seed,
                 trajectory=kind == "trajectories",
                 args=args,
@@ -555,12 +706,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             res.x = res.x.cpu()
             res.trajectory = None if res.trajectory is None else res.trajectory.cpu()
             if kind == "samples":
-                fig = plot_samples({args.sampler: res.x}, data, normalizer=normalizer)
+                fig = plot_samples({sampler: res.x}, data, normalizer=normalizer)
             elif kind == "grid":
                 fig = plot_image_grid(res.x[:64], normalizer=normalizer, value_range=_pixels(meta))
             else:
                 fig = plot_trajectories(
-                    {args.sampler: _stack(res.trajectory)}, data, normalizer=normalizer
+                    {sampler: _stack(res.trajectory)}, data, normalizer=normalizer
                 )
         written.append(save_figure(fig, out / f"{kind}.png"))
     print("wrote " + ", ".join(map(str, written)))
@@ -672,24 +823,66 @@ def _runtime(args: argparse.Namespace) -> torch.device:
     return device
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (flag, value, what was expected) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: ``kind`` (int or float) within the bounds, or a message saying
+    what was expected."""
+    lo_s = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+    hi_s = "" if high is None else (f"< {high:g}" if high_open else f"<= {high:g}")
+    want = " and ".join(v for v in (lo_s, hi_s) if v)
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} {want}, got {text!r}") from None
+        if (
+            v != v
+            or v in (float("inf"), float("-inf"))
+            or (
+                (low is not None and (v <= low if low_open else v < low))
+                or (high is not None and (v >= high if high_open else v > high))
+            )
+        ):
+            raise argparse.ArgumentTypeError(f"expected {noun} {want}, got {text!r}")
+        return v
+
+    parse.__name__ = f"{noun} {want}"
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+POSITIVE = _number(float, 0, low_open=True)
+FRACTION_OPEN = _number(float, 0, 1, high_open=True)
+IMAGE_SIDE = _number(int, 1, 1024)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="scorekit", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="scorekit", description=__doc__.splitlines()[0])
     runtime = argparse.ArgumentParser(add_help=False)
     runtime.add_argument("--device", help="torch device: cpu, cuda, cuda:1 (default: cuda if "
                          "available, else cpu)")  # fmt: skip
-    runtime.add_argument("--threads", type=int, help=THREADS_HELP)
+    runtime.add_argument("--threads", type=POSITIVE_INT, help=THREADS_HELP)
     runtime.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a score model", parents=[runtime])
     t.add_argument("--data", help="toy name (moons, 8gaussians, ...), 'digits', or a path")
-    t.add_argument("--n", type=int, help="number of toy points (default 20000)")
+    t.add_argument("--n", type=POSITIVE_INT, help="number of toy points (default 20000)")
     t.add_argument("--key", help="array name inside an .npz file")
-    t.add_argument("--image-size", type=int, help="resize images to this square side")
+    t.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
     t.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"))
     t.add_argument("--process", choices=sorted(PROCESSES), help="noise process (default ve)")
-    t.add_argument("--loss", help="objective of scorekit.losses (default dsm)")
+    t.add_argument("--loss", choices=OBJECTIVES, help="objective (default: the recipe's)")
     t.add_argument("--net", choices=("auto", "mlp", "unet", "energy_mlp"))
     t.add_argument("--prediction", choices=("auto", "score", "eps", "x0", "v"))
     t.add_argument(
@@ -698,7 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the set of choices to train with (default: chosen from the data's shape; "
         "scorekit recipes lists them)",
     )
-    t.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
+    t.add_argument("--steps", type=COUNT, help="total training steps (default: the recipe's)")
     t.add_argument(
         "--minutes",
         type=float,
@@ -710,17 +903,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("constant", "warmup", "cosine"),
         help="learning-rate schedule (default: the recipe's)",
     )
-    t.add_argument("--batch", type=int, help="global batch size (default 256)")
-    t.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-3)")
-    t.add_argument("--warmup", type=int)
-    t.add_argument("--grad-clip", type=float)
-    t.add_argument("--ema-decay", type=float)
-    t.add_argument("--accum", type=int, help="gradient-accumulation shards per process")
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--ckpt-every", type=int)
+    t.add_argument("--batch", type=POSITIVE_INT, help="global batch size (default 256)")
+    t.add_argument("--lr", type=POSITIVE, help="AdamW learning rate (default 2e-3)")
+    t.add_argument("--warmup", type=COUNT, help="warm-up steps (default: the recipe's)")
+    t.add_argument("--grad-clip", type=POSITIVE, help="clip the gradient norm at this (default 1)")
+    t.add_argument(
+        "--ema-decay", type=FRACTION_OPEN, help="EMA decay in [0, 1) (default: the recipe's)"
+    )
+    t.add_argument("--accum", type=POSITIVE_INT, help="gradient-accumulation shards per process")
+    t.add_argument("--log-every", type=POSITIVE_INT, help="steps between log lines (default 50)")
+    t.add_argument(
+        "--ckpt-every", type=POSITIVE_INT, help="steps between checkpoints (default 1000)"
+    )
     t.add_argument("--on-nonfinite", choices=("stop", "skip"))
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=COUNT)
     t.add_argument(
         "--conditional",
         action="store_true",
@@ -736,16 +933,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", type=Path, default=Path("runs/train"))
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (its checkpoint and log)")  # fmt: skip
     t.add_argument("--config", help="JSON file with settings (flags override it)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint", parents=[runtime])
     s.add_argument("checkpoint", type=Path)
-    s.add_argument("--sampler", default="heun")
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=Path("samples.npy"))
+    s.add_argument("--sampler", choices=sorted(SAMPLERS),
+                   help="sampler (default: the run's recipe's, else heun)")  # fmt: skip
+    s.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
+    s.add_argument("--n", type=POSITIVE_INT, default=1000)
+    s.add_argument("--seed", type=COUNT, default=0)
+    s.add_argument("--out", type=Path, help="samples (.npy; default: RUN/samples/samples-"
+                   "SAMPLER-nN-seedS.npy)")  # fmt: skip
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--png", type=Path, help="picture (default: OUT with .png): an image grid, "
                    "a scatter plot for 2-D data, pairs of coordinates for more")  # fmt: skip
     s.add_argument("--png-dir", type=Path, help="images: also one PNG per sample in this folder")
@@ -770,16 +972,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lk.add_argument("checkpoint", type=Path)
     lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
-    lk.add_argument("--n", type=int, default=1000, help="examples (toys: drawn fresh)")
-    lk.add_argument("--seed", type=int, default=12345, help="seed of fresh toy points / probes")
+    lk.add_argument("--n", type=POSITIVE_INT, default=1000, help="examples (toys: drawn fresh)")
+    lk.add_argument("--seed", type=COUNT, default=12345, help="seed of fresh toy points / probes")
     lk.add_argument("--key")
-    lk.add_argument("--image-size", type=int)
+    lk.add_argument("--image-size", type=IMAGE_SIDE)
     lk.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
     lk.add_argument("--method", default="dopri5")
-    lk.add_argument("--steps", type=int)
-    lk.add_argument("--rtol", type=float)
-    lk.add_argument("--atol", type=float)
-    lk.add_argument("--chunk-size", type=int)
+    lk.add_argument("--steps", type=POSITIVE_INT)
+    lk.add_argument("--rtol", type=POSITIVE, help="ODE relative tolerance")
+    lk.add_argument("--atol", type=POSITIVE, help="ODE absolute tolerance")
+    lk.add_argument("--chunk-size", type=POSITIVE_INT, help="examples per ODE solve")
     lk.add_argument("--no-ema", action="store_true")
     lk.set_defaults(func=cmd_likelihood)
 
@@ -788,22 +990,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     p.add_argument("--kind", nargs="+", choices=KINDS + ("all",), default=["all"])
-    p.add_argument("--sampler", default="heun")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/plots"))
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the recipe's")
+    p.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
+    p.add_argument("--n", type=POSITIVE_INT, default=2000)
+    p.add_argument("--seed", type=COUNT, default=0)
+    p.add_argument("--out", type=Path, help="folder for the figures (default: RUN/plots)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figures")
     p.set_defaults(func=cmd_plot)
 
     a = sub.add_parser("advise", help="noise settings for a data set (NCSNv2 techniques)")
     a.add_argument("--data", default="moons", help="toy name, 'digits' or a path")
-    a.add_argument("--n", type=int, default=20_000, help="number of toy points")
+    a.add_argument("--n", type=POSITIVE_INT, default=20_000, help="number of toy points")
     a.add_argument("--key")
-    a.add_argument("--image-size", type=int)
+    a.add_argument("--image-size", type=IMAGE_SIDE)
     a.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"), default="auto")
-    a.add_argument("--T", type=int, default=5, help="Langevin steps per noise level")
-    a.add_argument("--sigma-min", type=float)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--T", type=POSITIVE_INT, default=5, help="Langevin steps per noise level")
+    a.add_argument(
+        "--sigma-min", type=POSITIVE, help="smallest noise level (default: from the data)"
+    )
+    a.add_argument("--seed", type=COUNT, default=0)
     a.add_argument("--out", type=Path, help="also write the advice as JSON here")
     a.set_defaults(func=cmd_advise)
 
@@ -813,15 +1018,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     ev.add_argument("--data", required=True, help="held-out data: 'digits' (its test split), a "
                     "toy name (fresh points) or a path")  # fmt: skip
-    ev.add_argument("--n", type=int, default=500, help="samples drawn (default 500)")
-    ev.add_argument("--sampler", help="sampler (default: the recipe's)")
-    ev.add_argument("--steps", type=int, help="sampler steps (default: the recipe's)")
-    ev.add_argument("--seed", type=int, default=12345, help="seed of fresh toy points, samples")
-    ev.add_argument("--nll-n", type=int, default=500, help="held-out examples for the NLL")
+    ev.add_argument("--n", type=POSITIVE_INT, default=500, help="samples drawn (default 500)")
+    ev.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the recipe's)")
+    ev.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
+    ev.add_argument("--seed", type=COUNT, default=12345, help="seed of fresh toy points, samples")
+    ev.add_argument("--nll-n", type=POSITIVE_INT, default=500, help="held-out examples for the NLL")
     ev.add_argument("--no-nll", action="store_true", help="skip the test NLL")
     ev.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
     ev.add_argument("--key")
-    ev.add_argument("--image-size", type=int)
+    ev.add_argument("--image-size", type=IMAGE_SIDE)
     ev.add_argument("--out", type=Path, help="JSON to write (default RUN/evaluate.json)")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -830,8 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=None, help="training steps (default 4000)")
+    d.add_argument("--seed", type=COUNT, default=0)
+    d.add_argument("--steps", type=POSITIVE_INT, default=None, help="training steps (default 4000)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return ap
@@ -839,7 +1044,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success, 1 on an error, 130 on Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, exit 2) or --help (exit 0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

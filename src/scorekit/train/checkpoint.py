@@ -6,8 +6,11 @@ settings, data normalisation, step), so tensors and configuration can never
 disagree; a copy of the JSON is written beside it (``.json``) for people to read.
 Every file is written to a temporary name in the same folder, flushed to disk and
 renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted save
-never leaves a partial checkpoint. Non-finite tensors are refused. Nothing is
-unpickled when loading.
+never leaves a partial checkpoint. Non-finite tensors are refused. The header also holds
+the SHA-256 of the tensors (:func:`tensors_sha256`), verified on every load, so a flipped
+byte is refused rather than sampled from. The ``.json`` beside the checkpoint is an
+informational copy of the header, rewritten on every save: editing it changes nothing.
+Nothing is unpickled when loading.
 
 References:
     safetensors format, https://huggingface.co/docs/safetensors.
@@ -15,6 +18,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -44,6 +48,7 @@ __all__ = [
     "prefixed",
     "read_meta",
     "save_checkpoint",
+    "tensors_sha256",
     "write_atomic",
 ]
 
@@ -51,7 +56,8 @@ FORMAT = "scorekit-checkpoint/1"
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename; an error
+    names ``path`` (never the temporary name)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -60,8 +66,23 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        if path.is_dir():
+            why = "it is a folder"
+        raise OSError(f"cannot write {str(path)!r}: {why}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of a checkpoint's tensors: each name, dtype, shape and bytes, by name."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
 
 
 def model_config(model: ScoreModel) -> dict:
@@ -110,18 +131,26 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
         clean[k] = v.detach().to("cpu").contiguous().clone()
     meta = {"format": FORMAT, **meta}
     text = json.dumps(meta, indent=1, sort_keys=True)
+    digest = tensors_sha256(clean)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(clean, str(tmp), metadata={"scorekit": text})
+        save_file(clean, str(tmp), metadata={"scorekit": text, "scorekit_sha256": digest})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise OSError(f"cannot write {str(path)!r}: {why}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    write_atomic(path.with_suffix(".json"), text + "\n")
+    # for people to read: a copy of the header, rewritten on every save; the checkpoint's
+    # settings are read from the .safetensors header, never from this file
+    note = {"_note": "informational copy of the checkpoint header; editing it changes nothing"}
+    write_atomic(path.with_suffix(".json"), json.dumps({**note, **meta}, indent=1, sort_keys=True)
+                 + "\n")  # fmt: skip
 
 
 def _resolve(path: str | Path) -> Path:
@@ -161,10 +190,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = _resolve(path)
     meta = read_meta(path)
     try:
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            digest = (fh.metadata() or {}).get("scorekit_sha256")
     except (SafetensorError, OSError) as e:
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    return tensors, meta
+    if digest is not None and tensors_sha256(tensors) != digest:  # files of 0.1 carry none
+        raise ValueError(
+            f"checkpoint {path} is corrupted: its tensors do not match the SHA-256 in its header"
+        )
+    return {k: v.to(device) for k, v in tensors.items()}, meta
 
 
 def is_legacy_conditional(meta: dict) -> bool:

@@ -196,6 +196,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
 
 
 SPLITS = ("all", "train", "test")
+MAX_IMAGE_SIDE = 1024  # pixels; larger images are refused rather than resized for hours
 
 
 def digits(split: str = "all") -> tuple[Tensor, Tensor]:
@@ -316,11 +317,19 @@ def load_file(path: str | Path, *, key: str | None = None, image_size: int | Non
     folder of PNG / JPEG images (shape ``(N, C, H, W)``, pixel values 0..255; ``image_size``
     resizes every image to a square side).
     """
+    if not str(path).strip():
+        raise ValueError(f"data must name a toy ({', '.join(TOYS)}), 'digits' or a file; got ''")
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"data file not found: {str(path)!r}")
+        raise ValueError(
+            f"data file not found: {str(path)!r} (the named data sets: {', '.join(TOYS)}, digits)"
+        )
     if image_size is not None:
         image_size = check_int("image_size", image_size)
+        if image_size > MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"image_size must be at most {MAX_IMAGE_SIDE} pixels a side, got {image_size}"
+            )
     if path.is_dir():
         return _numeric(_load_images(path, image_size), path)
     suffix = path.suffix.lower()

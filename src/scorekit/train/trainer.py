@@ -374,6 +374,7 @@ class Trainer:
             self._fused = False
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.step, self.elapsed = 0, 0.0
+        self.stop_requested = False  # set by request_stop (a signal handler): save and stop
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
         ends = self.process.sigma(
             torch.tensor([self.process.t_min, self.process.t_max], dtype=torch.float64)
@@ -571,6 +572,22 @@ class Trainer:
             all_t.append(t.detach())
         return torch.cat(all_losses), torch.cat(all_t)
 
+    def request_stop(self) -> None:
+        """Ask :meth:`fit` to stop after the current step, write the checkpoint and return
+        (``result["stopped"]`` is then true); safe to call from a signal handler."""
+        self.stop_requested = True
+
+    def _should_stop(self) -> bool:
+        """Whether to stop now: at once without DDP; under DDP at the logging interval, when
+        any rank was asked (all ranks then stop at the same step)."""
+        if self._ddp is None:
+            return self.stop_requested
+        if self.step % self.cfg.log_every:
+            return False
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag[0] > 0)
+
     def _synced(self, seconds: float) -> float:
         """``seconds`` as rank 0 measured them (unchanged without DDP)."""
         if self._ddp is None:
@@ -623,9 +640,10 @@ class Trainer:
         )
 
     def fit(self) -> dict:
-        """Train until the budget (``config.steps`` and/or ``config.seconds``) is spent;
-        returns ``{"step", "loss", "skipped", "seconds"}``. The checkpoint is written every
-        ``ckpt_every`` steps and at the end.
+        """Train until the budget (``config.steps`` and/or ``config.seconds``) is spent or
+        :meth:`request_stop` is called; returns ``{"step", "loss", "skipped", "seconds",
+        "stopped"}``. The checkpoint is written every ``ckpt_every`` steps and at the end
+        (a stopped run's end included).
 
         Raises:
             NonFiniteLoss: a step's loss or gradient norm was not finite (and
@@ -639,6 +657,8 @@ class Trainer:
         t0, steps0, start = self._clock(), self.step, self.elapsed
         try:
             while not cfg.done(self.step, self.elapsed):
+                if self._should_stop():
+                    break
                 step = self.step
                 for group in self.opt.param_groups:
                     group["lr"] = cfg.learning_rate(step, self.elapsed)
@@ -669,16 +689,18 @@ class Trainer:
                     self._log(t0, steps0, bar)
                 if (self.step % cfg.ckpt_every == 0 or end) and self.out_dir is not None:
                     self.save()
+            if self.stop_requested and self.step % cfg.log_every:
+                self._log(t0, steps0, bar)  # the steps since the last log line
             self._check_finite()
             if self.out_dir is not None and (self.last_checkpoint or (None, -1))[1] != self.step:
-                self.save()  # a run that took no step still leaves its checkpoint
+                self.save()  # a run that took no step, or was stopped, leaves its checkpoint
         finally:
             if bar is not None:
                 bar.close()
             if self._fused:
                 self.opt.found_inf = None
         return {"step": self.step, "loss": self._last, "skipped": self.skipped,
-                "seconds": self.elapsed - start}  # fmt: skip
+                "seconds": self.elapsed - start, "stopped": self.stop_requested}  # fmt: skip
 
     def _bar(self):
         if not self.cfg.progress or self.rank != 0:
