@@ -35,9 +35,10 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py --out benchmarks/results
 
-# a longer property-based run of the loader fuzz tests (make test runs 25 examples each)
+# a longer property-based run of the loader and command-line fuzz tests (make test runs 25
+# examples each)
 fuzz: $(STAMP)
-	SCOREKIT_FUZZ_EXAMPLES=5000 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	SCOREKIT_FUZZ_EXAMPLES=5000 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_cli.py
 
 # digits and moons under fixed CPU-minute budgets: 5 runs on 2 processes of one thread
 # (measured: 60 CPU-minutes, 37 minutes wall)

@@ -683,7 +683,10 @@ class Trainer:
                     # takes the same learning rate and stops at the same step
                     self.elapsed = self._synced(start + self._clock() - t0)
                 if bar is not None:
-                    bar.update(1)
+                    if cfg.steps is None:
+                        bar.update(max(0, min(round(self.elapsed), bar.total) - bar.n))
+                    else:
+                        bar.update(1)
                 end = cfg.done(self.step, self.elapsed)
                 if self.step % cfg.log_every == 0 or end:
                     self._log(t0, steps0, bar)
@@ -709,6 +712,10 @@ class Trainer:
             from tqdm.auto import tqdm
         except ImportError:
             return None
+        if self.cfg.steps is None:  # a time budget: the bar counts its seconds (and the ETA)
+            bar = tqdm(total=round(self.cfg.seconds), desc="train", unit="s")
+            bar.update(min(round(self.elapsed), bar.total))
+            return bar
         return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step")
 
     def _log(self, t0: float, steps0: int, bar) -> None:
