@@ -146,3 +146,16 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys):
     for argv, msg in one:
         assert main(argv) == 1
         assert msg in _err(capsys), argv
+
+
+def test_options_that_do_not_apply_to_the_data_are_refused(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    np.savetxt(table, np.random.default_rng(0).normal(size=(50, 2)), delimiter=",")
+    arr = tmp_path / "a.npy"
+    np.save(arr, np.zeros((50, 2), dtype=np.float32))
+    for argv, msg in [
+        (["--data", str(table), "--key", "x"], "key (--key) names an array inside an .npz"),
+        (["--data", str(arr), "--image-size", "8"], "image_size (--image-size) resizes a folder"),
+    ]:
+        assert main(["train", *argv, "--quiet", "--out", str(tmp_path / "r")]) == 1
+        assert msg in _err(capsys)

@@ -331,8 +331,16 @@ def load_file(path: str | Path, *, key: str | None = None, image_size: int | Non
                 f"image_size must be at most {MAX_IMAGE_SIDE} pixels a side, got {image_size}"
             )
     if path.is_dir():
+        if key is not None:
+            raise ValueError(f"key (--key) names an array inside an .npz file; {path} is a folder")
         return _numeric(_load_images(path, image_size), path)
     suffix = path.suffix.lower()
+    if image_size is not None:
+        raise ValueError(
+            f"image_size (--image-size) resizes a folder of images; {path} is a {suffix} file"
+        )
+    if key is not None and suffix != ".npz":
+        raise ValueError(f"key (--key) names an array inside an .npz file; {path} is {suffix}")
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
