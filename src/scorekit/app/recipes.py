@@ -82,83 +82,99 @@ DEFAULTS = {
     "sample": {"sampler": "heun", "steps": 50},
 }
 
+
 # Each recipe overlays DEFAULTS. "sigma_data": "auto" is the standard deviation of the
 # training examples in model space. The figures of `scorekit recipes` come from
 # measured.json, written by `make bench-real` (benchmarks/real_data.py).
-_EDM_TRAIN = {"schedule": "cosine", "warmup": 500, "ema_decay": 0.999, "grad_clip": 1.0}
+def _edm(sigma_min, p_mean, p_std, net, batch, lr, steps, dequantize=False) -> dict:
+    """The settings of an EDM recipe: EDM process and loss (ln sigma ~ N(p_mean, p_std^2),
+    sigma_data from the data), the network, AdamW with a cosine schedule and warm-up 500,
+    EMA 0.999, clip 1, Heun with 50 steps for evaluation."""
+    return {
+        "process": {"name": "edm", "sigma_min": sigma_min},
+        "loss": "edm",
+        "loss_kwargs": {"sigma_data": "auto", "p_mean": p_mean, "p_std": p_std},
+        "net": net,
+        "dequantize": dequantize,
+        "train": {
+            "schedule": "cosine",
+            "warmup": 500,
+            "ema_decay": 0.999,
+            "grad_clip": 1.0,
+            "batch_size": batch,
+            "lr": lr,
+            "steps": steps,
+        },  # fmt: skip
+        "sample": {"sampler": "heun", "steps": 50},
+    }
+
+
 RECIPES: dict[str, dict] = {
     "toy-2d": {
         "summary": "2-D points: EDM-preconditioned residual MLP, EDM loss",
         "when": "examples of shape (2,)",
-        "settings": {
-            "process": {"name": "edm", "sigma_min": 0.001},
-            "loss": "edm",
-            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.5, "p_std": 1.5},
-            "net": {"name": "mlp", "hidden": 256, "depth": 4},
-            "train": {**_EDM_TRAIN, "batch_size": 512, "lr": 1e-3, "steps": 10_000},
-            "sample": {"sampler": "heun", "steps": 50},
-        },
+        "settings": _edm(
+            0.001, -1.5, 1.5, {"name": "mlp", "hidden": 256, "depth": 4}, 512, 1e-3, 10_000
+        ),  # fmt: skip
     },
     "vectors": {
         "summary": "vectors and tables: EDM-preconditioned residual MLP, EDM loss",
         "when": "any other examples that are not images",
-        "settings": {
-            "process": {"name": "edm", "sigma_min": 0.002},
-            "loss": "edm",
-            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
-            "net": {"name": "mlp", "hidden": 512, "depth": 4},
-            "train": {**_EDM_TRAIN, "batch_size": 128, "lr": 2e-3, "steps": 10_000},
-            "sample": {"sampler": "heun", "steps": 50},
-        },
+        "settings": _edm(
+            0.002, -1.2, 1.2, {"name": "mlp", "hidden": 512, "depth": 4}, 128, 2e-3, 10_000
+        ),  # fmt: skip
     },
     "small-images": {
         "summary": "images up to 16x16 (digits): EDM-preconditioned U-Net, EDM loss, "
         "dequantized pixels",
         "when": "images (C, H, W) with H, W <= 16",
-        "settings": {
-            "process": {"name": "edm", "sigma_min": 0.002},
-            "loss": "edm",
-            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
-            "net": {"name": "unet", "base": 32, "mults": [1, 2]},
-            "dequantize": True,
-            "train": {**_EDM_TRAIN, "batch_size": 64, "lr": 1e-3, "steps": 4000},
-            "sample": {"sampler": "heun", "steps": 50},
-        },
+        "settings": _edm(
+            0.002,
+            -1.2,
+            1.2,
+            {"name": "unet", "base": 32, "mults": [1, 2]},
+            64,
+            1e-3,
+            4000,
+            dequantize=True,
+        ),  # fmt: skip
     },
     "small-images-nll": {
         "summary": "small images for bits/dim: EDM-preconditioned MLP with input Fourier "
         "features (one and two periods per pixel bin) and dropout, more weight on small "
         "noise, dequantized pixels",
         "when": "by name only",
-        "settings": {
-            "process": {"name": "edm", "sigma_min": 0.002},
-            "loss": "edm",
-            "loss_kwargs": {"sigma_data": "auto", "p_mean": -2.0, "p_std": 2.0},
-            "net": {
+        "settings": _edm(
+            0.002,
+            -2.0,
+            2.0,
+            {
                 "name": "mlp",
                 "hidden": 512,
                 "depth": 4,
                 "fourier_features": [8.0, 16.0],
                 "dropout": 0.3,
             },
-            "dequantize": True,
-            "train": {**_EDM_TRAIN, "batch_size": 128, "lr": 1e-3, "steps": 10_000},
-            "sample": {"sampler": "heun", "steps": 50},
-        },
+            128,
+            1e-3,
+            10_000,
+            dequantize=True,
+        ),  # fmt: skip
     },
     "images": {
         "summary": "larger images: EDM-preconditioned U-Net with three levels, EDM loss, "
         "dequantized pixels",
         "when": "images (C, H, W) larger than 16x16",
-        "settings": {
-            "process": {"name": "edm", "sigma_min": 0.002},
-            "loss": "edm",
-            "loss_kwargs": {"sigma_data": "auto", "p_mean": -1.2, "p_std": 1.2},
-            "net": {"name": "unet", "base": 64, "mults": [1, 2, 2]},
-            "dequantize": True,
-            "train": {**_EDM_TRAIN, "batch_size": 32, "lr": 2e-4, "steps": 20_000},
-            "sample": {"sampler": "heun", "steps": 50},
-        },
+        "settings": _edm(
+            0.002,
+            -1.2,
+            1.2,
+            {"name": "unet", "base": 64, "mults": [1, 2, 2]},
+            32,
+            2e-4,
+            20_000,
+            dequantize=True,
+        ),  # fmt: skip
     },
     "ve-dsm": {
         "summary": "scorekit 0.1's default: VE with sigma_max from the data, sigma^2-weighted "
