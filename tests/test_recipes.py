@@ -196,3 +196,16 @@ def test_an_image_grid_tells_what_is_outside_the_pixel_range():
     x[0, 0, 0, :4] = 5.0  # 4 of 256 pixels far above the range
     fig = plot_image_grid(x, value_range=(0.0, 1.0))
     assert "1.6% of pixels outside [0, 1], clipped" in fig.axes[0].get_title()
+
+
+def test_every_flag_says_what_it_does():
+    from scorekit.app.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in sub.items()
+        for a in p._actions
+        if not a.help and "-h" not in a.option_strings
+    ]
+    assert not missing, missing

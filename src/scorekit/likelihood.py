@@ -53,7 +53,7 @@ from ._validate import (
 from .core.parametrize import ScoreModel
 from .core.processes import Process
 from .core.random import rademacher, rand, randn
-from .samplers.api import split_cond
+from .samplers.api import _bar, split_cond
 
 __all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
 
@@ -158,6 +158,7 @@ def _solve(
     t_span: Tensor,
     solver: dict,
     cond: dict,
+    bar=None,
 ) -> tuple[Tensor, Tensor, int]:
     """Integrate ``(x, ell)`` over ``t_span``; return ``x(t_max)``, ``ell`` (B, m) and NFE."""
     process = model.process
@@ -167,6 +168,8 @@ def _solve(
     def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
+        if bar is not None:
+            bar.update(1)
         # torchdiffeq's initial-step probe (Hairer et al. II.4) may ask for f a little past
         # t_max; its value there only sizes the first step, so evaluate at the end instead.
         t = t.clamp(t_lo, t_hi)
@@ -197,6 +200,7 @@ def log_prob(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     cond: dict | None = None,
+    progress: bool = False,
 ) -> LikelihoodResult:
     r"""Log-density :math:`\log p_{t_{min}}(x)` of a score model, through the probability-flow ODE.
 
@@ -233,6 +237,8 @@ def log_prob(
             does not depend on ``chunk_size`` (beyond adaptive step choices).
         cond: conditioning for the model (``model(x, t, **cond)``, e.g. ``{"y": labels}``
             for :math:`\log p(x \mid y)`), split with the chunks.
+        progress: show a progress bar of the ODE's evaluations (``tqdm``, with the ``cli``
+            extra).
 
     Returns:
         :class:`LikelihoodResult` with ``log_prob`` (B,) in nats, ``nfe`` and ``stderr``
@@ -312,10 +318,12 @@ def log_prob(
             probes = draw((n_probes, *x.shape), generator, x.dtype, x.device)
 
         out, nfe = [], 0
+        bar = _bar(progress, None, "likelihood")
         for i0 in range(0, x.shape[0], chunk):
             xc = x[i0 : i0 + chunk]
             pc = None if probes is None else probes[:, i0 : i0 + chunk]
-            x_end, ell, n = _solve(model, xc, pc, t_span, solver, rows_of(slice(i0, i0 + chunk)))
+            rows = rows_of(slice(i0, i0 + chunk))
+            x_end, ell, n = _solve(model, xc, pc, t_span, solver, rows, bar)
             nfe += n
             lp = prior(x_end)
             if not isinstance(lp, Tensor) or lp.shape != (xc.shape[0],):
@@ -324,6 +332,8 @@ def log_prob(
                     f"{tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__}"
                 )
             out.append(lp.detach().to(ell.dtype)[:, None] + ell)
+        if bar is not None:
+            bar.close()
         per_probe = torch.cat(out)  # (B, m)
     if probes is None:
         return LikelihoodResult(per_probe[:, 0], nfe, None)

@@ -521,7 +521,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
     x = x.to(next(iter(model.parameters()), torch.zeros(())).device)
-    kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size}
+    kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size,
+          "progress": not args.quiet}  # fmt: skip
     for k in ("steps", "rtol", "atol"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
@@ -608,6 +609,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "rtol": 1e-4,
             "atol": 1e-4,
             "generator": torch.Generator().manual_seed(args.seed),
+            "progress": not args.quiet,
         }
         if kw["divergence"] == "exact":
             kw.pop("generator")
@@ -880,11 +882,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=POSITIVE_INT, help="number of toy points (default 20000)")
     t.add_argument("--key", help="array name inside an .npz file")
     t.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
-    t.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"))
-    t.add_argument("--process", choices=sorted(PROCESSES), help="noise process (default ve)")
+    t.add_argument(
+        "--normalize",
+        choices=("auto", "standard", "minmax", "none"),
+        help="how examples are mapped to model space (default auto: standardised per "
+        "feature, images to [-1, 1])",
+    )
+    t.add_argument(
+        "--process", choices=sorted(PROCESSES), help="noise process (default: the recipe's)"
+    )
     t.add_argument("--loss", choices=OBJECTIVES, help="objective (default: the recipe's)")
-    t.add_argument("--net", choices=("auto", "mlp", "unet", "energy_mlp"))
-    t.add_argument("--prediction", choices=("auto", "score", "eps", "x0", "v"))
+    t.add_argument(
+        "--net",
+        choices=("auto", "mlp", "unet", "energy_mlp"),
+        help="network (default: the recipe's)",
+    )
+    t.add_argument(
+        "--prediction",
+        choices=("auto", "score", "eps", "x0", "v"),
+        help="what the network predicts (default: the recipe's)",
+    )
     t.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
@@ -915,9 +932,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--ckpt-every", type=POSITIVE_INT, help="steps between checkpoints (default 1000)"
     )
-    t.add_argument("--on-nonfinite", choices=("stop", "skip"))
+    t.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        help="a non-finite loss or gradient: stop (default, names the step) or skip the step",
+    )
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    t.add_argument("--seed", type=COUNT)
+    t.add_argument(
+        "--seed",
+        type=COUNT,
+        help="seed of the data draw, the initialisation and every step (default 0)",
+    )
     t.add_argument(
         "--conditional",
         action="store_true",
@@ -931,7 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"so the model also learns the unconditional score guidance needs (default "
         f"{LABEL_DROPOUT})",
     )
-    t.add_argument("--out", type=Path, default=Path("runs/train"))
+    t.add_argument(
+        "--out", type=Path, default=Path("runs/train"), help="the run folder (default runs/train)"
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (its checkpoint and log)")  # fmt: skip
@@ -939,12 +966,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint", parents=[runtime])
-    s.add_argument("checkpoint", type=Path)
+    s.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     s.add_argument("--sampler", choices=sorted(SAMPLERS),
                    help="sampler (default: the run's recipe's, else heun)")  # fmt: skip
     s.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
-    s.add_argument("--n", type=POSITIVE_INT, default=1000)
-    s.add_argument("--seed", type=COUNT, default=0)
+    s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
+    s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
     s.add_argument("--out", type=Path, help="samples (.npy; default: RUN/samples/samples-"
                    "SAMPLER-nN-seedS.npy)")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -970,30 +997,43 @@ def build_parser() -> argparse.ArgumentParser:
     lk = sub.add_parser(
         "likelihood", help="negative log-likelihood of data under a checkpoint", parents=[runtime]
     )
-    lk.add_argument("checkpoint", type=Path)
+    lk.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
     lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
     lk.add_argument("--n", type=POSITIVE_INT, default=1000, help="examples (toys: drawn fresh)")
     lk.add_argument("--seed", type=COUNT, default=12345, help="seed of fresh toy points / probes")
-    lk.add_argument("--key")
-    lk.add_argument("--image-size", type=IMAGE_SIDE)
-    lk.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
-    lk.add_argument("--method", default="dopri5")
-    lk.add_argument("--steps", type=POSITIVE_INT)
+    lk.add_argument("--key", help="array name inside an .npz file")
+    lk.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
+    lk.add_argument(
+        "--divergence",
+        choices=("exact", "hutchinson"),
+        default="exact",
+        help="exact trace (default) or Hutchinson with standard errors",
+    )
+    lk.add_argument("--method", default="dopri5", help="ODE solver of torchdiffeq (default dopri5)")
+    lk.add_argument("--steps", type=POSITIVE_INT, help="steps of a fixed-step --method")
     lk.add_argument("--rtol", type=POSITIVE, help="ODE relative tolerance")
     lk.add_argument("--atol", type=POSITIVE, help="ODE absolute tolerance")
     lk.add_argument("--chunk-size", type=POSITIVE_INT, help="examples per ODE solve")
-    lk.add_argument("--no-ema", action="store_true")
+    lk.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
     lk.set_defaults(func=cmd_likelihood)
 
     p = sub.add_parser(
         "plot", help="figures of a checkpoint and its training log", parents=[runtime]
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
-    p.add_argument("--kind", nargs="+", choices=KINDS + ("all",), default=["all"])
+    p.add_argument(
+        "--kind",
+        nargs="+",
+        choices=KINDS + ("all",),
+        default=["all"],
+        help="figures to draw (default all that apply to the run)",
+    )
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the recipe's")
     p.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
-    p.add_argument("--n", type=POSITIVE_INT, default=2000)
-    p.add_argument("--seed", type=COUNT, default=0)
+    p.add_argument(
+        "--n", type=POSITIVE_INT, default=2000, help="samples for the figures (default 2000)"
+    )
+    p.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
     p.add_argument("--out", type=Path, help="folder for the figures (default: RUN/plots)")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
     p.set_defaults(func=cmd_plot)
@@ -1001,14 +1041,19 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("advise", help="noise settings for a data set (NCSNv2 techniques)")
     a.add_argument("--data", default="moons", help="toy name, 'digits' or a path")
     a.add_argument("--n", type=POSITIVE_INT, default=20_000, help="number of toy points")
-    a.add_argument("--key")
-    a.add_argument("--image-size", type=IMAGE_SIDE)
-    a.add_argument("--normalize", choices=("auto", "standard", "minmax", "none"), default="auto")
+    a.add_argument("--key", help="array name inside an .npz file")
+    a.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
+    a.add_argument(
+        "--normalize",
+        choices=("auto", "standard", "minmax", "none"),
+        default="auto",
+        help="how examples are mapped to model space (default auto)",
+    )
     a.add_argument("--T", type=POSITIVE_INT, default=5, help="Langevin steps per noise level")
     a.add_argument(
         "--sigma-min", type=POSITIVE, help="smallest noise level (default: from the data)"
     )
-    a.add_argument("--seed", type=COUNT, default=0)
+    a.add_argument("--seed", type=COUNT, default=0, help="seed of the data draw (default 0)")
     a.add_argument("--out", type=Path, help="also write the advice as JSON here")
     a.set_defaults(func=cmd_advise)
 
@@ -1025,8 +1070,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--nll-n", type=POSITIVE_INT, default=500, help="held-out examples for the NLL")
     ev.add_argument("--no-nll", action="store_true", help="skip the test NLL")
     ev.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
-    ev.add_argument("--key")
-    ev.add_argument("--image-size", type=IMAGE_SIDE)
+    ev.add_argument("--key", help="array name inside an .npz file")
+    ev.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
     ev.add_argument("--out", type=Path, help="JSON to write (default RUN/evaluate.json)")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -1034,10 +1079,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_recipes)
 
     d = sub.add_parser("demo", help="train on a 2-D toy, sample three ways, write a report")
-    d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--seed", type=COUNT, default=0)
+    d.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="report folder (default runs/demo)"
+    )
+    d.add_argument("--seed", type=COUNT, default=0, help="seed (default 0)")
     d.add_argument("--steps", type=POSITIVE_INT, default=None, help="training steps (default 4000)")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
     return ap
 
