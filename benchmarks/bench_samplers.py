@@ -1,23 +1,30 @@
 """Sampler accuracy vs NFE on exact targets, and against diffusers' schedulers.
 
-For each target (a well-separated 2-D mixture, a 16-D mixture, an ill-conditioned 64-D
-Gaussian) and NFE budget (10, 20, 50, 100), every scorekit sampler is driven by the exact
-score and scored by
+Targets (issue 18): ``2d-8gauss`` (8 Gaussians on a circle of radius 4, std 0.2),
+``d16-mix`` (5 components in 16-D, means 3 N(0, I), diagonal stds in [0.3, 1]) and
+``d64-gauss`` (one zero-mean Gaussian in 64-D, variances 0.01 ... 4 on a geometric grid).
+For each NFE budget (10, 20, 50, 100) every scorekit sampler is driven by the exact score
+and scored by
 
 - ``rmse``: RMS distance to the exact PF-ODE solution from the same start (deterministic
   samplers; reference: dopri5 at rtol = atol = 1e-8 on the same target);
-- ``sw_excess``: sliced W2 to an exact sample minus the exact-vs-exact floor;
-- ``logp_gap``: |mean exact log-density of the samples - E log p| (E from 1e5 exact points).
+- ``sw_excess``: sliced W2 to an exact sample minus the mean exact-vs-exact floor (the
+  band that counts as exact is floor mean + 2 sd, reported per target);
+- ``logp_gap``: |mean exact log-density of the samples - E log p| (E from 1e5 exact points);
+- ``ms_per_step``: wall time of the whole call divided by the steps, and ``overhead_ms``:
+  the same less the time of the exact model's evaluations (measured alone), i.e. what the
+  solver itself costs per step.
 
 If ``diffusers`` imports (an optional benchmark extra, never a runtime dependency), its
-DDIM, DPMSolverMultistep, UniPC and EulerDiscrete schedulers (default and tuned settings)
-are driven by the same exact noise prediction on their own 1000-step linear-beta schedule,
-and each is compared with the exact PF-ODE solution from its own start. The PF-ODE is the
-same in the scale-free coordinates ``y = x/alpha``, ``sigma/alpha`` for every schedule, so
-all methods solve the same problem from (almost) the same start sigma ~ 157 down to 0.
-``ratios`` reports best-scorekit / best-diffusers error at each NFE budget, per target and
-error measure (each side's best over its menu of configurations), and the RMSE ratio of a
-few single scorekit configurations (``FIXED``) to the best diffusers scheduler.
+DDIM, DPMSolverMultistep, UniPC and EulerDiscrete schedulers (default and tuned settings,
+orders 2 and 3) are driven by the same exact noise prediction on their own 1000-step
+linear-beta schedule, and each is compared with the exact PF-ODE solution from its own
+start. The PF-ODE is the same in the scale-free coordinates ``y = x/alpha``, ``sigma/alpha``
+for every schedule, so all methods solve the same problem from (almost) the same start
+sigma ~ 157 down to 0. ``ratios`` reports best-scorekit / best-diffusers error at each NFE
+budget, per target and error measure (each side's best over its menu of configurations).
+``default_grids`` runs every deterministic sampler through ``sample`` on its own default
+grid on the VP process at NFE 10-100 (finite, RMSE to the exact ODE solution).
 """
 
 from __future__ import annotations
@@ -40,8 +47,30 @@ from scorekit.samplers import Dopri5, make_sampler
 NFES = (10, 20, 50, 100)
 DTYPE = torch.float64
 BETAS = (1e-4, 0.02, 1000)  # DDPM's linear schedule, diffusers' default
-ODE_SAMPLERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "ddim", "edm")
-SDE_SAMPLERS = ("euler_maruyama", "pc", "ddpm", "edm_churn", "annealed_langevin")
+#: label -> (registry name, options, multistep: also run on the log-SNR and VP-uniform grids)
+ODE_SAMPLERS = {
+    "euler": ("euler", {}, False),
+    "heun": ("heun", {}, False),
+    "ddim": ("ddim", {}, False),
+    "edm": ("edm", {}, False),
+    "ipndm": ("ipndm", {}, False),
+    "deis": ("deis", {}, True),
+    "dpmpp_2m": ("dpmpp_2m", {}, True),
+    "dpmpp_3m": ("dpmpp_3m", {}, True),
+    "dpmpp_3m_lof": ("dpmpp_3m", {"lower_order_final": True}, True),
+    "unipc": ("unipc", {}, True),
+    "unipc_bh1": ("unipc", {"variant": "bh1"}, True),
+    "unipc_3": ("unipc_3", {}, True),
+}
+SDE_SAMPLERS = {
+    "euler_maruyama": ("euler_maruyama", {}, False),
+    "pc": ("pc", {"snr": 0.16}, False),
+    "ddpm": ("ddpm", {}, False),
+    "edm_churn": ("edm", {"s_churn": 10.0, "s_min": 0.05, "s_max": 50.0}, False),
+    "annealed_langevin": ("annealed_langevin", {}, False),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {}, True),
+    "dpmpp_3m_sde": ("dpmpp_3m_sde", {}, True),
+}
 
 
 # -- targets ---------------------------------------------------------------------------
@@ -49,18 +78,15 @@ def targets() -> dict:
     g = torch.Generator().manual_seed(0)
     angles = torch.arange(8, dtype=DTYPE) * 2 * math.pi / 8
     ring = GaussianMixture(
-        torch.ones(8), 4.0 * torch.stack([angles.cos(), angles.sin()], 1), stds=0.25
+        torch.ones(8), 4.0 * torch.stack([angles.cos(), angles.sin()], 1), stds=0.2
     )
-    K, d = 4, 16
-    A = torch.randn(K, d, d, generator=g, dtype=DTYPE)
-    covs = 0.3 * (A @ A.transpose(-1, -2) / d) + 0.05 * torch.eye(d, dtype=DTYPE)
-    means = 2.5 * torch.randn(K, d, generator=g, dtype=DTYPE)
-    mix16 = GaussianMixture(torch.tensor([0.1, 0.2, 0.3, 0.4]), means, covs=covs)
-    Q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=DTYPE))
-    lam = torch.logspace(-3, 1, 64, dtype=DTYPE)  # condition number 1e4
-    cov = Q @ torch.diag(lam) @ Q.T
-    gauss64 = Gaussian(0.5 * torch.randn(64, generator=g, dtype=DTYPE), cov=0.5 * (cov + cov.T))
-    return {"mixture_2d_ring8": ring, "mixture_16d_k4": mix16, "gaussian_64d_cond1e4": gauss64}
+    K, d = 5, 16
+    means = 3.0 * torch.randn(K, d, generator=g, dtype=DTYPE)
+    stds = 0.3 + 0.7 * torch.rand(K, d, generator=g, dtype=DTYPE)
+    mix16 = GaussianMixture(torch.ones(K), means, covs=torch.diag_embed(stds**2))
+    var = torch.logspace(math.log10(0.01), math.log10(4.0), 64, dtype=DTYPE)
+    gauss64 = Gaussian(torch.zeros(64, dtype=DTYPE), cov=torch.diag(var))
+    return {"2d-8gauss": ring, "d16-mix": mix16, "d64-gauss": gauss64}
 
 
 # -- the linear-beta schedule in scale-free coordinates --------------------------------
@@ -101,7 +127,7 @@ class Metrics:
     def reference(self, key, y0: torch.Tensor, sigma0: float) -> torch.Tensor:
         """Exact PF-ODE solution from y0 at sigma0 down to sigma = 0 (dopri5, 1e-8)."""
         if key not in self._refs:
-            model = ExactScore(self.target, EDM(1e-3, sigma0))
+            model = ExactScore(self.target, EDM(1e-6, sigma0))
             grid = torch.tensor([sigma0, 0.0], dtype=DTYPE)
             self._refs[key] = Dopri5(rtol=1e-8, atol=1e-8)(model, y0, grid).x
         return self._refs[key]
@@ -140,53 +166,107 @@ def grid_family(kind: str, steps: int, sigma_end: float) -> torch.Tensor:
     return _zero(sig)
 
 
-# Karras (rho = 7) down to SIGMA_MIN for every ODE solver; the multistep DPM-Solver++ also
-# on uniform log-SNR and uniform-t (VP) grids that stop at a larger sigma before the final
+# Karras (rho = 7) down to SIGMA_MIN for every ODE solver; the multistep solvers also on
+# uniform log-SNR and uniform-t (VP) grids that stop at a larger sigma before the final
 # denoising step (diffusers' "linspace" spacing stops at sigma ~ 0.37).
 GRIDS = [("karras", SIGMA_MIN)]
-MULTISTEP_GRIDS = GRIDS + [(k, e) for k in ("logsnr", "vp_uniform") for e in (SIGMA_MIN, 0.05, 0.2)]
-#: single configurations whose ratio to the best diffusers scheduler is also reported
-FIXED = ("dpmpp_2m[logsnr,0.05]", "dpmpp_3m[logsnr,0.05]", "dpmpp_2m[karras,0.01]")
+MULTISTEP_GRIDS = GRIDS + [(k, e) for k in ("karras", "logsnr", "vp_uniform") for e in (0.05, 0.2)]
+MULTISTEP_GRIDS += [("logsnr", SIGMA_MIN), ("vp_uniform", SIGMA_MIN)]
 
 
-def scorekit_runs(name: str, budget: int):
+def scorekit_runs(label: str, spec, budget: int):
     """(label, sampler, grid) triples spending at most ``budget`` evaluations."""
-    two = name in ("heun", "edm", "edm_churn")
+    name, opts, multistep = spec
+    two = label in ("heun", "edm", "edm_churn")
     steps = (budget + 1) // 2 if two else budget // 2 if name == "pc" else budget
     if name == "annealed_langevin":
         per = max(1, budget // 10)
         levels = budget // per - 1
         grid = geometric_sigmas(levels - 1, SIGMA_MIN, SIGMA_MAX)
-        return [(name, make_sampler(name, steps_per_level=per), grid)]
-    if name == "edm_churn":
-        smp = make_sampler("edm", s_churn=10.0, s_min=0.05, s_max=50.0)
-        return [(name, smp, grid_family("karras", steps, SIGMA_MIN))]
-    if name in ("ddim", "edm"):  # on the EDM process these equal euler / heun (tested)
-        return [(name, make_sampler(name), grid_family("karras", steps, SIGMA_MIN))]
-    if name in SDE_SAMPLERS:
-        opts = {"snr": 0.16} if name == "pc" else {}
-        return [(name, make_sampler(name, **opts), grid_family("karras", steps, SIGMA_MIN))]
-    grids = MULTISTEP_GRIDS if name.startswith("dpmpp") else GRIDS
+        return [(label, make_sampler(name, steps_per_level=per), grid)]
+    grids = MULTISTEP_GRIDS if multistep else GRIDS
     return [
-        (f"{name}[{k},{e:.2g}]", make_sampler(name), grid_family(k, steps, e)) for k, e in grids
+        (f"{label}[{k},{e:.2g}]", make_sampler(name, **opts), grid_family(k, steps, e))
+        for k, e in grids
     ]
+
+
+def model_ms(model, y0) -> float:
+    """Milliseconds of one evaluation of the exact denoiser on the whole batch."""
+    s = torch.tensor(1.0, dtype=DTYPE)
+    model.x0(y0, s)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        model.x0(y0, s)
+    return (time.perf_counter() - t0) * 100
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1000
 
 
 def run_scorekit(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
     model = ExactScore(metrics.target, EDM(SIGMA_MIN, SIGMA_MAX))
     y0 = SIGMA_MAX * z
     ref = metrics.reference("scorekit", y0, SIGMA_MAX)
+    one = model_ms(model, y0)
     rows = []
-    for name in ODE_SAMPLERS + SDE_SAMPLERS:
+    for label, spec in {**ODE_SAMPLERS, **SDE_SAMPLERS}.items():
         for budget in nfes:
-            for label, smp, grid in scorekit_runs(name, budget):
-                res = smp(model, y0, grid, torch.Generator().manual_seed(1))
+            for run_label, smp, grid in scorekit_runs(label, spec, budget):
+                res, ms = timed(lambda: smp(model, y0, grid, torch.Generator().manual_seed(1)))  # noqa: B023
                 r = metrics.row(res.x, res.nfe, ref if not smp.stochastic else None)
-                rows.append({"library": "scorekit", "sampler": label, "budget": budget, **r})
+                steps = smp.num_steps(smp.check(model, grid))
+                r["ms_per_step"] = ms / steps
+                r["overhead_ms"] = (ms - res.nfe * one) / steps
+                r["stochastic"] = smp.stochastic
+                rows.append({"library": "scorekit", "sampler": run_label, "budget": budget, **r})
     for tol in (1e-2, 1e-3, 1e-4):
         res = Dopri5(rtol=tol, atol=tol)(model, y0, torch.tensor([SIGMA_MAX, 0.0], dtype=DTYPE))
         r = metrics.row(res.x, res.nfe, ref)
         rows.append({"library": "scorekit", "sampler": f"dopri5(tol={tol:g})", "budget": None, **r})
+    return rows
+
+
+def run_default_grids(target, z: torch.Tensor, nfes) -> list[dict]:
+    """Every deterministic sampler through ``sample`` on its own default grid on VP (and
+    DDIM on the discrete VP schedule), from the same prior draw: finite? RMSE to the
+    exact PF-ODE solution over the same span?"""
+    from scorekit import VP, DiscreteVP
+    from scorekit.samplers import SAMPLERS, default_grid, sample
+
+    rows = []
+    for process in (VP(), DiscreteVP(torch.tensor(alphas_cumprod()))):
+        model = ExactScore(target, process)
+        x_T = z * process.prior_std()
+        names = [n for n in SAMPLERS if not make_sampler(n).stochastic and n != "dopri5"]
+        if isinstance(process, DiscreteVP):
+            names = ["ddim", "unipc", "dpmpp_2m"]
+        refs: dict = {}
+        for name in names:
+            for budget in nfes:
+                steps = (budget + 1) // 2 if name in ("heun", "edm") else budget
+                grid = default_grid(name, process, steps)
+                key = (float(grid[0]), float(grid[-1]))
+                if key not in refs:
+                    span = torch.tensor(key, dtype=DTYPE)
+                    refs[key] = Dopri5(rtol=1e-8, atol=1e-8)(model, x_T, span).x
+                res, ms = timed(lambda: sample(model, x_T=x_T, sampler=name, grid=grid))  # noqa: B023
+                finite = bool(torch.isfinite(res.x).all())
+                rmse = float((res.x - refs[key]).pow(2).sum(1).mean().sqrt()) if finite else None
+                rows.append(
+                    {
+                        "process": type(process).__name__,
+                        "sampler": name,
+                        "budget": budget,
+                        "nfe": res.nfe,
+                        "finite": finite,
+                        "rmse": rmse,
+                        "ms_per_step": ms / (grid.numel() - 1),
+                    }
+                )
     return rows
 
 
@@ -213,6 +293,12 @@ def diffusers_configs():
         ),
         "UniPCMultistep": lambda: UniPCMultistepScheduler(**base),
         "UniPCMultistep(karras)": lambda: UniPCMultistepScheduler(**base, use_karras_sigmas=True),
+        "UniPCMultistep(order 3)": lambda: UniPCMultistepScheduler(**base, solver_order=3),
+        "UniPCMultistep(bh1)": lambda: UniPCMultistepScheduler(**base, solver_type="bh1"),
+        "DPMSolverMultistep(order 3)": lambda: DPMSolverMultistepScheduler(**base, solver_order=3),
+        "DPMSolverMultistep(karras, order 3)": lambda: DPMSolverMultistepScheduler(
+            **base, solver_order=3, use_karras_sigmas=True
+        ),
         "EulerDiscrete": lambda: EulerDiscreteScheduler(**base),
         "EulerDiscrete(karras)": lambda: EulerDiscreteScheduler(**base, use_karras_sigmas=True),
     }
@@ -235,39 +321,49 @@ def run_diffusers_one(factory, target, z, steps):
     ve_style = float(sch.init_noise_sigma) > 1.0
     s0 = float(sch.sigmas[0]) if ve_style else float(sigma_of_t(t0))
     y0 = x if ve_style else x * math.sqrt(1 + s0 * s0)
-    nfe = 0
+    nfe, model_s, t_start = 0, 0.0, time.perf_counter()
     for t in sch.timesteps:
         xin = sch.scale_model_input(x, t)
+        t1 = time.perf_counter()
         eps = exact_eps(target, xin.to(DTYPE), t).to(x.dtype)
+        model_s += time.perf_counter() - t1
         nfe += 1
         x = sch.step(eps, t, x).prev_sample
-    return x.to(DTYPE), nfe, (round(s0, 6), ve_style), y0.to(DTYPE), s0
+    total = time.perf_counter() - t_start
+    timing = {"ms_per_step": 1000 * total / nfe, "overhead_ms": 1000 * (total - model_s) / nfe}
+    return x.to(DTYPE), nfe, (round(s0, 6), ve_style), y0.to(DTYPE), s0, timing
 
 
 def run_diffusers(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
     rows = []
     for name, factory in diffusers_configs().items():
         for budget in nfes:
-            x, nfe, key, y0, s0 = run_diffusers_one(factory, metrics.target, z, budget)
+            x, nfe, key, y0, s0, timing = run_diffusers_one(factory, metrics.target, z, budget)
             ref = metrics.reference(("diffusers", key), y0, s0)
-            r = metrics.row(x, nfe, ref)
+            r = {**metrics.row(x, nfe, ref), **timing, "stochastic": False}
             rows.append({"library": "diffusers", "sampler": name, "budget": budget, **r})
     return rows
 
 
 # -- driver ----------------------------------------------------------------------------
-def best(rows, library, budget, measure):
-    vals = [
-        r[measure]
+def best(rows, library, budget, measure, stochastic=None):
+    """(value, sampler) of the smallest ``|measure|`` among ``library``'s rows within
+    ``budget`` evaluations (``stochastic``: only those rows when given)."""
+    cands = [
+        (r[measure], r["sampler"])
         for r in rows
-        if r["library"] == library and r["budget"] == budget and measure in r and r["nfe"] <= budget
+        if r["library"] == library
+        and r["budget"] == budget
+        and r.get(measure) is not None
+        and r["nfe"] <= budget
+        and (stochastic is None or r.get("stochastic") == stochastic)
     ]
-    return min(vals, key=abs) if vals else None
+    return min(cands, key=lambda c: abs(c[0])) if cands else (None, None)
 
 
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
-    n = 500 if quick else 2000
+    n = 500 if quick else 10_000
     nfes = (10, 20) if quick else NFES
     try:
         import diffusers  # noqa: F401
@@ -276,7 +372,7 @@ def run(quick: bool = False) -> dict:
     except Exception:  # an optional extra: skip that part when it is missing or broken
         have_diffusers = False
     out = {"suite": "samplers", "n": n, "nfes": list(nfes), "diffusers": have_diffusers}
-    out["targets"], out["ratios"] = {}, {}
+    out["targets"], out["summary"] = {}, {}
     for tname, target in targets().items():
         t0 = time.perf_counter()
         metrics = Metrics(target, n)
@@ -284,64 +380,107 @@ def run(quick: bool = False) -> dict:
         rows = run_scorekit(metrics, z, nfes)
         if have_diffusers:
             rows += run_diffusers(metrics, z, nfes)
+        band = metrics.floor + 2 * metrics.floor_sd
+        summary = {"sw_floor": metrics.floor, "sw_band": band, "budgets": {}}
+        for budget in nfes:
+            sk, sk_name = best(rows, "scorekit", budget, "rmse", stochastic=False)
+            df, df_name = best(rows, "diffusers", budget, "rmse")
+            sw, sw_name = best(rows, "scorekit", budget, "sw_excess", stochastic=True)
+            sw_df, sw_df_name = best(rows, "diffusers", budget, "sw_excess")
+            summary["budgets"][str(budget)] = {
+                "rmse_scorekit": sk,
+                "rmse_scorekit_sampler": sk_name,
+                "rmse_diffusers": df,
+                "rmse_diffusers_scheduler": df_name,
+                "rmse_ratio": sk / df if sk is not None and df else None,
+                "sw_stochastic": None if sw is None else sw + metrics.floor,
+                "sw_stochastic_sampler": sw_name,
+                "sw_in_band": None if sw is None else sw + metrics.floor <= band,
+                "sw_diffusers": None if sw_df is None else sw_df + metrics.floor,
+                "sw_diffusers_scheduler": sw_df_name,
+            }
+        out["summary"][tname] = summary
         out["targets"][tname] = {
             "sw_floor": metrics.floor,
             "sw_floor_sd": metrics.floor_sd,
             "rows": rows,
+            "default_grids": run_default_grids(target, z[: min(n, 2000)], nfes),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        if have_diffusers:
-            ratios = {}
-            for budget in nfes:
-                for measure in ("rmse", "sw_excess", "logp_gap"):
-                    a, b = (
-                        best(rows, "scorekit", budget, measure),
-                        best(rows, "diffusers", budget, measure),
-                    )
-                    ratios[f"{measure}@{budget}"] = {
-                        "scorekit_best": a,
-                        "diffusers_best": b,
-                        "ratio": (a / b) if a is not None and b else None,
-                    }
-            for label in FIXED:
-                for budget in nfes:
-                    a = [r["rmse"] for r in rows if r["sampler"] == label and r["budget"] == budget]
-                    b = best(rows, "diffusers", budget, "rmse")
-                    ratios[f"rmse@{budget} {label}"] = {
-                        "scorekit_best": a[0],
-                        "diffusers_best": b,
-                        "ratio": a[0] / b if b else None,
-                    }
-            out["ratios"][tname] = ratios
     return out
 
 
-def table(result: dict) -> str:
-    """A plain-text table of the result (also printed by ``python bench_samplers.py``)."""
-    lines = []
-    for tname, block in result["targets"].items():
-        lines.append(
-            f"\n== {tname}  (SW floor {block['sw_floor']:.4f} ± {block['sw_floor_sd']:.4f})"
-        )
-        lines.append(
-            f"{'library':10} {'sampler':28} {'NFE':>4} {'rmse':>9} {'sw_exc':>9} {'logp_gap':>9}"
-        )
-        for r in block["rows"]:
-            rmse = f"{r['rmse']:.2e}" if "rmse" in r else "-"
+def _f(v, fmt=".3g"):
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(result: dict) -> str:
+    """The tables of ``samplers.json`` (regenerated from the record, never edited)."""
+    lines = [
+        "# Samplers on exact targets (generated from samplers.json)",
+        "",
+        f"N = {result['n']} samples, float64, exact denoiser; diffusers "
+        f"{'ran' if result['diffusers'] else 'not installed'}. RMSE: to the exact PF-ODE "
+        "solution from the same start. SW: sliced W2 to an exact sample; the exact-vs-exact "
+        "band is floor mean + 2 sd.",
+    ]
+    for tname, summ in result["summary"].items():
+        lines += ["", f"## {tname}", ""]
+        lines += [
+            "| NFE | best scorekit ODE | RMSE | best diffusers | RMSE | ratio | best "
+            "scorekit SDE | SW (band " + _f(summ["sw_band"], ".4f") + ") | in band |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b, v in summ["budgets"].items():
             lines.append(
-                f"{r['library']:10} {r['sampler']:28} {r['nfe']:4d} {rmse:>9} "
-                f"{r['sw_excess']:9.4f} {r['logp_gap']:9.4f}"
+                f"| {b} | {v['rmse_scorekit_sampler']} | {_f(v['rmse_scorekit'])} | "
+                f"{v['rmse_diffusers_scheduler'] or '-'} | {_f(v['rmse_diffusers'])} | "
+                f"{_f(v['rmse_ratio'], '.2f')} | {v['sw_stochastic_sampler']} | "
+                f"{_f(v['sw_stochastic'], '.4f')} | {v['sw_in_band']} |"
             )
-        for key, v in result["ratios"].get(tname, {}).items():
-            if v["ratio"] is not None:
-                lines.append(
-                    f"  ratio {key:16} scorekit {v['scorekit_best']:.3e} / diffusers "
-                    f"{v['diffusers_best']:.3e} = {v['ratio']:.3f}"
-                )
-    return "\n".join(lines)
+        block = result["targets"][tname]
+        nfes = [str(b) for b in result["nfes"]]
+        per: dict = {}
+        for r in block["rows"]:
+            if r["budget"] is None:
+                continue
+            key = (r["library"], r["sampler"])
+            m = "sw_excess" if r.get("stochastic") else "rmse"
+            per.setdefault(key, {})[str(r["budget"])] = (r.get(m), r.get("overhead_ms"))
+        lines += [
+            "",
+            "<details><summary>every configuration (RMSE for ODE solvers, SW excess over the "
+            "floor for stochastic ones; solver overhead ms/step at the largest NFE)</summary>",
+            "",
+            "| library | sampler | " + " | ".join(f"NFE {b}" for b in nfes) + " | overhead ms |",
+            "|---|---|" + "---|" * (len(nfes) + 1),
+        ]
+        for (lib, name), vals in per.items():
+            cells = [_f(vals.get(b, (None, None))[0]) for b in nfes]
+            over = vals.get(nfes[-1], (None, None))[1]
+            lines.append(f"| {lib} | {name} | " + " | ".join(cells) + f" | {_f(over, '.2f')} |")
+        lines += ["", "</details>", ""]
+        lines += [
+            "Default grids through `sample` (RMSE to the exact ODE solution over the same span; "
+            "`inf` = non-finite sample):",
+            "",
+            "| process | sampler | " + " | ".join(f"NFE {b}" for b in nfes) + " | ms/step |",
+            "|---|---|" + "---|" * (len(nfes) + 1),
+        ]
+        dg: dict = {}
+        for r in block["default_grids"]:
+            dg.setdefault((r["process"], r["sampler"]), {})[str(r["budget"])] = r
+        for (proc, name), vals in dg.items():
+            cells = [
+                ("inf" if not vals[b]["finite"] else _f(vals[b]["rmse"])) if b in vals else "-"
+                for b in nfes
+            ]
+            ms = vals.get(nfes[-1], {}).get("ms_per_step")
+            lines.append(f"| {proc} | {name} | " + " | ".join(cells) + f" | {_f(ms, '.2f')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     import sys
 
-    print(table(run(quick="--quick" in sys.argv)))
+    print(markdown(run(quick="--quick" in sys.argv)))

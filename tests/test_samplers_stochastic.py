@@ -134,3 +134,24 @@ def test_mala_needs_an_energy_model(mix):
     model = ExactScore(mix, VE())
     with pytest.raises(ValueError, match="energy"):
         Langevin(0.1, metropolis=True)(model, torch.zeros(3, 2, dtype=torch.float64), [0.0, 0.0])
+
+
+def test_annealed_langevin_accepts_a_final_zero_level(mix):
+    # a grid ending at sigma = 0 runs the positive levels and ends on the denoised estimate,
+    # which is the final_denoise step of the grid without the zero
+    import torch
+
+    from scorekit import EDM, ExactScore
+    from scorekit.core.schedules import time_grid
+    from scorekit.samplers import AnnealedLangevin
+
+    model = ExactScore(mix, EDM(0.05, 10.0))
+    grid = time_grid(model.process, 4, "geometric")
+    x = model.process.prior_sample((50, 2), torch.Generator().manual_seed(0), torch.float64)
+    smp = AnnealedLangevin(steps_per_level=5)
+    a = smp(model, x, grid, torch.Generator().manual_seed(1))
+    zero = time_grid(model.process, 4, "geometric", final_zero=True)
+    torch.testing.assert_close(zero[:-1], grid)
+    b = smp(model, x, zero, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.x, b.x)
+    assert a.nfe == b.nfe == 5 * 5 + 1

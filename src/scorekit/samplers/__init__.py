@@ -1,6 +1,7 @@
 r"""Samplers for score models: Langevin (ULA, MALA, annealed), reverse SDE
-(Euler–Maruyama, reverse diffusion, predictor–corrector), probability-flow ODE (Euler,
-Heun, dopri5, DPM-Solver++ 2M/3M), DDPM/DDIM and EDM's stochastic sampler.
+(Euler–Maruyama, reverse diffusion, predictor–corrector, DPM-Solver++ 2M/3M SDE),
+probability-flow ODE (Euler, Heun, dopri5, DPM-Solver++ 2M/3M, UniPC, DEIS, iPNDM),
+DDPM/DDIM and EDM's stochastic sampler.
 
 One calling convention: ``sampler(model, x, grid, generator=None,
 return_trajectory=False, cond=None, hook=None) -> SampleResult(x, nfe, trajectory, info)``,
@@ -24,16 +25,20 @@ from .base import CountingModel, Grid, Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
 from .langevin import AnnealedLangevin, Langevin
+from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun, RungeKutta
 from .sde import EulerMaruyama, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 
 __all__ = [
     "DDIM",
     "DDPM",
+    "DEIS",
+    "IPNDM",
     "SAMPLERS",
     "AnnealedLangevin",
     "CountingModel",
     "DPMSolverPP",
+    "DPMSolverPPSDE",
     "Dopri5",
     "EDMSampler",
     "Euler",
@@ -47,6 +52,7 @@ __all__ = [
     "RungeKutta",
     "SampleResult",
     "Sampler",
+    "UniPC",
     "default_grid",
     "make_sampler",
     "sample",

@@ -19,6 +19,7 @@ from .base import Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
 from .langevin import AnnealedLangevin, Langevin
+from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun
 from .sde import EulerMaruyama, PredictorCorrector, ReverseDiffusion
 
@@ -30,10 +31,16 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "heun": Heun,
     "dpmpp_2m": partial(DPMSolverPP, order=2),
     "dpmpp_3m": partial(DPMSolverPP, order=3),
+    "unipc": UniPC,
+    "unipc_3": partial(UniPC, order=3),
+    "deis": DEIS,
+    "ipndm": IPNDM,
     "dopri5": Dopri5,
     "euler_maruyama": EulerMaruyama,
     "reverse_diffusion": ReverseDiffusion,
     "pc": PredictorCorrector,
+    "dpmpp_2m_sde": partial(DPMSolverPPSDE, order=2),
+    "dpmpp_3m_sde": partial(DPMSolverPPSDE, order=3),
     "ddpm": DDPM,
     "ddim": DDIM,
     "edm": EDMSampler,

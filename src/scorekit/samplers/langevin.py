@@ -151,8 +151,11 @@ class AnnealedLangevin(Sampler):
 
     One step per level (a grid of :math:`L` points takes :math:`L` steps); ``steps`` of
     :func:`~scorekit.samplers.sample` is the number of levels (default 10, geometric, at
-    least 2). NFE: ``L * steps_per_level`` (+1 with ``final_denoise``). The trajectory holds
-    the state at the start and after each level.
+    least 2). NFE: ``L * steps_per_level`` (+1 with ``final_denoise``). A grid whose last
+    point is :math:`\sigma = 0` (``time_grid(..., final_zero=True)``) runs its levels with
+    :math:`\sigma > 0` and ends, at that point, with the denoised estimate
+    :math:`\hat x_0(x, \sigma_L)` (one evaluation; ``final_denoise`` is then implied). The
+    trajectory holds the state at the start and after each level.
 
     References:
         Song & Ermon (2019), Algorithm 1; Song & Ermon, "Improved Techniques for Training
@@ -181,13 +184,16 @@ class AnnealedLangevin(Sampler):
         return len(grid.t)
 
     def init(self, model, x, grid):
-        last = grid.sigma[-1]
-        if last <= 0:
-            raise ValueError(f"annealed Langevin needs sigma > 0 at every level, got {last}")
+        levels = grid.sigma[:-1] if grid.sigma[-1] == 0.0 else grid.sigma
+        if not levels:
+            raise ValueError("annealed Langevin needs at least one level with sigma > 0")
+        last = levels[-1]
         eps = 0.2 * last**2 if self.eps is None else self.eps
-        return [eps * s**2 / last**2 for s in grid.sigma]
+        return [eps * s**2 / last**2 for s in levels]
 
     def step(self, model, x, i, grid, state, generator):
+        if i == len(state):  # a final grid point at sigma = 0: the denoised estimate there
+            return model.x0(x, grid.t[i - 1]), state
         t, size = grid.t[i], state[i]
         for _ in range(self.steps_per_level):
             z = randn_like(x, generator)

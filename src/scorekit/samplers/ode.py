@@ -118,10 +118,15 @@ class Dopri5(Sampler):
     r"""Adaptive Dormand–Prince 5(4) via ``torchdiffeq.odeint`` (order 5), from each grid
     point to the next; the step size is controlled by ``rtol``/``atol`` on the whole batch,
     so results depend slightly (within tolerance) on how a sample is chunked. The NFE is the
-    number of drift evaluations torchdiffeq made. A step to :math:`\sigma = 0` is the Euler
-    step there (as :class:`RungeKutta`'s), so the model is never evaluated at zero noise.
-    Follows the ODE to the end of the grid. The adaptive controller decides on the host
-    whether to accept each internal step, so this solver alone reads values while it runs.
+    number of drift evaluations torchdiffeq made. An interval that ends at
+    :math:`\sigma = 0` is integrated adaptively down to the process's ``t_min`` (or, where
+    that has :math:`\sigma = 0` or lies outside the interval, to the time at a thousandth of
+    the interval's starting :math:`\sigma/\alpha`) and finished with one Euler step to
+    :math:`\sigma = 0` (for the EDM process the denoiser :math:`D(x, t_{min})`), so the model
+    is never evaluated at zero noise and ``Dopri5()(model, x, [t_max, 0])`` solves the ODE
+    rather than taking one Euler step. Follows the ODE to the end of the grid. The adaptive
+    controller decides on the host whether to accept each internal step, so this solver
+    alone reads values while it runs.
 
     References:
         Dormand & Prince (1980); Chen et al., "Neural Ordinary Differential Equations" (2018).
@@ -135,15 +140,36 @@ class Dopri5(Sampler):
         self.rtol = check_positive("rtol", rtol)
         self.atol = check_positive("atol", atol)
 
+    def init(self, model, x, grid):
+        # where each interval's adaptive part stops: its end, or, for an interval that ends
+        # at sigma = 0, the process's t_min (when it has sigma > 0 there) or the time at a
+        # thousandth of the interval's start ratio; the rest is one Euler step
+        p, stops = grid.process, []
+        for i in range(grid.n):
+            t0, t1 = grid.t[i], grid.t[i + 1]
+            if grid.sigma[i + 1] != 0.0:
+                stops.append(t1)
+                continue
+            lo = float(p.t_min)
+            if not (t1 < lo < t0 and float(p.ratio(lo)) > 0):
+                lo = float(p.t_of_ratio(1e-3 * grid.ratio(i)))
+            stops.append(lo if t1 < lo < t0 else t0)
+        return Grid.of(p, torch.tensor(stops, dtype=torch.float64))
+
     def step(self, model, x, i, grid, state, generator):
+        t0, t1, stop = grid.t[i], grid.t[i + 1], state.t[i]
+        if stop != t0:
+            x = self._integrate(model, x, t0, stop)
+        if stop != t1:  # the final Euler step to sigma = 0
+            x = x + (t1 - stop) * RungeKutta.velocity(
+                model, x, stop, state.dlog_alpha[i], state.g2[i]
+            )
+        return x, state
+
+    def _integrate(self, model, x, t0, t1):
         from torchdiffeq import odeint
 
-        p = grid.process
-        t0, t1 = grid.t[i], grid.t[i + 1]
-        if grid.sigma[i + 1] == 0.0:
-            return x + (t1 - t0) * RungeKutta.velocity(
-                model, x, t0, grid.dlog_alpha[i], grid.g2[i]
-            ), state
+        p = model.process
 
         def v(t, y):
             t64 = t.to(torch.float64)
@@ -154,7 +180,7 @@ class Dopri5(Sampler):
         # inside the interval, so the model is never evaluated outside the grid's range.
         opts = {"step_t": ts[-1:], "first_step": abs(t1 - t0) / 16}
         ys = odeint(v, x, ts, rtol=self.rtol, atol=self.atol, method="dopri5", options=opts)
-        return ys[-1], state
+        return ys[-1]
 
 
 @dataclass
