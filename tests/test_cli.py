@@ -75,7 +75,8 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     argv = ["likelihood", str(run), "--data", "moons", "--n", "20", "--method", "euler"]
     assert main([*argv, "--steps", "10"]) == 0
     line = capsys.readouterr().out
-    assert "NLL" in line and "bits/dim" in line
+    assert "NLL" in line and "bits/dim" in line and "95% interval" in line
+    assert "prior term" in line  # VP: no radius bound on the prior's error
     np.save(tmp_path / "three.npy", np.zeros((5, 3)))
     assert main(["likelihood", str(run), "--data", str(tmp_path / "three.npy")]) == 1
     assert "trained on (2,)" in _err(capsys)
@@ -141,7 +142,7 @@ def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
             "--steps", "2", "--divergence", "hutchinson"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    nll, bpd = float(out.split()[1]), float(out.split("nats, ")[1].split()[0])
+    nll, bpd = float(out.split()[1]), float(out.split("), ")[1].split()[0])
     # discrete data: NLL = bpd * D * ln 2, with no change-of-variables term
     assert nll == pytest.approx(bpd * 64 * np.log(2), rel=1e-3)
     argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]

@@ -342,3 +342,75 @@ def test_bits_per_dim_bad_input():
         bits_per_dim(model, x, dequantization="variational")
     with pytest.raises(ValueError, match="x"):
         bits_per_dim(model, torch.tensor([[0.0, float("nan")]], dtype=F64))
+
+
+# -- intervals that cover, and the prior's share ------------------------------------------
+def test_t_quantile_matches_closed_forms():
+    from scorekit.likelihood import t_quantile
+
+    for level in (0.5, 0.9, 0.95, 0.99):
+        assert abs(t_quantile(level, 1) - math.tan(math.pi * level / 2)) < 1e-9
+        two = level * math.sqrt(2 / (1 - level**2))  # P(|T| <= t) = t / sqrt(2 + t^2)
+        assert abs(t_quantile(level, 2) - two) < 1e-9
+    # the closed-form CDF and the Cornish-Fisher branch agree across their boundary
+    assert abs(t_quantile(0.95, 2000) - t_quantile(0.95, 2001)) < 1e-6
+    assert abs(t_quantile(0.95, 10**7) - 1.959963984540054) < 1e-6
+    assert t_quantile(0.95, 3) > t_quantile(0.95, 30) > t_quantile(0.95, 3000)
+
+
+@pytest.fixture(scope="module")
+def coverage_run():
+    g = torch.Generator().manual_seed(0)
+    mix = GaussianMixture(torch.ones(4), 2 * torch.randn(4, 16, generator=g, dtype=F64), stds=0.6)
+    p = VP()
+    model = ExactScore(mix, p)
+    x = mix.sample(1000, torch.Generator().manual_seed(1))
+    truth = model.log_prob(x, p.t_min)
+    runs = {
+        n: log_prob(
+            model, x, prior=exact_prior(model), divergence="hutchinson", n_probes=n,
+            rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(2),
+        )
+        for n in (4, 16)
+    }  # fmt: skip
+    return truth, runs
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_pooled_interval_covers_at_the_nominal_level_in_16d(coverage_run, n):
+    truth, runs = coverage_run
+    r = runs[n]
+    lo, hi = r.interval(0.95)
+    cover = float(((truth >= lo) & (truth <= hi)).double().mean())
+    assert abs(cover - 0.95) < 0.03, cover
+    # the per-sample normal interval is the one that does not cover (what was reported)
+    z = 1.96 * r.stderr
+    normal = float(((truth >= r.log_prob - z) & (truth <= r.log_prob + z)).double().mean())
+    assert normal < 0.92, normal
+    lo_t, hi_t = r.interval(0.95, method="t")
+    assert ((hi_t - lo_t) > (2 * z) - 1e-12).all()  # the t quantile widens every interval
+    assert r.per_probe.shape == (1000, n)
+    m_lo, m_hi = r.mean_interval(0.95)
+    assert m_lo < r.mean < m_hi and abs(m_hi - m_lo - 2 * 1.962 * r.mean_stderr) < 1e-2
+
+
+def test_result_carries_the_prior_term_and_its_bound(mixture2d):
+    process = VE(0.01, 20.0)
+    model = ExactScore(mixture2d, process)
+    x = mixture2d.sample(200, torch.Generator().manual_seed(0))
+    default = log_prob(model, x, rtol=1e-7, atol=1e-7)
+    exact = log_prob(model, x, prior=exact_prior(model), rtol=1e-7, atol=1e-7)
+    # the integrated divergence is the same; only the prior term differs
+    torch.testing.assert_close(
+        default.log_prob - default.prior_log_prob,
+        exact.log_prob - exact.prior_log_prob,
+        atol=1e-5,
+        rtol=0,
+    )
+    err = (default.log_prob - exact.log_prob).abs()
+    assert default.prior_error_bound is not None and exact.prior_error_bound is None
+    assert (err <= default.prior_error_bound + 1e-6).all()
+    assert float(default.prior_error_bound.mean()) < 10 * float(err.mean()) + 0.05
+    assert log_prob(ExactScore(mixture2d, VP()), x[:5]).prior_error_bound is None
+    lo, hi = exact.interval()
+    assert torch.equal(lo, exact.log_prob) and torch.equal(hi, exact.log_prob)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
@@ -55,7 +56,15 @@ from .core.processes import Process
 from .core.random import rademacher, rand, randn
 from .samplers.api import _bar, split_cond
 
-__all__ = ["ADAPTIVE", "FIXED_STEP", "BitsPerDim", "LikelihoodResult", "bits_per_dim", "log_prob"]
+__all__ = [
+    "ADAPTIVE",
+    "FIXED_STEP",
+    "BitsPerDim",
+    "LikelihoodResult",
+    "bits_per_dim",
+    "log_prob",
+    "t_quantile",
+]
 
 #: Adaptive Runge–Kutta methods (torchdiffeq names): step sizes follow ``rtol`` / ``atol``.
 ADAPTIVE = ("dopri5", "dopri8", "bosh3")
@@ -69,6 +78,57 @@ FIXED_STEP = {
 _PROBE_GROUP = 64  # probes (or basis vectors) per batched vector-Jacobian product
 
 
+def _abs_t_cdf(t: float, dof: int) -> float:
+    r""":math:`P(|T| \le t)` for Student's t with ``dof`` degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3-4: a finite sum in :math:`\cos\theta`,
+    :math:`\theta = \arctan(t/\sqrt\nu)`)."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if dof % 2 == 1:
+        total, term = 0.0, math.cos(theta)
+        for k in range(1, (dof - 1) // 2 + 1):  # cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 ...
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        return 2 / math.pi * (theta + s * total) if dof > 1 else 2 / math.pi * theta
+    total, term = 0.0, 1.0
+    for k in range(1, dof // 2 + 1):  # 1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 ...
+        total += term
+        term *= c2 * (2 * k - 1) / (2 * k)
+    return s * total
+
+
+def t_quantile(level: float, dof: int) -> float:
+    r"""The two-sided quantile :math:`t_{\nu}` with :math:`P(|T| \le t_\nu) =` ``level``
+    for Student's t on ``dof`` degrees of freedom (bisection on the closed-form CDF; for
+    ``dof > 2000`` the Cornish-Fisher expansion around the normal quantile, error below
+    1e-9).
+
+    Example:
+        >>> round(t_quantile(0.95, 3), 4), round(t_quantile(0.95, 10**6), 4)
+        (3.1824, 1.96)
+    """
+    check_range("level", level, 0.0, 1.0)
+    dof = check_int("dof", dof, minimum=1)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    if dof > 2000:
+        n = float(dof)
+        return (
+            z
+            + (z**3 + z) / (4 * n)
+            + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * n**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * n**3)
+        )
+    lo, hi = z, z
+    while _abs_t_cdf(hi, dof) < level:
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _abs_t_cdf(mid, dof) < level else (lo, mid)
+        if hi - lo < 1e-13 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
 @dataclass
 class LikelihoodResult:
     r"""What :func:`log_prob` returns.
@@ -79,11 +139,73 @@ class LikelihoodResult:
             one chunk of the batch each), summed over chunks.
         stderr: per-sample standard error of ``log_prob`` from the Hutchinson probes, shape
             ``(B,)``; ``None`` for the exact divergence.
+        prior_log_prob: the prior's term :math:`\log\pi(x(t_{max}))` of every sample,
+            shape ``(B,)`` (``log_prob`` minus it is the integrated divergence).
+        per_probe: the estimate of every probe, shape ``(B, n)`` (Hutchinson), else ``None``.
+        prior_error_bound: for a process without signal scaling (VE, EDM: :math:`\alpha = 1`)
+            and the default prior, a bound on the prior's error per sample,
+            :math:`(|x(t_{max})|\,R + R^2/2)/\sigma_{max}^2` nats with :math:`R` the largest
+            norm of the data passed in (exact if the data lie within :math:`R`); else ``None``.
     """
 
     log_prob: Tensor
     nfe: int
     stderr: Tensor | None
+    prior_log_prob: Tensor | None = None
+    per_probe: Tensor | None = None
+    prior_error_bound: Tensor | None = None
+
+    def interval(self, level: float = 0.95, method: str = "pooled") -> tuple[Tensor, Tensor]:
+        r"""Per-sample confidence interval ``(lower, upper)`` for :math:`\log p(x)` from the
+        Hutchinson probes, :math:`\bar\ell_b \pm t\, s/\sqrt n`:
+
+        - ``"pooled"`` (default): the variance pooled over the batch,
+          :math:`s^2 = \mathrm{mean}_b\, s_b^2`, with the Student-t quantile on
+          :math:`B(n - 1)` degrees of freedom;
+        - ``"t"``: each sample's own variance :math:`s_b^2` and the quantile on
+          :math:`n - 1` degrees of freedom (exact for normal probe estimates).
+
+        Measured on a 4-component mixture in 16-D (1000 points, exact marginal as prior,
+        ``tests/test_likelihood.py`` and ``docs/likelihood.md``): the per-probe estimates are
+        far from normal (a kurtosis near 24), so per-sample variances are often too small
+        and ``"t"`` covers 87-92% where 95% is asked (the normal 1.96 with the per-sample
+        standard error, 65-89%), while ``"pooled"`` covers 94-97% for 2, 4 and 16 probes; in
+        2-D with 2 Rademacher probes half the per-sample variances are exactly 0, which
+        pooling also mends. The exact divergence gives zero-width intervals (the solver's
+        and the prior's errors are not included).
+        """
+        if self.per_probe is None:
+            return self.log_prob, self.log_prob
+        check_range("level", level, 0.0, 1.0)
+        check_choice("method", method, ("pooled", "t"))
+        b, n = self.per_probe.shape
+        var = self.per_probe.var(1)
+        if method == "pooled":
+            var, dof = var.mean().expand(b), b * (n - 1)
+        else:
+            dof = n - 1
+        half = t_quantile(level, dof) * (var / n).sqrt()
+        return self.log_prob - half, self.log_prob + half
+
+    @property
+    def mean(self) -> float:
+        """The mean log-likelihood of the batch, in nats."""
+        return float(self.log_prob.mean())
+
+    @property
+    def mean_stderr(self) -> float:
+        """Standard error of :attr:`mean` over the batch (data spread and probe noise
+        together; ``nan`` for one sample)."""
+        b = self.log_prob.shape[0]
+        return float(self.log_prob.std() / math.sqrt(b)) if b > 1 else float("nan")
+
+    def mean_interval(self, level: float = 0.95) -> tuple[float, float]:
+        r"""Interval for the batch mean: :attr:`mean` :math:`\pm t_{B-1}` :attr:`mean_stderr`."""
+        b = self.log_prob.shape[0]
+        if b < 2:
+            return (float("nan"), float("nan"))
+        half = t_quantile(level, b - 1) * self.mean_stderr
+        return (self.mean - half, self.mean + half)
 
 
 @dataclass
@@ -96,12 +218,15 @@ class BitsPerDim:
         stderr: standard error of ``mean`` over the batch (``nan`` for ``B = 1``); it covers
             the spread of the data, of the dequantization noise and of the Hutchinson probes.
         nfe: as in :class:`LikelihoodResult`.
+        likelihood: the :class:`LikelihoodResult` of the dequantized points (its prior term,
+            probes and intervals).
     """
 
     bpd: Tensor
     mean: float
     stderr: float
     nfe: int
+    likelihood: LikelihoodResult | None = None
 
 
 def _basis_groups(x: Tensor) -> Iterator[Tensor]:
@@ -288,6 +413,7 @@ def log_prob(
     t_min, t_max = float(t_min), float(t_max)
     if not t_min < t_max:
         raise ValueError(f"t_min must be < t_max, got t_min={t_min:g}, t_max={t_max:g}")
+    default_prior = prior is None
     if prior is None:
         if t_max != process.t_max:
             raise ValueError(
@@ -317,7 +443,7 @@ def log_prob(
             draw = randn if probe == "gaussian" else rademacher
             probes = draw((n_probes, *x.shape), generator, x.dtype, x.device)
 
-        out, nfe = [], 0
+        out, priors, ends, nfe = [], [], [], 0
         bar = _bar(progress, None, "likelihood")
         for i0 in range(0, x.shape[0], chunk):
             xc = x[i0 : i0 + chunk]
@@ -332,13 +458,20 @@ def log_prob(
                     f"{tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__}"
                 )
             out.append(lp.detach().to(ell.dtype)[:, None] + ell)
+            priors.append(lp.detach().to(ell.dtype))
+            ends.append(x_end.detach().flatten(1).norm(dim=1))
         if bar is not None:
             bar.close()
         per_probe = torch.cat(out)  # (B, m)
+    prior_lp = torch.cat(priors)
+    bound = None
+    if default_prior and process.unit_alpha:
+        r = x.flatten(1).norm(dim=1).max()
+        bound = (torch.cat(ends) * r + r * r / 2) / process.prior_std() ** 2
     if probes is None:
-        return LikelihoodResult(per_probe[:, 0], nfe, None)
+        return LikelihoodResult(per_probe[:, 0], nfe, None, prior_lp, None, bound)
     stderr = per_probe.std(1) / math.sqrt(n_probes)
-    return LikelihoodResult(per_probe.mean(1), nfe, stderr)
+    return LikelihoodResult(per_probe.mean(1), nfe, stderr, prior_lp, per_probe, bound)
 
 
 def bits_per_dim(
@@ -418,4 +551,4 @@ def bits_per_dim(
     bpd = -(res.log_prob + D * math.log(h)) / (D * math.log(2))
     B = bpd.shape[0]
     stderr = float(bpd.std() / math.sqrt(B)) if B > 1 else float("nan")
-    return BitsPerDim(bpd, float(bpd.mean()), stderr, res.nfe)
+    return BitsPerDim(bpd, float(bpd.mean()), stderr, res.nfe, res)

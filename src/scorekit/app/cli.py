@@ -531,10 +531,16 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     images = args.data == "digits" or Path(args.data).is_dir()
     bins = meta["data"].get("bins") if images else None  # discrete pixels: dequantised bpd
     r = nll_report(model, normalizer, x, bins, **kw)
+    lo, hi = r["nll_interval"]
     print(
-        f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats, {r['bpd']:.4f} ± {r['bpd_stderr']:.4f}"
-        f" bits/dim over {r['n']} examples of dimension {r['dim']} (NFE {r['nfe']})"
+        f"NLL {r['nll']:.4f} ± {r['nll_stderr']:.4f} nats (95% interval {lo:.4f} to {hi:.4f}), "
+        f"{r['bpd']:.4f} ± {r['bpd_stderr']:.4f} bits/dim over {r['n']} examples of dimension "
+        f"{r['dim']} (NFE {r['nfe']})"
     )
+    prior = f"prior term -log pi(x(t_max)): {r['prior_nll']:.4f} nats per example"
+    if r["prior_error_bound"] is not None:
+        prior += f", its error at most {r['prior_error_bound']:.4f} nats (data radius bound)"
+    print(prior)
     return 0
 
 

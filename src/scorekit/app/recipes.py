@@ -427,33 +427,34 @@ def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> di
     [-1, 1] in model space): :func:`scorekit.likelihood.bits_per_dim` with uniform
     dequantisation, and NLL :math:`= \mathrm{bpd}\,D \ln 2`, the (bound on the) negative
     log-probability of the discrete values, which no affine rescaling changes.
-    ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "bpd",
-    "bpd_stderr", "nfe", "n", "dim"}``."""
-    from ..likelihood import bits_per_dim, log_prob
+    ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "nll_interval"
+    (95%, Student t on n - 1 degrees of freedom), "bpd", "bpd_stderr", "prior_nll" (the mean
+    prior term -log pi(x(t_max)) in nats), "prior_error_bound" (its mean bound, VE/EDM with
+    the default prior, else None), "nfe", "n", "dim"}``."""
+    from ..likelihood import bits_per_dim, log_prob, t_quantile
 
     d = math.prod(x.shape[1:])
     if bins is not None:
         # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
-        r = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
-        nll = r.bpd.double() * d * math.log(2)
-        return {
-            "nll": float(nll.mean()),
-            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
-            "bpd": r.mean,
-            "bpd_stderr": r.stderr,
-            "nfe": r.nfe,
-            "n": len(nll),
-            "dim": d,
-        }
-    r = log_prob(model, x, **kw)
-    nll = -(r.log_prob.double() + normalizer.log_det_for(tuple(x.shape[1:])))
-    se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+        b = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
+        nll, r = b.bpd.double() * d * math.log(2), b.likelihood
+    else:
+        r = log_prob(model, x, **kw)
+        nll = -(r.log_prob.double() + normalizer.log_det_for(tuple(x.shape[1:])))
+    n = len(nll)
+    se = float(nll.std() / math.sqrt(n)) if n > 1 else float("nan")
+    half = t_quantile(0.95, n - 1) * se if n > 1 else float("nan")
+    mean = float(nll.mean())
+    bound = r.prior_error_bound
     return {
-        "nll": float(nll.mean()),
+        "nll": mean,
         "nll_stderr": se,
-        "bpd": float(nll.mean()) / (d * math.log(2)),
+        "nll_interval": [mean - half, mean + half],
+        "bpd": mean / (d * math.log(2)),
         "bpd_stderr": se / (d * math.log(2)),
+        "prior_nll": float(-r.prior_log_prob.double().mean()),
+        "prior_error_bound": None if bound is None else float(bound.double().mean()),
         "nfe": r.nfe,
-        "n": len(nll),
+        "n": n,
         "dim": d,
     }
