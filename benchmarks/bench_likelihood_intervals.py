@@ -119,7 +119,8 @@ def run(quick: bool = False) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Hutchinson intervals and the exact divergence (generated from likelihood_intervals.json)",
+        "# Hutchinson intervals and the exact divergence "
+        "(generated from likelihood_intervals.json)",
         "",
         "Share of points whose exact log p lies in the 95% interval:",
         "",

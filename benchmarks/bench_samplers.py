@@ -170,8 +170,9 @@ def grid_family(kind: str, steps: int, sigma_end: float) -> torch.Tensor:
 # uniform log-SNR and uniform-t (VP) grids that stop at a larger sigma before the final
 # denoising step (diffusers' "linspace" spacing stops at sigma ~ 0.37).
 GRIDS = [("karras", SIGMA_MIN)]
-MULTISTEP_GRIDS = GRIDS + [(k, e) for k in ("karras", "logsnr", "vp_uniform") for e in (0.05, 0.2)]
-MULTISTEP_GRIDS += [("logsnr", SIGMA_MIN), ("vp_uniform", SIGMA_MIN)]
+MULTISTEP_GRIDS = [
+    (k, e) for k in ("karras", "logsnr", "vp_uniform") for e in (SIGMA_MIN, 0.05, 0.2, 0.5)
+]
 
 
 def scorekit_runs(label: str, spec, budget: int):
@@ -297,6 +298,18 @@ def diffusers_configs():
         "UniPCMultistep(bh1)": lambda: UniPCMultistepScheduler(**base, solver_type="bh1"),
         "DPMSolverMultistep(order 3)": lambda: DPMSolverMultistepScheduler(**base, solver_order=3),
         "DPMSolverMultistep(karras, order 3)": lambda: DPMSolverMultistepScheduler(
+            **base, solver_order=3, use_karras_sigmas=True
+        ),
+        "DPMSolverMultistep(trailing)": lambda: DPMSolverMultistepScheduler(
+            **base, timestep_spacing="trailing"
+        ),
+        "UniPCMultistep(trailing)": lambda: UniPCMultistepScheduler(
+            **base, timestep_spacing="trailing"
+        ),
+        "UniPCMultistep(order 3, trailing)": lambda: UniPCMultistepScheduler(
+            **base, solver_order=3, timestep_spacing="trailing"
+        ),
+        "UniPCMultistep(order 3, karras)": lambda: UniPCMultistepScheduler(
             **base, solver_order=3, use_karras_sigmas=True
         ),
         "EulerDiscrete": lambda: EulerDiscreteScheduler(**base),
