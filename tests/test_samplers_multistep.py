@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scorekit.samplers.multistep as multistep
-from scorekit import EDM, VE, VP, ExactScore, Gaussian, GaussianMixture
+from scorekit import EDM, VP, ExactScore, Gaussian, GaussianMixture
 from scorekit.core.schedules import time_grid
 from scorekit.samplers import (
     DDPM,
@@ -20,32 +20,9 @@ from scorekit.samplers import (
     UniPC,
     sample,
 )
+from test_samplers_ode import rmse, setup, slope  # noqa: F401  (setup is a fixture)
 
 STEPS = [32, 64, 128, 256]
-
-
-def slope(steps, errors):
-    ln = torch.log(torch.tensor(steps, dtype=torch.float64))
-    le = torch.log(torch.tensor(errors, dtype=torch.float64))
-    return -float(((ln - ln.mean()) * (le - le.mean())).sum() / ((ln - ln.mean()) ** 2).sum())
-
-
-def rmse(a, b):
-    return float((a - b).pow(2).sum(1).mean().sqrt())
-
-
-@pytest.fixture(scope="module", params=[VP(), VE(0.01, 20.0)], ids=["VP", "VE"])
-def setup(request):
-    mix = GaussianMixture(
-        [0.3, 0.7],
-        [[-2.0, 0.0], [1.5, 1.0]],
-        covs=[[[0.5, 0.2], [0.2, 0.3]], [[0.4, -0.1], [-0.1, 0.6]]],
-    )
-    p = request.param
-    model = ExactScore(mix, p)
-    x = p.prior_sample((64, 2), torch.Generator().manual_seed(0), torch.float64)
-    ref = Dopri5(rtol=1e-12, atol=1e-12)(model, x, time_grid(p, 1))
-    return model, x, ref.x
 
 
 SOLVERS = {
