@@ -5,7 +5,17 @@ from .adapters import DiscreteVP, from_denoiser, from_diffusers_unet
 from .core import schedules, weighting
 from .core.distributions import ExactScore, Gaussian, GaussianMixture
 from .core.parametrize import EDMPrecond, ScoreModel, convert, edm_coefficients
-from .core.processes import EDM, VE, VP, CosineVP, Process, SubVP, ddpm_betas, ncsn_sigmas
+from .core.processes import (
+    EDM,
+    VE,
+    VP,
+    CosineVP,
+    Process,
+    RectifiedFlow,
+    SubVP,
+    ddpm_betas,
+    ncsn_sigmas,
+)
 from .core.schedules import karras_sigmas, time_grid
 from .guidance import (
     ClassifierFreeGuidance,
@@ -128,6 +138,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "Process",
+    "RectifiedFlow",
     "ScoreModel",
     "SubVP",
     "convert",

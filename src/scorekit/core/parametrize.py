@@ -8,6 +8,12 @@ function of :math:`(x, \varepsilon)`:
     \hat x_0 = (x + \sigma^2 s) / \alpha \ \ \text{(Tweedie)}, \qquad
     v = \alpha \varepsilon - \sigma x_0 .
 
+The flow velocity :math:`u = dx_t/dt = \alpha' x_0 + \sigma'\varepsilon` of flow matching is
+affine in :math:`(x, \varepsilon)` too, :math:`u = (\alpha'/\alpha)\,x + \gamma\,\varepsilon` with
+:math:`\gamma = \sigma' - \alpha'\sigma/\alpha = g^2/(2\sigma)`, so a model that predicts
+``"velocity"`` answers every other target through the same :math:`\varepsilon` (Lipman et al.
+2023; Kingma & Gao 2023).
+
 An energy model predicts :math:`E(x, t)` with :math:`s = -\nabla_x E`.
 
 Samplers and losses only talk to a :class:`ScoreModel`, which answers every
@@ -31,6 +37,7 @@ from .._validate import check_choice, check_positive
 from .processes import Process, broadcast_like
 
 __all__ = [
+    "MODEL_PREDICTIONS",
     "PREDICTIONS",
     "EDMPrecond",
     "ScoreModel",
@@ -39,6 +46,8 @@ __all__ = [
 ]
 
 PREDICTIONS = ("score", "eps", "x0", "v")
+#: what a :class:`ScoreModel` can predict and answer: :data:`PREDICTIONS` and the flow velocity
+MODEL_PREDICTIONS = (*PREDICTIONS, "velocity")
 
 
 def _to_eps(kind: str, pred: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -136,7 +145,7 @@ class ScoreModel(nn.Module):
             raise ValueError(f"net must be callable (or None), got {type(net).__name__}")
         if not isinstance(process, Process):
             raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
-        self.prediction = check_choice("prediction", prediction, PREDICTIONS + ("energy",))
+        self.prediction = check_choice("prediction", prediction, MODEL_PREDICTIONS + ("energy",))
         self.net = net
         self.process = process
         if data_shape is None:
@@ -184,8 +193,9 @@ class ScoreModel(nn.Module):
         return -grad
 
     def predict(self, x: Tensor, t: Tensor | float, target: str = "score", **cond) -> Tensor:
-        """The model's prediction of ``target`` (one of :data:`PREDICTIONS`) at ``(x, t)``."""
-        check_choice("target", target, PREDICTIONS)
+        """The model's prediction of ``target`` (one of :data:`MODEL_PREDICTIONS`) at
+        ``(x, t)``."""
+        check_choice("target", target, MODEL_PREDICTIONS)
         t = self._time(x, t)
         if self.prediction == "energy":
             out, kind = self._energy_score(x, t, cond), "score"
@@ -198,7 +208,17 @@ class ScoreModel(nn.Module):
         if kind == target:
             return out
         alpha, sigma = self.process.marginal(t)
-        return convert(out, kind, target, x, alpha, sigma)
+        if "velocity" not in (kind, target):
+            return convert(out, kind, target, x, alpha, sigma)
+        dla = self.process.dlog_alpha(t)
+        gamma = self.process.d_sigma(t) - dla * sigma
+        a, s = broadcast_like(alpha, x), broadcast_like(sigma, x)
+        c, g = broadcast_like(dla, x), broadcast_like(gamma, x)
+        if kind == "velocity":  # u = c x + g eps
+            eps = (out - c * x) / g
+            return eps if target == "eps" else _from_eps(target, eps, x, a, s)
+        eps = out if kind == "eps" else _to_eps(kind, out, x, a, s)
+        return c * x + g * eps
 
     def forward(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The score :math:`\nabla_x \log p_t(x)`, shape ``(B, *D)``."""
@@ -219,6 +239,11 @@ class ScoreModel(nn.Module):
     def v(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The velocity :math:`v = \alpha\varepsilon - \sigma x_0`."""
         return self.predict(x, t, "v", **cond)
+
+    def velocity(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
+        r"""The flow velocity :math:`u = \alpha' \hat x_0 + \sigma'\hat\varepsilon`
+        (``dx_t/dt``; :math:`\hat\varepsilon - \hat x_0` for :class:`RectifiedFlow`)."""
+        return self.predict(x, t, "velocity", **cond)
 
 
 def edm_coefficients(

@@ -43,6 +43,7 @@ __all__ = [
     "VP",
     "CosineVP",
     "Process",
+    "RectifiedFlow",
     "SubVP",
     "VarianceAlpha",
     "broadcast_like",
@@ -539,7 +540,54 @@ class EDM(Process):
         return {"name": "EDM", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
-_PROCESSES = {cls.__name__: cls for cls in (VE, VP, SubVP, CosineVP, EDM)}
+class RectifiedFlow(Process):
+    r"""The linear interpolant of rectified flow and flow matching:
+    :math:`\alpha(t) = 1 - t`, :math:`\sigma(t) = t`, so :math:`x_t = (1 - t)x_0 + t\varepsilon`
+    and the flow velocity is :math:`u = dx_t/dt = \varepsilon - x_0`;
+    :math:`g^2 = 2\sigma\sigma' - 2(\alpha'/\alpha)\sigma^2 = 2t/(1 - t)`,
+    :math:`\sigma/\alpha = t/(1 - t)` (inverse :math:`t = r/(1 + r)`).
+
+    :math:`\alpha(1) = 0` makes the scale-free coordinates of the samplers infinite there, so
+    the default ``t_max`` is ``1 - 1e-3`` (the prior :math:`\mathcal N(0, \sigma(t_{max})^2 I)`
+    then ignores the signal :math:`10^{-3} x_0`), and ``t_min = 1e-3``.
+
+    References:
+        Liu, Gong & Liu, "Flow Straight and Fast", ICLR 2023; Lipman et al., "Flow Matching for
+        Generative Modeling", ICLR 2023; Albergo & Vanden-Eijnden, ICLR 2023.
+    """
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3):
+        self.t_min = check_positive("t_min", t_min)
+        self.t_max = check_positive("t_max", t_max)
+        if not self.t_min < self.t_max < 1:
+            raise ValueError(f"need t_min < t_max < 1, got t_min={t_min}, t_max={t_max}")
+
+    def _alpha(self, t):
+        return 1 - t
+
+    def _d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def _sigma(self, t):
+        return t.clone()
+
+    def _d_sigma(self, t):
+        return torch.ones_like(t)
+
+    def _g2(self, t):
+        return 2 * t / (1 - t)
+
+    def _t_of_sigma(self, sigma):
+        return sigma.clone()
+
+    def _t_of_ratio(self, ratio):
+        return ratio / (1 + ratio)
+
+    def config(self) -> dict:
+        return {"name": "RectifiedFlow", "t_min": self.t_min, "t_max": self.t_max}
+
+
+_PROCESSES = {cls.__name__: cls for cls in (VE, VP, SubVP, CosineVP, EDM, RectifiedFlow)}
 
 
 def from_config(config: dict) -> Process:
