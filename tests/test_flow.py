@@ -77,3 +77,21 @@ def test_velocity_model_samples_and_gives_the_exact_likelihood():
         a = sample(vel, x_T=z, sampler=name, steps=40).x
         b = sample(exact, x_T=z, sampler=name, steps=40).x
         torch.testing.assert_close(a, b)
+
+
+def test_cli_trains_samples_and_scores_on_the_rectified_flow_process(tmp_path, capsys):
+    import json
+
+    from scorekit.app.cli import main
+
+    run = tmp_path / "rf"
+    argv = ["train", "--data", "moons", "--process", "rectified_flow", "--steps", "20",
+            "--out", str(run), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["model"]["process"]["name"] == "RectifiedFlow"
+    assert main(["sample", str(run), "--n", "50", "--sampler", "unipc", "--steps", "8"]) == 0
+    capsys.readouterr()
+    argv = ["likelihood", str(run), "--data", "moons", "--n", "20", "--method", "euler"]
+    assert main([*argv, "--steps", "10"]) == 0
+    assert "NLL" in capsys.readouterr().out

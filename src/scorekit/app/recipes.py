@@ -60,7 +60,14 @@ __all__ = [
     "nll_report",
 ]
 
-PROCESSES = {"ve": "VE", "vp": "VP", "subvp": "SubVP", "cosine": "CosineVP", "edm": "EDM"}
+PROCESSES = {
+    "ve": "VE",
+    "vp": "VP",
+    "subvp": "SubVP",
+    "cosine": "CosineVP",
+    "edm": "EDM",
+    "rectified_flow": "RectifiedFlow",
+}
 
 
 DEFAULTS = {
