@@ -22,9 +22,6 @@ References:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -32,6 +29,7 @@ from .._validate import check_choice, check_positive
 from ..core.processes import Process
 from ..core.schedules import time_grid
 from .base import CountingModel, Grid, Sampler
+from .multistep import DPMSolverPPSDE
 
 __all__ = ["DPMSolverPP", "Dopri5", "Euler", "Heun", "RungeKutta"]
 
@@ -183,14 +181,7 @@ class Dopri5(Sampler):
         return ys[-1]
 
 
-@dataclass
-class MultistepState:
-    """DPM-Solver++'s history: ``(lambda, D)`` pairs of the last evaluations, newest last."""
-
-    history: tuple[tuple[float, Tensor], ...] = ()
-
-
-class DPMSolverPP(Sampler):
+class DPMSolverPP(DPMSolverPPSDE):
     r"""DPM-Solver++ multistep (2M or 3M), data prediction in half log-SNR
     :math:`\lambda = \log(\alpha/\sigma)`.
 
@@ -211,7 +202,9 @@ class DPMSolverPP(Sampler):
     ``lower_order_final`` and fewer than 15 steps, the last step is first order and the one
     before at most second order (as in Lu et al.'s code and diffusers; on the exact targets of
     ``bench_samplers`` it helps 3M on some grids and hurts on others, so it is off by default).
-    One model evaluation per step. Follows the ODE to the end of the grid. Default grid:
+    One model evaluation per step: :class:`~scorekit.samplers.multistep.DPMSolverPPSDE` at
+    :math:`\eta = 0`, whose table of coefficients it uses. Follows the ODE to the end of the
+    grid. Default grid:
     uniform in log-SNR (``"geometric"``), as Lu et al. advise (``benchmarks/bench_samplers.py``
     finds it ahead of Karras at 10-100 evaluations).
 
@@ -223,42 +216,11 @@ class DPMSolverPP(Sampler):
     default_steps = 30
 
     def __init__(self, order: int = 2, lower_order_final: bool = False):
-        self.order = int(check_choice("order", order, (2, 3)))
-        self.lower_order_final = bool(lower_order_final)
+        order = int(check_choice("order", order, (2, 3)))
+        super().__init__(order, eta=0.0, lower_order_final=lower_order_final)
+
+    def __repr__(self) -> str:
+        return f"DPMSolverPP(order={self.order}, lower_order_final={self.lower_order_final})"
 
     def default_grid(self, process: Process, steps: int) -> Tensor:
         return time_grid(process, steps, "geometric")
-
-    def init(self, model, x, grid):
-        return MultistepState()
-
-    def step(self, model, x, i, grid, state, generator):
-        cap = self.order
-        if self.lower_order_final and grid.n < 15:
-            cap = min(cap, grid.n - i)
-        a, a1, s1 = grid.alpha[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        d0 = model.x0(x, grid.t[i])
-        lam = grid.lam(i)
-        hist = state.history[-(self.order - 1) :] + ((lam, d0),)
-        if s1 == 0.0:
-            return a1 * d0, MultistepState(hist)
-        h = grid.lam(i + 1) - lam
-        decay = math.exp(-h)
-        phi1 = -math.expm1(-h)
-        y = decay * (x / a)
-        order = min(cap, len(hist))
-        if order == 1:
-            y = y + phi1 * d0
-        elif order == 2:
-            (lam_1, d1) = hist[-2]
-            r = (lam - lam_1) / h
-            y = y + phi1 * ((1 + 0.5 / r) * d0 - (0.5 / r) * d1)
-        else:
-            (lam_2, d2), (lam_1, d1) = hist[-3], hist[-2]
-            h1, h2 = lam - lam_1, lam_1 - lam_2
-            dd01 = (d0 - d1) / h1
-            c = (dd01 - (d1 - d2) / h2) / (h1 + h2)
-            phi2 = h - phi1
-            phi3 = 0.5 * h * h - h + phi1
-            y = y + phi1 * d0 + phi2 * (dd01 + h1 * c) + 2 * phi3 * c
-        return a1 * y, MultistepState(hist)
