@@ -215,10 +215,8 @@ class ScoreModel(nn.Module):
         a, s = broadcast_like(alpha, x), broadcast_like(sigma, x)
         c, g = broadcast_like(dla, x), broadcast_like(gamma, x)
         if kind == "velocity":  # u = c x + g eps
-            eps = (out - c * x) / g
-            return eps if target == "eps" else _from_eps(target, eps, x, a, s)
-        eps = out if kind == "eps" else _to_eps(kind, out, x, a, s)
-        return c * x + g * eps
+            return _from_eps(target, (out - c * x) / g, x, a, s)
+        return c * x + g * _to_eps(kind, out, x, a, s)
 
     def forward(self, x: Tensor, t: Tensor | float, **cond) -> Tensor:
         r"""The score :math:`\nabla_x \log p_t(x)`, shape ``(B, *D)``."""
