@@ -78,6 +78,14 @@ OVERRIDES = {
         "model": lambda: ScoreModel(MLP(2, hidden=8, depth=1, emb_dim=8, num_classes=3), _process())
     },
     "scorekit.samplers.api.make_sampler": {"name": lambda: "euler"},
+    **{
+        q: {
+            "model": lambda: ScoreModel(
+                MLP(2, hidden=8, depth=1, emb_dim=8), _process(), data_shape=(2,)
+            )
+        }
+        for q in ("scorekit.metrics.straightness", "scorekit.train.reflow.reflow_pairs")
+    },  # fmt: skip
     "scorekit.noise.design.geometric_ratio": {"dim": lambda: 100},
     "scorekit.app.recipes.build_process": {"spec": lambda: {"name": "ve"}},
     "scorekit.likelihood.bits_per_dim": {"x": lambda: torch.full((4, 2), -1.0)},

@@ -133,6 +133,7 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["train"]["seconds"] = 60.0 * args.minutes
         if args.steps is None:  # the time is the budget
             s["train"]["steps"] = None
+    _flow_defaults(s, args, cfg, stored)
     cond = conditional_settings(s["conditional"], "'conditional' in the settings")
     if args.conditional:
         cond = cond or {}
@@ -142,6 +143,28 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         cond = {**cond, "label_dropout": args.label_dropout}
     s["conditional"] = conditional_settings(cond, "--conditional")
     return s
+
+
+def _flow_defaults(s: dict, args, cfg: dict, stored: dict | None) -> None:
+    """``--process rectified_flow`` trains a velocity network with conditional flow matching
+    unless --loss / --prediction (or the config) say otherwise; --coupling and --time-law
+    are options of that loss."""
+    flow = str(s["process"].get("name", "")).lower() == "rectified_flow"
+    if flow and not stored and args.loss is None and "loss" not in cfg:
+        if s["loss"] != "flow_matching":
+            s["loss"], s["loss_kwargs"] = "flow_matching", {}
+        if args.prediction is None and "prediction" not in cfg:
+            s["prediction"] = "velocity"
+    for flag, key in (("coupling", "coupling"), ("time_law", "t_sampler")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if s["loss"] != "flow_matching":
+            raise ValueError(
+                f"--{flag.replace('_', '-')} is an option of the flow-matching loss; the run's "
+                f"loss is {s['loss']!r} (use --process rectified_flow or --loss flow_matching)"
+            )
+        s["loss_kwargs"][key] = None if value == "none" else value
 
 
 class _stop_on_signals:
@@ -227,6 +250,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
         stored_meta = load_checkpoint(ckpt)[1]
         stored = stored_meta.get("cli")
+        if (stored or {}).get("reflow"):
+            raise ValueError(
+                f"--resume: {str(out)!r} is a reflow run; continue it with scorekit reflow "
+                f"TEACHER --out {out} --resume"
+            )
     else:
         held = [p for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl") if p.exists()]
         if held and not args.overwrite:
@@ -608,6 +636,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             sliced_w2=float(sliced_wasserstein(gen, real, 256, g)),
             sliced_w2_real=float(sliced_wasserstein(real[:half], real[half:], 256, g)),
         )
+    from ..metrics import straightness
+
+    st = straightness(
+        model, min(args.n, 500), 50, torch.Generator().manual_seed(args.seed + 2),
+        device=next(iter(model.parameters()), torch.zeros(())).device,
+    )  # fmt: skip
+    out.update(straightness=st.value, straightness_relative=st.relative, straightness_steps=50)
     if not args.no_nll:
         x = held[: args.nll_n].to(next(iter(model.parameters()), torch.zeros(())).device)
         kw = {
@@ -637,7 +672,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_atomic(target.with_suffix(".md"), "| measure | value |\n|---|---|\n" + rows + "\n")
     head = ", ".join(
         f"{k} {out[k]:.4g}"
-        for k in ("frechet", "frechet_real", "sliced_w2", "sliced_w2_real", "nll", "bpd")
+        for k in (
+            "frechet",
+            "frechet_real",
+            "sliced_w2",
+            "sliced_w2_real",
+            "straightness",
+            "nll",
+            "bpd",
+        )  # fmt: skip
         if k in out
     )
     print(f"{head}; wrote {target} and {target.with_suffix('.md')}")
@@ -897,7 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--process", choices=sorted(PROCESSES), help="noise process (default: the recipe's)"
     )
-    t.add_argument("--loss", choices=OBJECTIVES, help="objective (default: the recipe's)")
+    t.add_argument(
+        "--loss",
+        choices=OBJECTIVES,
+        help="objective (default: the recipe's; flow_matching with --process rectified_flow)",
+    )
     t.add_argument(
         "--net",
         choices=("auto", "mlp", "unet", "energy_mlp"),
@@ -905,8 +952,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--prediction",
-        choices=("auto", "score", "eps", "x0", "v"),
-        help="what the network predicts (default: the recipe's)",
+        choices=("auto", "score", "eps", "x0", "v", "velocity"),
+        help="what the network predicts (default: the recipe's; velocity with "
+        "--process rectified_flow)",
+    )
+    t.add_argument(
+        "--coupling",
+        choices=("none", "ot"),
+        help="flow matching: pair each batch's noise with its examples by exact minibatch "
+        "optimal transport (ot, Tong et al. 2024) or not (none, default)",
+    )
+    t.add_argument(
+        "--time-law",
+        choices=("uniform", "logit_normal"),
+        help="flow matching: the law of the training times (default uniform; logit_normal: "
+        "Esser et al. 2024)",
     )
     t.add_argument(
         "--recipe",
@@ -970,6 +1030,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the run already in OUT (its checkpoint and log)")  # fmt: skip
     t.add_argument("--config", help="JSON file with settings (flags override it)")
     t.set_defaults(func=cmd_train)
+
+    from .reflow import add_parser as add_reflow
+
+    add_reflow(sub, runtime, POSITIVE_INT, COUNT)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint", parents=[runtime])
     s.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")

@@ -43,6 +43,7 @@ __all__ = [
     "ScoreModel",
     "convert",
     "edm_coefficients",
+    "velocity_coefficients",
 ]
 
 PREDICTIONS = ("score", "eps", "x0", "v")
@@ -70,6 +71,38 @@ def _from_eps(kind: str, eps: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -
     if kind == "x0":
         return x0
     return alpha * eps - sigma * x0
+
+
+def velocity_coefficients(process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The coefficients :math:`(c, \gamma)` of the flow velocity
+    :math:`u = dx_t/dt = c\,x + \gamma\,\varepsilon` at a fixed :math:`x_t`:
+
+    .. math:: c = \alpha'/\alpha, \qquad \gamma = \sigma' - \sigma\,\alpha'/\alpha
+              = g(t)^2 / (2\sigma(t)),
+
+    (:math:`c = 0`, :math:`\gamma = 1/(1 - t)` for :class:`~scorekit.RectifiedFlow`), so
+    :math:`\hat u - u = \gamma\,(\hat\varepsilon - \varepsilon)` and the probability-flow
+    drift :math:`f x - \tfrac12 g^2 s` is :math:`u` itself (Lipman et al. 2023; Kingma &
+    Gao 2023).
+
+    Arguments:
+        process: the noise process.
+        t: times, shape ``(B,)`` or ``()``.
+
+    Returns:
+        ``(c, gamma)``, each of the shape of ``t``.
+    """
+    if not isinstance(process, Process):
+        raise ValueError(f"process must be a scorekit Process, got {type(process).__name__}")
+    if not isinstance(t, (Tensor, float, int)) or isinstance(t, bool):
+        raise ValueError(f"t must be a tensor of times or a number, got {type(t).__name__}")
+    return _velocity_coefficients(process, process.check_t(t))
+
+
+def _velocity_coefficients(process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`velocity_coefficients` without the checks (inside a step: no value is read)."""
+    dla = process.dlog_alpha(t)
+    return dla, process.d_sigma(t) - dla * process.sigma(t)
 
 
 def convert(
@@ -210,8 +243,7 @@ class ScoreModel(nn.Module):
         alpha, sigma = self.process.marginal(t)
         if "velocity" not in (kind, target):
             return convert(out, kind, target, x, alpha, sigma)
-        dla = self.process.dlog_alpha(t)
-        gamma = self.process.d_sigma(t) - dla * sigma
+        dla, gamma = _velocity_coefficients(self.process, t)
         a, s = broadcast_like(alpha, x), broadcast_like(sigma, x)
         c, g = broadcast_like(dla, x), broadcast_like(gamma, x)
         if kind == "velocity":  # u = c x + g eps

@@ -49,10 +49,12 @@ from .random import rand
 __all__ = [
     "Constant",
     "EDMWeighting",
+    "FlowMatchingWeighting",
     "GridT",
     "LikelihoodWeighting",
     "LogNormalSigma",
     "LogSNRImportance",
+    "LogitNormalT",
     "MinSNRWeighting",
     "SigmaSquared",
     "TimeSampler",
@@ -61,23 +63,33 @@ __all__ = [
 ]
 
 
-def error_scale(target: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+def error_scale(target: str, alpha: Tensor, sigma: Tensor, gamma: Tensor | None = None) -> Tensor:
     r"""Factor :math:`c` with :math:`\|\hat y - y\|^2 = c\,\|\hat s - s\|^2` for a residual in
     prediction space ``target`` at a fixed :math:`x_t = \alpha x_0 + \sigma\varepsilon`:
 
     .. math::
         c_{score} = 1,\quad c_{eps} = \sigma^2,\quad c_{x0} = \sigma^4/\alpha^2,\quad
-        c_v = \sigma^2 (\alpha^2 + \sigma^2)^2 / \alpha^2 .
+        c_v = \sigma^2 (\alpha^2 + \sigma^2)^2 / \alpha^2, \quad
+        c_{velocity} = \gamma^2\sigma^2 .
 
     (From :math:`\hat\varepsilon - \varepsilon = -\sigma(\hat s - s)`,
-    :math:`\hat x_0 - x_0 = -(\sigma/\alpha)(\hat\varepsilon - \varepsilon)` and
-    :math:`\hat v - v = ((\alpha^2+\sigma^2)/\alpha)(\hat\varepsilon - \varepsilon)`.)
+    :math:`\hat x_0 - x_0 = -(\sigma/\alpha)(\hat\varepsilon - \varepsilon)`,
+    :math:`\hat v - v = ((\alpha^2+\sigma^2)/\alpha)(\hat\varepsilon - \varepsilon)` and
+    :math:`\hat u - u = \gamma(\hat\varepsilon - \varepsilon)`, :math:`\gamma =
+    \sigma' - \sigma\alpha'/\alpha`, :func:`~scorekit.core.parametrize.velocity_coefficients`.)
 
     Arguments:
-        target: ``"score"``, ``"eps"``, ``"x0"`` or ``"v"``.
+        target: ``"score"``, ``"eps"``, ``"x0"``, ``"v"`` or ``"velocity"``.
         alpha, sigma: tensors of shape ``(B,)`` (``alpha`` may be the number 1).
+        gamma: :math:`\gamma(t)`, shape ``(B,)``; needed for ``"velocity"`` only.
     """
-    check_choice("target", target, ("score", "eps", "x0", "v"))
+    check_choice("target", target, ("score", "eps", "x0", "v", "velocity"))
+    if target == "velocity":
+        if gamma is None:
+            raise ValueError(
+                "error_scale('velocity', ...) needs gamma = sigma' - sigma alpha'/alpha"
+            )
+        return (gamma * sigma) ** 2
     if target == "score":
         return torch.ones_like(sigma)
     if target == "eps":
@@ -95,8 +107,13 @@ def relative_weight(weighting, process: Process, t: Tensor, target: str, alpha, 
     :func:`error_scale`."""
     own = getattr(weighting, "relative", None)
     if own is not None:
-        return own(target, alpha, sigma)
-    return weighting(process, t) / error_scale(target, alpha, sigma)
+        rel = own(target, alpha, sigma)
+        if rel is not NotImplemented:
+            return rel
+    gamma = None
+    if target == "velocity":
+        gamma = process.d_sigma(t) - process.dlog_alpha(t) * sigma
+    return weighting(process, t) / error_scale(target, alpha, sigma, gamma)
 
 
 # -- weightings (score space) -------------------------------------------------------------
@@ -188,6 +205,30 @@ class MinSNRWeighting:
 
 
 # -- noise-level samplers -----------------------------------------------------------------
+class FlowMatchingWeighting:
+    r"""The conditional flow-matching loss :math:`\tfrac12\|\hat u - u\|^2` (Lipman et al.
+    2023; Liu et al. 2023) as a score-space weighting: with :math:`\hat u - u =
+    \gamma(\hat\varepsilon - \varepsilon) = -\gamma\sigma(\hat s - s)`,
+
+    .. math:: \lambda(t) = \gamma^2\sigma^2 = g(t)^4/4, \qquad
+              \lambda/c_{eps} = \gamma^2,
+
+    a weighted ε-loss (Kingma & Gao 2023); for :class:`~scorekit.RectifiedFlow`
+    :math:`\lambda/c_{eps} = 1/(1 - t)^2`. Its weight on the velocity residual is 1.
+    """
+
+    def __call__(self, process: Process, t: Tensor) -> Tensor:
+        return process.g2(t) ** 2 / 4
+
+    def relative(self, target: str, alpha, sigma):
+        """``None`` (weight 1) on the velocity residual; other targets go through
+        :func:`error_scale`."""
+        return None if target == "velocity" else NotImplemented
+
+    def __repr__(self) -> str:
+        return "FlowMatchingWeighting()"
+
+
 def _per_process(owner, process: Process, compute):
     """``compute()`` for ``process``, cached on ``owner`` for the last process seen: a
     sampler's constants are read from the process once, not at every training step."""
@@ -358,6 +399,70 @@ class LogNormalSigma(TimeSampler):
 
     def __repr__(self) -> str:
         return f"LogNormalSigma(p_mean={self.p_mean!r}, p_std={self.p_std!r})"
+
+
+class LogitNormalT(TimeSampler):
+    r"""The logit-normal law of ``t`` (Esser et al. 2024, "Scaling Rectified Flow
+    Transformers", eq. (19)): :math:`\operatorname{logit}(t/T) \sim \mathcal N(m, s^2)`, which
+    puts more training on the middle of the path than :class:`UniformT`; truncated to
+    ``[low, high]`` (default ``[t_min, t_max]``) and drawn exactly by the inverse CDF.
+
+    Arguments:
+        mean, std: :math:`m` and :math:`s > 0` (Esser et al.: 0 and 1).
+        low, high: the support (default the process's).
+    """
+
+    def __init__(
+        self,
+        mean: float = 0.0,
+        std: float = 1.0,
+        low: float | None = None,
+        high: float | None = None,
+    ):
+        super().__init__(low, high)
+        self.mean = float(mean)
+        if not math.isfinite(self.mean):
+            raise ValueError(f"mean must be finite, got {mean!r}")
+        self.std = check_positive("std", std)
+
+    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
+        """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
+
+        def compute():
+            lo, hi = self.bounds(process)
+            T = float(process.T)
+            z = [
+                (math.log(v / (T - v)) - self.mean) / self.std
+                if 0 < v < T
+                else math.copysign(math.inf, v - T / 2)
+                for v in (lo, hi)
+            ]
+            phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
+            return lo, hi, phi[0], phi[1]
+
+        return _per_process(self, process, compute)
+
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`t = T\,\mathrm{sigmoid}(m + s\,\Phi^{-1}(\Phi_{lo} + (\Phi_{hi} -
+        \Phi_{lo})\,u))`."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        z = torch.special.ndtri(u.mul_(c_hi - c_lo).add_(c_lo))
+        return torch.sigmoid(z.mul_(self.std).add_(self.mean)).mul_(float(process.T))
+
+    def pdf(self, process: Process, t: Tensor) -> Tensor:
+        r"""Density of ``t``: :math:`\varphi((\operatorname{logit}(t/T) - m)/s) /
+        (s\,(t/T)(1 - t/T)\,T\,Z)` with :math:`Z` the mass kept by the truncation."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        T = float(process.T)
+        r = (t / T).clamp(1e-300, 1 - 1e-16)
+        z = (torch.log(r / (1 - r)) - self.mean) / self.std
+        dens = torch.exp(-0.5 * z**2) / (
+            self.std * math.sqrt(2 * math.pi) * (c_hi - c_lo) * T * r * (1 - r)
+        )
+        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+
+    def __repr__(self) -> str:
+        return f"LogitNormalT(mean={self.mean!r}, std={self.std!r})"
 
 
 class GridT(TimeSampler):

@@ -4,7 +4,8 @@ r"""Score-matching objectives.
 (ESM, ISM with exact or Hutchinson trace, SSM, SSM-VR, DSM, multi-level NCSN DSM).
 :mod:`~scorekit.losses.objectives`: noise-conditional objectives for training a
 :class:`~scorekit.ScoreModel` (continuous diffusion loss with any weighting, likelihood
-weighting with importance sampling, DDPM, EDM, min-SNR);
+weighting with importance sampling, DDPM, EDM, min-SNR, conditional flow matching with
+an optional minibatch-OT coupling);
 :mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`;
 :mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier.
 
@@ -18,9 +19,11 @@ from .objectives import (
     DiffusionLoss,
     DSMObjective,
     EDMLoss,
+    FlowMatchingLoss,
     LikelihoodLoss,
     MinSNRLoss,
     Objective,
+    ot_pairing,
 )
 from .registry import OBJECTIVES, ScoreMatchingObjective, make_objective
 from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
@@ -33,6 +36,7 @@ __all__ = [
     "Dequantized",
     "DiffusionLoss",
     "EDMLoss",
+    "FlowMatchingLoss",
     "LabelDropout",
     "LikelihoodLoss",
     "MinSNRLoss",
@@ -43,6 +47,7 @@ __all__ = [
     "ism",
     "make_objective",
     "ncsn_loss",
+    "ot_pairing",
     "ssm",
     "ssm_vr",
 ]

@@ -33,13 +33,21 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_int, check_positive, check_tensor
-from ..core.parametrize import PREDICTIONS, EDMPrecond, ScoreModel, convert
-from ..core.processes import EDM, VP, Process
+from ..core.parametrize import (
+    MODEL_PREDICTIONS,
+    EDMPrecond,
+    ScoreModel,
+    _velocity_coefficients,
+    convert,
+)
+from ..core.processes import EDM, VP, Process, RectifiedFlow
 from ..core.random import rand, randn
 from ..core.weighting import (
     EDMWeighting,
+    FlowMatchingWeighting,
     GridT,
     LikelihoodWeighting,
+    LogitNormalT,
     LogNormalSigma,
     LogSNRImportance,
     MinSNRWeighting,
@@ -55,9 +63,11 @@ __all__ = [
     "Dequantized",
     "DiffusionLoss",
     "EDMLoss",
+    "FlowMatchingLoss",
     "LikelihoodLoss",
     "MinSNRLoss",
     "Objective",
+    "ot_pairing",
 ]
 
 
@@ -113,7 +123,7 @@ class _NoiseConditional:
         batch = check_int("batch", batch, minimum=1)
         return self.t_sampler.sample(self.process, batch, generator, dtype, device)
 
-    def _prepare(self, model, x0, t, generator):
+    def _prepare(self, model, x0, t, generator, eps=None):
         if not callable(model):
             raise ValueError(f"model must be a ScoreModel or a callable model(x, t), got {model!r}")
         proc = getattr(model, "process", None)
@@ -132,7 +142,12 @@ class _NoiseConditional:
                 raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
         # t is not range-checked here: reading its values would stall an accelerator at
         # every step; t_sampler draws inside the domain, and a t of one's own is one's own
-        eps = randn(x0.shape, generator, x0.dtype, x0.device)
+        if eps is None:
+            eps = randn(x0.shape, generator, x0.dtype, x0.device)
+        elif eps.shape != x0.shape:
+            raise ValueError(
+                f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}"
+            )
         view = (-1,) + (1,) * (x0.dim() - 1)
         if self.process.unit_alpha:  # VE, EDM: alpha is the number 1, x_t = x0 + sigma eps
             alpha, sigma = 1.0, self.process.sigma(t)
@@ -151,15 +166,16 @@ class DiffusionLoss(_NoiseConditional):
               = \frac{\lambda(t)}{\rho(t)\,c(t)}\,\tfrac12\|\hat y_\theta - y\|^2
 
     with :math:`y` the true ``prediction_target`` (:math:`-\varepsilon/\sigma`,
-    :math:`\varepsilon`, :math:`x_0` or :math:`\alpha\varepsilon - \sigma x_0`) and
-    :math:`c` its :func:`~scorekit.core.weighting.error_scale`.
+    :math:`\varepsilon`, :math:`x_0`, :math:`\alpha\varepsilon - \sigma x_0` or the flow
+    velocity :math:`\alpha' x_0 + \sigma'\varepsilon`) and :math:`c` its
+    :func:`~scorekit.core.weighting.error_scale`.
 
     Arguments:
         process: the noise process.
         weighting: score-space :math:`\lambda(t)`, a callable ``w(process, t) -> (B,)``;
             default :class:`~scorekit.core.weighting.SigmaSquared` (score_sde).
         prediction_target: where the residual is computed: ``"score"``, ``"eps"``
-            (default), ``"x0"`` or ``"v"``.
+            (default), ``"x0"``, ``"v"`` or ``"velocity"``.
         t_sampler: draws ``t``; default :class:`~scorekit.core.weighting.UniformT` on
             ``[t_min, t_max]``.
         importance: divide by :math:`q(t)(t_{hi} - t_{lo})` (needs ``t_sampler.pdf`` and
@@ -189,7 +205,9 @@ class DiffusionLoss(_NoiseConditional):
             SigmaSquared() if weighting is None else weighting,
             UniformT() if t_sampler is None else t_sampler,
         )
-        self.prediction_target = check_choice("prediction_target", prediction_target, PREDICTIONS)
+        self.prediction_target = check_choice(
+            "prediction_target", prediction_target, MODEL_PREDICTIONS
+        )
         self.importance = bool(importance)
         if self.importance and not (
             callable(getattr(self.t_sampler, "pdf", None))
@@ -222,25 +240,35 @@ class DiffusionLoss(_NoiseConditional):
             generator: randomness for ``t`` and the noise.
             **cond: the batch's conditioning, passed to the model.
         """
-        t, eps, alpha, sigma, xt = self._prepare(model, x0, t, generator)
+        return self._loss(model, x0, t, generator, None, cond)
+
+    def _loss(self, model, x0, t, generator, eps, cond) -> Tensor:
+        t, eps, alpha, sigma, xt = self._prepare(model, x0, t, generator, eps)
         target = self.prediction_target
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        if target == "velocity":
+            c, gamma = (v.reshape(view) for v in _velocity_coefficients(self.process, t))
         if isinstance(model, ScoreModel):
             pred = model.predict(xt, t, target, **cond)
         else:  # any model(x, t) -> score, e.g. a ScoreModel inside DistributedDataParallel
             score = model(xt, t, **cond)
             if not isinstance(score, Tensor) or score.shape != xt.shape:
                 raise ValueError(f"model(x, t) must return the shape of x {tuple(xt.shape)}")
-            pred = convert(score, "score", target, xt, alpha, sigma)
+            if target == "velocity":  # u = c x + gamma eps, eps = -sigma s
+                pred = c * xt - gamma * sigma.reshape(view) * score
+            else:
+                pred = convert(score, "score", target, xt, alpha, sigma)
+        a = alpha if isinstance(alpha, float) else alpha.reshape(view)
         if target == "eps":
             y = eps
         elif target == "score":
-            y = -eps / sigma.reshape((-1,) + (1,) * (x0.dim() - 1))
+            y = -eps / sigma.reshape(view)
         elif target == "x0":
             y = x0
-        else:
-            view = (-1,) + (1,) * (x0.dim() - 1)
-            a = alpha if isinstance(alpha, float) else alpha.reshape(view)
+        elif target == "v":
             y = a * eps - sigma.reshape(view) * x0
+        else:  # u = alpha' x0 + sigma' eps = c x_t + gamma eps
+            y = c * xt + gamma * eps
         w = relative_weight(self.weighting, self.process, t, target, alpha, sigma)
         if self.importance:
             lo, hi = self._bounds
@@ -258,6 +286,115 @@ class DiffusionLoss(_NoiseConditional):
             f"{type(self).__name__}({self.process!r}, weighting={self.weighting!r}, "
             f"prediction_target={self.prediction_target!r}, t_sampler={self.t_sampler!r}, "
             f"importance={self.importance})"
+        )
+
+
+_T_LAWS = {"uniform": UniformT, "logit_normal": LogitNormalT}
+
+
+def ot_pairing(x0: Tensor, noise: Tensor) -> Tensor:
+    r"""Minibatch optimal-transport coupling (Tong et al. 2024, OT-CFM; Pooladian et al.
+    2023): the rows of ``noise`` re-ordered by the exact assignment :math:`\pi` that
+    minimises :math:`\sum_i \|x_0^{(i)} - \varepsilon^{(\pi(i))}\|^2` over the batch
+    (``scipy.optimize.linear_sum_assignment``). The assignment is solved on the host: it
+    reads the batch's distances, once per step.
+
+    Arguments:
+        x0, noise: tensors of the same shape ``(B, *D)``.
+
+    Returns:
+        ``noise[pi]``, shape ``(B, *D)``.
+    """
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:  # pragma: no cover - scipy comes with the cli extra
+        raise ImportError("coupling='ot' needs scipy: pip install 'scorekit[cli]'") from None
+    if x0.shape != noise.shape:
+        raise ValueError(
+            f"x0 and noise must have one shape, got {tuple(x0.shape)}, {tuple(noise.shape)}"
+        )
+    cost = torch.cdist(x0.detach().flatten(1).double(), noise.detach().flatten(1).double()) ** 2
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    return noise[torch.as_tensor(cols, device=noise.device)]
+
+
+class FlowMatchingLoss(DiffusionLoss):
+    r"""Conditional flow matching (Lipman et al. 2023; Liu et al. 2023, rectified flow):
+    per example :math:`\tfrac12\|\hat u_\theta(x_t, t) - u\|^2` with the conditional
+    velocity :math:`u = \alpha' x_0 + \sigma'\varepsilon` (:math:`\varepsilon - x_0` for
+    :class:`~scorekit.RectifiedFlow`), i.e. :class:`DiffusionLoss` with
+    :class:`~scorekit.core.weighting.FlowMatchingWeighting`, :math:`\lambda = g^4/4` in score
+    space and :math:`\gamma^2 = 1/(1 - t)^2` on the ε-MSE (Kingma & Gao 2023).
+
+    Arguments:
+        process: the interpolant; default :class:`~scorekit.RectifiedFlow` (any process
+            works, e.g. ``CosineVP(s=0)`` is the cosine path :math:`\alpha = \cos(\pi t/2)`).
+        t_sampler: a time sampler, or ``"uniform"`` (default) or ``"logit_normal"``
+            (:class:`~scorekit.core.weighting.LogitNormalT`, Esser et al. 2024).
+        coupling: ``None`` (independent noise) or ``"ot"``: the batch's noise is re-paired
+            with its examples by :func:`ot_pairing` (OT-CFM, Tong et al. 2024). The learned
+            velocity then transports the data to the prior along the coupled path; its
+            ODE samples and likelihood stay valid, its score conversion (and so stochastic
+            samplers) assumes independent noise and does not.
+        half: keep the ½.
+
+    A call may pass the noise of each example, ``noise=`` of shape ``(B, *D)``, instead of
+    drawing it: this is how reflow (:func:`scorekit.train.reflow.reflow_pairs`) trains on
+    the (sample, noise) pairs of a teacher. Given pairs are not re-coupled.
+
+    Example:
+        >>> from scorekit import GaussianMixture, ExactScore
+        >>> gm = GaussianMixture([1.0], [[0.0, 0.0]], stds=1.0)
+        >>> loss = FlowMatchingLoss()
+        >>> g = torch.Generator().manual_seed(0)
+        >>> loss(ExactScore(gm, loss.process), gm.sample(8, generator=g), generator=g).shape
+        torch.Size([8])
+    """
+
+    COUPLINGS = (None, "ot")
+
+    def __init__(
+        self,
+        process: Process | None = None,
+        t_sampler=None,
+        coupling: str | None = None,
+        half: bool = True,
+    ):
+        process = RectifiedFlow() if process is None else process
+        if t_sampler is None or isinstance(t_sampler, str):
+            law = check_choice("t_sampler", t_sampler or "uniform", tuple(_T_LAWS))
+            t_sampler = _T_LAWS[law]()
+        if coupling not in self.COUPLINGS:
+            raise ValueError(f"coupling must be None or 'ot', got {coupling!r}")
+        self.coupling = coupling
+        super().__init__(process, FlowMatchingWeighting(), "velocity", t_sampler, half=half)
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: Tensor,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        **cond,
+    ) -> Tensor:
+        """Per-example loss, shape ``(B,)``; ``noise`` (shape of ``x0``) pairs each example
+        with its own noise, else it is drawn (and coupled when ``coupling="ot"``)."""
+        if noise is None:
+            check_tensor("x0", x0, min_dim=2)
+            if t is None:  # the draw order of DiffusionLoss: t, then the noise
+                t = self.sample_t(x0.shape[0], generator, x0.dtype, x0.device)
+            noise = randn(x0.shape, generator, x0.dtype, x0.device)
+            if self.coupling == "ot":
+                noise = ot_pairing(x0, noise)
+        else:
+            noise = torch.as_tensor(noise, dtype=x0.dtype, device=x0.device)
+        return self._loss(model, x0, t, generator, noise, cond)
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowMatchingLoss({self.process!r}, t_sampler={self.t_sampler!r}, "
+            f"coupling={self.coupling!r})"
         )
 
 

@@ -21,6 +21,7 @@ from .objectives import (
     DiffusionLoss,
     DSMObjective,
     EDMLoss,
+    FlowMatchingLoss,
     LikelihoodLoss,
     MinSNRLoss,
     Objective,
@@ -118,6 +119,7 @@ _FACTORY = {
     "ddpm": DDPMObjective,
     "edm": EDMLoss,
     "min_snr": MinSNRLoss,
+    "flow_matching": FlowMatchingLoss,
     "ssm": partial(ScoreMatchingObjective, estimator="ssm"),
     "ssm_vr": partial(ScoreMatchingObjective, estimator="ssm_vr"),
     "ism": partial(ScoreMatchingObjective, estimator="ism"),
@@ -130,7 +132,8 @@ def make_objective(name: str, process: Process, **kw) -> Objective:
     r"""Build an objective by name: ``"dsm"`` (:class:`DiffusionLoss`, :math:`\sigma^2`,
     uniform ``t``), ``"ncsn"`` (:class:`DSMObjective`), ``"likelihood"``
     (:class:`LikelihoodLoss`), ``"ddpm"`` (:class:`DDPMObjective`), ``"edm"``
-    (:class:`EDMLoss`), ``"min_snr"`` (:class:`MinSNRLoss`), ``"ssm"``, ``"ssm_vr"``,
+    (:class:`EDMLoss`), ``"min_snr"`` (:class:`MinSNRLoss`), ``"flow_matching"``
+    (:class:`FlowMatchingLoss`), ``"ssm"``, ``"ssm_vr"``,
     ``"ism"`` (:class:`ScoreMatchingObjective` at the sampled ``t``); ``kw`` go to the
     constructor.
 

@@ -233,15 +233,17 @@ def _cond_of(item: Any) -> tuple[Any, dict]:
 
 
 class _Source:
-    r"""Where batches come from: a tensor ``(N, *D)``, a dataset of tensors (``tensors``
-    attribute, e.g. ``TensorDataset(x, y)`` or :class:`~scorekit.train.data.Dataset`),
+    r"""Where batches come from: a tensor ``(N, *D)``, a pair ``(x, y)`` or ``(x, cond)`` of
+    tensors with one row per example (``cond`` a dict, e.g. ``{"noise": z}`` for reflow
+    pairs), a dataset of tensors (``tensors`` attribute, e.g. ``TensorDataset(x, y)`` or
+    :class:`~scorekit.train.data.Dataset`),
     any map-style ``torch.utils.data.Dataset`` of ``x`` / ``(x, y)`` / ``(x, cond)`` items
     (gathered by index: the randomness stays a function of the step), or a ``DataLoader``,
     whose batches are this process's batches as they come (its order is its own: a resumed
     run goes on from a fresh iterator)."""
 
     def __init__(self, data: Any, device: torch.device):
-        self.loader, self.tensors, self.dataset = None, None, None
+        self.loader, self.tensors, self.dataset, self.cond = None, None, None, {}
         if isinstance(data, Tensor):
             data = (data,)
         elif isinstance(data, torch.utils.data.DataLoader):
@@ -257,7 +259,17 @@ class _Source:
             self._check(x, "data")
             if len(data) > 2:
                 raise ValueError(f"data must hold x and at most labels, got {len(data)} tensors")
-            self.tensors = (x.to(device, torch.float32),) + tuple(v.to(device) for v in data[1:])
+            cond = {} if len(data) == 1 else data[1]
+            cond = dict(cond) if isinstance(cond, dict) else {"y": cond}
+            for k, v in cond.items():
+                if not isinstance(v, Tensor) or v.dim() < 1 or v.shape[0] != x.shape[0]:
+                    got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(
+                        f"data: the conditioning {k!r} must be a tensor with one row per "
+                        f"example ({x.shape[0]}), got {got}"
+                    )
+            self.tensors = (x.to(device, torch.float32),)
+            self.cond = {k: v.to(device) for k, v in cond.items()}
             self.n, self.data_shape = x.shape[0], tuple(x.shape[1:])
             return
         if not isinstance(data, torch.utils.data.Dataset) or not hasattr(data, "__len__"):
@@ -278,14 +290,13 @@ class _Source:
 
     @property
     def labels(self) -> Tensor | None:
-        return self.tensors[1] if self.tensors is not None and len(self.tensors) > 1 else None
+        return self.cond.get("y") if self.tensors is not None else None
 
     def take(self, idx: Tensor) -> tuple[Tensor, dict]:
         """The examples at ``idx`` and their conditioning (map-style data)."""
         if self.tensors is not None:
             idx = idx.to(self.tensors[0].device)
-            x = self.tensors[0][idx]
-            return x, ({} if len(self.tensors) == 1 else {"y": self.tensors[1][idx]})
+            return self.tensors[0][idx], {k: v[idx] for k, v in self.cond.items()}
         from torch.utils.data import default_collate
 
         x, cond = _cond_of(default_collate([self.dataset[i] for i in idx.tolist()]))
@@ -310,8 +321,10 @@ class Trainer:
             network.
         objective: object with ``.process``, ``.sample_t(B, generator, dtype, device)`` and
             ``__call__(model, x0, t=, generator=, **cond) -> (B,)`` (see ``scorekit.losses``).
-        data: training examples in model space: a tensor ``(N, *D)``, a torch ``Dataset``
-            of ``x``, ``(x, y)`` or ``(x, cond_dict)`` items (``TensorDataset(x, labels)``
+        data: training examples in model space: a tensor ``(N, *D)``, a pair ``(x, y)`` or
+            ``(x, cond_dict)`` of tensors with one row per example (reflow passes
+            ``(samples, {"noise": z})``), a torch ``Dataset`` of ``x``, ``(x, y)`` or
+            ``(x, cond_dict)`` items (``TensorDataset(x, labels)``
             for labelled data), or a ``DataLoader`` of such batches.
         config: a :class:`TrainConfig`.
         out_dir: folder for ``checkpoint.safetensors`` / ``.json`` and ``log.jsonl``
