@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format bench bench-real demo fuzz clean
+.PHONY: install test lint format bench bench-real demo fuzz clean gpu-check
 
 install: $(STAMP)
 
@@ -50,3 +50,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+
+# the measured run on a CUDA machine (scripts/gpu_check.py); never part of make test
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
