@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_choice, check_finite, check_positive, check_tensor
+from .parametrize import _velocity_coefficients
 from .processes import Process
 from .random import rand
 
@@ -110,9 +111,7 @@ def relative_weight(weighting, process: Process, t: Tensor, target: str, alpha, 
         rel = own(target, alpha, sigma)
         if rel is not NotImplemented:
             return rel
-    gamma = None
-    if target == "velocity":
-        gamma = process.d_sigma(t) - process.dlog_alpha(t) * sigma
+    gamma = _velocity_coefficients(process, t)[1] if target == "velocity" else None
     return weighting(process, t) / error_scale(target, alpha, sigma, gamma)
 
 
@@ -204,7 +203,6 @@ class MinSNRWeighting:
         return f"MinSNRWeighting(gamma={self.gamma!r})"
 
 
-# -- noise-level samplers -----------------------------------------------------------------
 class FlowMatchingWeighting:
     r"""The conditional flow-matching loss :math:`\tfrac12\|\hat u - u\|^2` (Lipman et al.
     2023; Liu et al. 2023) as a score-space weighting: with :math:`\hat u - u =
@@ -229,6 +227,7 @@ class FlowMatchingWeighting:
         return "FlowMatchingWeighting()"
 
 
+# -- noise-level samplers -----------------------------------------------------------------
 def _per_process(owner, process: Process, compute):
     """``compute()`` for ``process``, cached on ``owner`` for the last process seen: a
     sampler's constants are read from the process once, not at every training step."""
@@ -344,14 +343,64 @@ class LogSNRImportance(TimeSampler):
         return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
 
 
-class LogNormalSigma(TimeSampler):
+class _NormalImage(TimeSampler):
+    r"""A law of ``t`` whose image :math:`y = h(t)` under an increasing map :math:`h` is
+    :math:`\mathcal N(\mu, s^2)` truncated to :math:`[h(\text{low}), h(\text{high})]`, drawn
+    exactly by the inverse CDF. Subclasses give :math:`(\mu, s)` (:meth:`_normal`),
+    :math:`h` at the ends (:meth:`_ends`), :math:`h^{-1}` (:meth:`_from_image`) and
+    :math:`h` with :math:`|dh/dt|` (:meth:`_image`)."""
+
+    def _normal(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _ends(self, process: Process, lo: float, hi: float) -> list[float]:
+        raise NotImplementedError
+
+    def _from_image(self, process: Process, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _image(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
+        """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
+
+        def compute():
+            lo, hi = self.bounds(process)
+            mu, s = self._normal()
+            z = [(v - mu) / s for v in self._ends(process, lo, hi)]
+            phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
+            return lo, hi, phi[0], phi[1]
+
+        return _per_process(self, process, compute)
+
+    def inverse(self, process: Process, u: Tensor) -> Tensor:
+        r""":math:`t = h^{-1}(\mu + s\,\Phi^{-1}(\Phi_{lo} + (\Phi_{hi} - \Phi_{lo})\,u))`."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        mu, s = self._normal()
+        z = torch.special.ndtri(u.mul_(c_hi - c_lo).add_(c_lo))
+        return self._from_image(process, z.mul_(s).add_(mu))
+
+    def pdf(self, process: Process, t: Tensor) -> Tensor:
+        r"""Density of ``t``: the truncated normal density of :math:`h(t)` times
+        :math:`|dh/dt|`, zero outside ``[low, high]``."""
+        lo, hi, c_lo, c_hi = self._cdf_range(process)
+        mu, s = self._normal()
+        y, jac = self._image(process, t)
+        z = (y - mu) / s
+        dens = torch.exp(-0.5 * z**2) / (s * math.sqrt(2 * math.pi) * (c_hi - c_lo)) * jac
+        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+
+
+class LogNormalSigma(_NormalImage):
     r"""EDM's training noise levels (Karras et al. 2022, Table 1):
     :math:`\ln\hat\sigma \sim \mathcal{N}(P_{mean}, P_{std}^2)` with
     :math:`\hat\sigma = \sigma/\alpha` (:math:`= t` for :class:`~scorekit.core.processes.EDM`),
     truncated to :math:`[\hat\sigma(\text{low}), \hat\sigma(\text{high})]` so that ``t`` stays
     in the process domain; drawn exactly by the inverse CDF and mapped to ``t`` by
     :meth:`~scorekit.core.processes.Process.t_of_ratio`. The truncation removes
-    :math:`<2\cdot10^{-5}` of the mass for the defaults on ``EDM(0.002, 80)``.
+    :math:`<2\cdot10^{-5}` of the mass for the defaults on ``EDM(0.002, 80)``. The density
+    carries :math:`|d\ln\hat\sigma/dt| = g^2/(2\sigma^2)`.
     """
 
     def __init__(
@@ -367,45 +416,30 @@ class LogNormalSigma(TimeSampler):
             raise ValueError(f"p_mean must be finite, got {p_mean!r}")
         self.p_std = check_positive("p_std", p_std)
 
-    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
-        """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
+    def _normal(self) -> tuple[float, float]:
+        return self.p_mean, self.p_std
 
-        def compute():
-            lo, hi = self.bounds(process)
-            lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
-            z = [(-0.5 * lam - self.p_mean) / self.p_std for lam in lams]  # standardised ln(s_hat)
-            phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
-            return lo, hi, phi[0], phi[1]
+    def _ends(self, process: Process, lo: float, hi: float) -> list[float]:
+        lams = process.log_snr(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+        return [-0.5 * lam for lam in lams]  # ln(sigma/alpha)
 
-        return _per_process(self, process, compute)
+    def _from_image(self, process: Process, y: Tensor) -> Tensor:
+        return process._t_of_ratio(y.exp_())
 
-    def inverse(self, process: Process, u: Tensor) -> Tensor:
-        r""":math:`\hat\sigma = \exp(P_{mean} + P_{std}\,\Phi^{-1}(\Phi_{lo} + (\Phi_{hi} -
-        \Phi_{lo})\,u))`, then ``t`` of :math:`\hat\sigma`."""
-        lo, hi, c_lo, c_hi = self._cdf_range(process)
-        z = torch.special.ndtri(u.mul_(c_hi - c_lo).add_(c_lo))
-        return process._t_of_ratio(z.mul_(self.p_std).add_(self.p_mean).exp_())
-
-    def pdf(self, process: Process, t: Tensor) -> Tensor:
-        r"""Density of ``t``: the truncated normal density of :math:`\ln\hat\sigma` times
-        :math:`|d\ln\hat\sigma/dt| = g^2/(2\sigma^2)`."""
-        lo, hi, c_lo, c_hi = self._cdf_range(process)
-        mass = c_hi - c_lo
+    def _image(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sigma = process.marginal(t)
-        z = (torch.log(sigma / alpha) - self.p_mean) / self.p_std
-        dens_log = torch.exp(-0.5 * z**2) / (self.p_std * math.sqrt(2 * math.pi) * mass)
-        dens = dens_log * process.g2(t) / (2 * sigma**2)
-        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+        return torch.log(sigma / alpha), process.g2(t) / (2 * sigma**2)
 
     def __repr__(self) -> str:
         return f"LogNormalSigma(p_mean={self.p_mean!r}, p_std={self.p_std!r})"
 
 
-class LogitNormalT(TimeSampler):
+class LogitNormalT(_NormalImage):
     r"""The logit-normal law of ``t`` (Esser et al. 2024, "Scaling Rectified Flow
     Transformers", eq. (19)): :math:`\operatorname{logit}(t/T) \sim \mathcal N(m, s^2)`, which
     puts more training on the middle of the path than :class:`UniformT`; truncated to
-    ``[low, high]`` (default ``[t_min, t_max]``) and drawn exactly by the inverse CDF.
+    ``[low, high]`` (default ``[t_min, t_max]``) and drawn exactly by the inverse CDF. The
+    density carries :math:`|d\operatorname{logit}(t/T)/dt| = 1/(T\,r(1 - r))`, :math:`r = t/T`.
 
     Arguments:
         mean, std: :math:`m` and :math:`s > 0` (Esser et al.: 0 and 1).
@@ -425,41 +459,23 @@ class LogitNormalT(TimeSampler):
             raise ValueError(f"mean must be finite, got {mean!r}")
         self.std = check_positive("std", std)
 
-    def _cdf_range(self, process: Process) -> tuple[float, float, float, float]:
-        """``(low, high, Phi(z_low), Phi(z_high))``, read once per process."""
+    def _normal(self) -> tuple[float, float]:
+        return self.mean, self.std
 
-        def compute():
-            lo, hi = self.bounds(process)
-            T = float(process.T)
-            z = [
-                (math.log(v / (T - v)) - self.mean) / self.std
-                if 0 < v < T
-                else math.copysign(math.inf, v - T / 2)
-                for v in (lo, hi)
-            ]
-            phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in z]
-            return lo, hi, phi[0], phi[1]
+    def _ends(self, process: Process, lo: float, hi: float) -> list[float]:
+        T = float(process.T)
+        return [
+            math.log(v / (T - v)) if 0 < v < T else math.copysign(math.inf, v - T / 2)
+            for v in (lo, hi)
+        ]
 
-        return _per_process(self, process, compute)
+    def _from_image(self, process: Process, y: Tensor) -> Tensor:
+        return torch.sigmoid(y).mul_(float(process.T))
 
-    def inverse(self, process: Process, u: Tensor) -> Tensor:
-        r""":math:`t = T\,\mathrm{sigmoid}(m + s\,\Phi^{-1}(\Phi_{lo} + (\Phi_{hi} -
-        \Phi_{lo})\,u))`."""
-        lo, hi, c_lo, c_hi = self._cdf_range(process)
-        z = torch.special.ndtri(u.mul_(c_hi - c_lo).add_(c_lo))
-        return torch.sigmoid(z.mul_(self.std).add_(self.mean)).mul_(float(process.T))
-
-    def pdf(self, process: Process, t: Tensor) -> Tensor:
-        r"""Density of ``t``: :math:`\varphi((\operatorname{logit}(t/T) - m)/s) /
-        (s\,(t/T)(1 - t/T)\,T\,Z)` with :math:`Z` the mass kept by the truncation."""
-        lo, hi, c_lo, c_hi = self._cdf_range(process)
+    def _image(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
         T = float(process.T)
         r = (t / T).clamp(1e-300, 1 - 1e-16)
-        z = (torch.log(r / (1 - r)) - self.mean) / self.std
-        dens = torch.exp(-0.5 * z**2) / (
-            self.std * math.sqrt(2 * math.pi) * (c_hi - c_lo) * T * r * (1 - r)
-        )
-        return torch.where((t >= lo) & (t <= hi), dens, torch.zeros_like(dens))
+        return torch.log(r / (1 - r)), 1 / (T * r * (1 - r))
 
     def __repr__(self) -> str:
         return f"LogitNormalT(mean={self.mean!r}, std={self.std!r})"
