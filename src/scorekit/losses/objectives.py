@@ -123,6 +123,10 @@ class _NoiseConditional:
         batch = check_int("batch", batch, minimum=1)
         return self.t_sampler.sample(self.process, batch, generator, dtype, device)
 
+    def _noise(self, x0: Tensor, generator) -> Tensor:
+        """The noise of the batch, drawn after ``t``."""
+        return randn(x0.shape, generator, x0.dtype, x0.device)
+
     def _prepare(self, model, x0, t, generator, eps=None):
         if not callable(model):
             raise ValueError(f"model must be a ScoreModel or a callable model(x, t), got {model!r}")
@@ -143,7 +147,7 @@ class _NoiseConditional:
         # t is not range-checked here: reading its values would stall an accelerator at
         # every step; t_sampler draws inside the domain, and a t of one's own is one's own
         if eps is None:
-            eps = randn(x0.shape, generator, x0.dtype, x0.device)
+            eps = self._noise(x0, generator)
         elif eps.shape != x0.shape:
             raise ValueError(
                 f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}"
@@ -380,16 +384,14 @@ class FlowMatchingLoss(DiffusionLoss):
     ) -> Tensor:
         """Per-example loss, shape ``(B,)``; ``noise`` (shape of ``x0``) pairs each example
         with its own noise, else it is drawn (and coupled when ``coupling="ot"``)."""
-        if noise is None:
-            check_tensor("x0", x0, min_dim=2)
-            if t is None:  # the draw order of DiffusionLoss: t, then the noise
-                t = self.sample_t(x0.shape[0], generator, x0.dtype, x0.device)
-            noise = randn(x0.shape, generator, x0.dtype, x0.device)
-            if self.coupling == "ot":
-                noise = ot_pairing(x0, noise)
-        else:
+        if noise is not None:
             noise = torch.as_tensor(noise, dtype=x0.dtype, device=x0.device)
         return self._loss(model, x0, t, generator, noise, cond)
+
+    def _noise(self, x0: Tensor, generator) -> Tensor:
+        """Independent noise, re-paired with the batch by :func:`ot_pairing` for ``"ot"``."""
+        noise = super()._noise(x0, generator)
+        return ot_pairing(x0, noise) if self.coupling == "ot" else noise
 
     def __repr__(self) -> str:
         return (
