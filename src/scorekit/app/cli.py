@@ -127,12 +127,7 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["train"]["bf16"] = True
     if args.schedule is not None:
         s["train"]["schedule"] = args.schedule
-    if args.minutes is not None:
-        if not args.minutes > 0:
-            raise ValueError(f"--minutes must be a number > 0, got {args.minutes}")
-        s["train"]["seconds"] = 60.0 * args.minutes
-        if args.steps is None:  # the time is the budget
-            s["train"]["steps"] = None
+    _time_budget(s["train"], args.minutes, args.steps)
     _flow_defaults(s, args, cfg, stored)
     cond = conditional_settings(s["conditional"], "'conditional' in the settings")
     if args.conditional:
@@ -143,6 +138,18 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         cond = {**cond, "label_dropout": args.label_dropout}
     s["conditional"] = conditional_settings(cond, "--conditional")
     return s
+
+
+def _time_budget(train: dict, minutes: float | None, steps: int | None) -> None:
+    """``--minutes`` into the training settings: the wall-clock budget, and the only one
+    unless ``--steps`` is given too."""
+    if minutes is None:
+        return
+    if not minutes > 0:
+        raise ValueError(f"--minutes must be a number > 0, got {minutes}")
+    train["seconds"] = 60.0 * minutes
+    if steps is None:  # the time is the budget
+        train["steps"] = None
 
 
 def _flow_defaults(s: dict, args, cfg: dict, stored: dict | None) -> None:
@@ -165,6 +172,23 @@ def _flow_defaults(s: dict, args, cfg: dict, stored: dict | None) -> None:
                 f"loss is {s['loss']!r} (use --process rectified_flow or --loss flow_matching)"
             )
         s["loss_kwargs"][key] = None if value == "none" else value
+
+
+def _fit(trainer, command: str, ckpt: Path, resume: str, speak: bool = True):
+    """``trainer.fit()`` under :class:`_stop_on_signals`: ``(result, None)``, or, when a
+    signal stopped it, ``(result, exit code)`` after one line (when ``speak``) saying where
+    the checkpoint is and the command ``resume`` that continues it."""
+    with _stop_on_signals(trainer) as caught:
+        result = trainer.fit()
+    if not caught:
+        return result, None
+    if speak:
+        print(
+            f"scorekit {command}: stopped by {caught[0]} at step {result['step']}; saved "
+            f"checkpoint {ckpt}; continue with: {resume}",
+            file=sys.stderr,
+        )
+    return result, 130 if caught[0] == "SIGINT" else 143
 
 
 class _stop_on_signals:
@@ -317,17 +341,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif args.overwrite:  # the user asked: the old run's files go now, not before
             for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl"):
                 p.unlink(missing_ok=True)
-        with _stop_on_signals(trainer) as caught:
-            result = trainer.fit()
+        resume = f"scorekit train --out {out} --resume"
+        result, code = _fit(trainer, "train", ckpt, resume, speak=rank == 0)
         if rank == 0:
+            if code is not None:
+                return code
             what = f"trained to step {result['step']}, final loss {result['loss']:.4g}"
-            if caught:
-                print(
-                    f"scorekit train: stopped by {caught[0]} at step {result['step']}; saved "
-                    f"checkpoint {ckpt}; continue with: scorekit train --out {out} --resume",
-                    file=sys.stderr,
-                )
-                return 130 if caught[0] == "SIGINT" else 143
             print(f"{what}, skipped {result['skipped']}; checkpoint {ckpt}")
     finally:
         if trainer is not None:
@@ -638,13 +657,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     from ..metrics import straightness
 
-    st = straightness(
-        model, min(args.n, 500), 50, torch.Generator().manual_seed(args.seed + 2),
-        device=next(iter(model.parameters()), torch.zeros(())).device,
-    )  # fmt: skip
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    g = torch.Generator().manual_seed(args.seed + 2)
+    st = straightness(model, min(args.n, 500), 50, g, device=device)
     out.update(straightness=st.value, straightness_relative=st.relative, straightness_steps=50)
     if not args.no_nll:
-        x = held[: args.nll_n].to(next(iter(model.parameters()), torch.zeros(())).device)
+        x = held[: args.nll_n].to(device)
         kw = {
             "divergence": "hutchinson" if x[0].numel() > 16 else "exact",
             "rtol": 1e-4,

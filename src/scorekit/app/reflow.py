@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,20 +21,14 @@ import torch
 __all__ = ["cmd_reflow"]
 
 
-def _teacher_path(args) -> Path:
-    from .cli import _checkpoint_path
-
-    return _checkpoint_path(args.checkpoint).resolve()
-
-
-def _pairs(args, teacher, meta: dict, out: Path, sampler: str, steps: int | None):
+def _pairs(args, teacher, src: Path, out: Path, sampler: str, steps: int):
     """The pairs: read back from ``out`` when drawn the same way, else drawn and saved."""
     from ..train.checkpoint import load_checkpoint, save_checkpoint, tensors_sha256
     from ..train.reflow import reflow_pairs
 
     path = out / "pairs.safetensors"
     how = {
-        "teacher": str(_teacher_path(args)),
+        "teacher": str(src),
         "teacher_sha256": tensors_sha256(teacher.state_dict()),
         "n": args.pairs,
         "sampler": sampler,
@@ -62,12 +55,12 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     from ..train.checkpoint import load_checkpoint, load_model, read_meta
     from ..train.reflow import reflow_data
     from ..train.trainer import TrainConfig, Trainer
-    from .cli import _checkpoint_path, _out_dir, _runtime, _stop_on_signals
+    from .cli import _checkpoint_path, _fit, _out_dir, _runtime, _time_budget
     from .recipes import build_run_model
 
-    src = _checkpoint_path(args.checkpoint)
+    src = _checkpoint_path(args.checkpoint).resolve()
     out = _out_dir(args.out)
-    if out.resolve() == src.parent.resolve():
+    if out.resolve() == src.parent:
         raise ValueError(f"--out {str(out)!r} is the teacher's run folder; name another")
     ckpt = out / "checkpoint.safetensors"
     if args.resume and not ckpt.is_file():
@@ -92,19 +85,14 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     sampler = args.sampler or recipe.get("sampler", "heun")
     steps = args.sample_steps or recipe.get("steps") or 50
     out.mkdir(parents=True, exist_ok=True)
-    x0, noise = _pairs(args, teacher, meta, out, sampler, steps)
+    x0, noise = _pairs(args, teacher, src, out, sampler, steps)
     s["loss"], s["loss_kwargs"] = "flow_matching", {}
     s["train"] = {**s.get("train", {}), "seed": args.seed}
     if args.steps is not None:
         s["train"]["steps"] = args.steps
-    if args.minutes is not None:
-        if not args.minutes > 0:
-            raise ValueError(f"--minutes must be a number > 0, got {args.minutes}")
-        s["train"]["seconds"] = 60.0 * args.minutes
-        if args.steps is None:
-            s["train"]["steps"] = None
+    _time_budget(s["train"], args.minutes, args.steps)
     s["reflow"] = {
-        "teacher": str(_teacher_path(args)),
+        "teacher": str(src),
         "pairs": args.pairs,
         "sampler": sampler,
         "sample_steps": steps,
@@ -130,15 +118,9 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             trainer.resume(ckpt)
-        with _stop_on_signals(trainer) as caught:
-            result = trainer.fit()
-        if caught:
-            print(
-                f"scorekit reflow: stopped by {caught[0]} at step {result['step']}; saved "
-                f"checkpoint {ckpt}; continue with the same command and --resume",
-                file=sys.stderr,
-            )
-            return 130 if caught[0] == "SIGINT" else 143
+        result, code = _fit(trainer, "reflow", ckpt, "the same command and --resume")
+        if code is not None:
+            return code
         print(
             f"reflow of {src}: {args.pairs} pairs ({sampler}, {steps} steps), trained to step "
             f"{result['step']}, final loss {result['loss']:.4g}; checkpoint {ckpt}"
