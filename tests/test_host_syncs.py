@@ -10,7 +10,13 @@ from torch.utils.data import TensorDataset
 from host_syncs import syncs
 from scorekit import EDM, VP, EDMPrecond, ExactScore, GaussianMixture, ScoreModel, nets
 from scorekit.guidance import ClassifierFreeGuidance, ExactConditional
-from scorekit.losses import OBJECTIVES, ClassifierObjective, LabelDropout, make_objective
+from scorekit.losses import (
+    OBJECTIVES,
+    ClassifierObjective,
+    LabelDropout,
+    UncertaintyWeighted,
+    make_objective,
+)
 from scorekit.samplers import SAMPLERS, sample
 from scorekit.train import TrainConfig, Trainer
 
@@ -25,7 +31,8 @@ def _model(name, process, num_classes=None):
 
 def _steps(model, objective, n, **cond):
     """``n`` bare steps: objective, backward, fused AdamW (as the Trainer's)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    params = [*model.parameters(), *getattr(objective, "parameters", list)()]
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
 
@@ -39,12 +46,12 @@ def _steps(model, objective, n, **cond):
     return run
 
 
-CASES = [*OBJECTIVES, "label_dropout", "classifier"]
+CASES = [*OBJECTIVES, "label_dropout", "classifier", "uncertainty"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_objective_steps_make_no_host_sync(name):
-    process = EDM() if name == "edm" else VP()
+    process = EDM() if name in ("edm", "uncertainty") else VP()
     cond = {}
     if name == "label_dropout":
         model = _model(name, process, num_classes=3)
@@ -55,6 +62,9 @@ def test_objective_steps_make_no_host_sync(name):
         model = ScoreModel(nets.MLP(2, hidden=16, depth=1, out_dim=3), process)
         objective = ClassifierObjective(process, 3)
         cond = {"y": torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(3))}
+    elif name == "uncertainty":
+        model = _model("edm", process)
+        objective = UncertaintyWeighted(make_objective("edm", process))
     else:
         model = _model(name, process)
         objective = make_objective(name, process)

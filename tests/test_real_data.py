@@ -117,8 +117,16 @@ def test_digits_quality_of_real_digits():
     q = digits_quality(Xtr[:500], Xtr, ytr, Xte, protocol="full")
     assert q["n_compared"] == 500 and len(q["class_shares"]) == 10
     assert q["frechet"] < 15 and 0.97 < q["top_class_prob_ratio"] < 1.05
+    # copies of training digits are at distance 0 from them; held-out digits are not
+    assert q["nn_train_median"] == 0 and q["nn_train_median_real"] > 10 and q["nn_ratio"] == 0
     noise = np.random.default_rng(0).uniform(0, 16, size=(500, 64))
-    assert digits_quality(noise, Xtr, ytr, Xte)["frechet_ratio"] > 10
+    q = digits_quality(noise, Xtr, ytr, Xte)
+    assert q["frechet_ratio"] > 10 and q["nn_ratio"] > 1.5
+    # the nearest distance is the brute-force minimum
+    want = np.sqrt(((Xte[:5, None, :] - Xtr[None]) ** 2).sum(-1)).min(1)
+    from scorekit.metrics import _nearest_distance
+
+    np.testing.assert_allclose(_nearest_distance(Xte[:5], Xtr, chunk=2), want, rtol=1e-9)
     with pytest.raises(ValueError, match="protocol"):
         digits_quality(Xtr[:10], Xtr, ytr, Xte, protocol="bad")
 

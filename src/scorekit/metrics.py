@@ -149,6 +149,10 @@ def digits_quality(
     * ``top_class_prob_ratio``: mean top-class probability of a logistic regression trained
       on ``(train_x / 16, train_y)``, on the generated digits over that on ``test_x``.
     * ``class_shares`` (10 values) and ``min_class_share``: the predicted-class shares.
+    * ``nn_train_median``: the median Euclidean distance (pixels) from a generated digit to
+      its nearest training digit, and ``nn_train_median_real`` the same for the held-out
+      digits: samples that copy training digits sit closer than real unseen digits do
+      (``nn_ratio`` < 1).
 
     Arguments:
         generated: ``(n, 64)``; train_x: ``(N, 64)``; train_y: ``(N,)``; test_x: ``(M, 64)``.
@@ -190,6 +194,7 @@ def digits_quality(
     clf = LogisticRegression(max_iter=5000).fit(train_x / 16, np.asarray(train_y))
     p_gen, p_real = clf.predict_proba(gen / 16), clf.predict_proba(test_x / 16)
     shares = np.bincount(p_gen.argmax(1), minlength=10) / len(gen)
+    nn_gen, nn_real = _nearest_distance(gen, train_x), _nearest_distance(test_x, train_x)
     return {
         "frechet": fd_gen,
         "frechet_real": fd_real,
@@ -199,7 +204,21 @@ def digits_quality(
         "top_class_prob_ratio": float(p_gen.max(1).mean() / p_real.max(1).mean()),
         "min_class_share": float(shares.min()),
         "class_shares": shares.tolist(),
+        "nn_train_median": float(np.median(nn_gen)),
+        "nn_train_median_real": float(np.median(nn_real)),
+        "nn_ratio": float(np.median(nn_gen) / np.median(nn_real)),
     }
+
+
+def _nearest_distance(x: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Euclidean distance from each row of ``x`` to its nearest row of ``ref``."""
+    ref_sq = (ref**2).sum(1)
+    out = []
+    for i in range(0, len(x), chunk):
+        xi = x[i : i + chunk]
+        d2 = (xi**2).sum(1)[:, None] - 2 * xi @ ref.T + ref_sq[None, :]
+        out.append(np.sqrt(np.maximum(d2.min(1), 0.0)))
+    return np.concatenate(out)
 
 
 @dataclass

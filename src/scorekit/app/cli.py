@@ -125,6 +125,8 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
             s["train"][name] = getattr(args, flag)
     if args.bf16:
         s["train"]["bf16"] = True
+    if getattr(args, "weighting", None) is not None:
+        s["weighting"] = args.weighting
     if args.schedule is not None:
         s["train"]["schedule"] = args.schedule
     _time_budget(s["train"], args.minutes, args.steps)
@@ -245,6 +247,12 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"run's {meta['normalizer']}; the data must be the same (or pass --normalize as "
             "the run had it)"
         )
+    was = (meta.get("cli") or {}).get("weighting", "fixed")
+    if s.get("weighting", "fixed") != was:
+        raise ValueError(
+            f"--weighting {s.get('weighting', 'fixed')}: the run in {str(out)!r} was trained "
+            f"with --weighting {was}; resume it with that (or start another --out)"
+        )
     step, t = meta.get("step", 0), s["train"]
     if t.get("steps") is not None and t["steps"] <= step and not t.get("seconds"):
         raise ValueError(
@@ -256,6 +264,27 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"--minutes {t['seconds'] / 60:g}: the run in {str(out)!r} has already trained "
             f"{meta['elapsed'] / 60:.2f} minutes; pass a larger --minutes"
         )
+
+
+def _save_weighting(trainer, out: Path) -> None:
+    """A learned weighting's curve over the process's range of sigma: OUT/weighting.json,
+    and OUT/weighting.png when matplotlib is there."""
+    from ..losses import UncertaintyWeighted
+    from ..train.checkpoint import write_atomic
+
+    obj = trainer.objective
+    if not isinstance(obj, UncertaintyWeighted):
+        return
+    ends = obj.process.sigma(torch.tensor([obj.process.t_min, obj.process.t_max])).tolist()
+    lo, hi = max(min(ends), max(ends) * 1e-6), max(ends)
+    curve = obj.weighting_curve(torch.logspace(np.log10(lo), np.log10(hi), 64))
+    curve["step"] = trainer.step
+    write_atomic(out / "weighting.json", json.dumps(curve, indent=1) + "\n")
+    try:
+        from .plots import plot_learned_weighting, save_figure
+    except ImportError:  # matplotlib comes with the 'cli' extra
+        return
+    save_figure(plot_learned_weighting(curve), out / "weighting.png")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -339,13 +368,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             trainer.resume(ckpt)
         elif args.overwrite:  # the user asked: the old run's files go now, not before
-            for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl"):
+            old = (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl", out / "weighting.json")
+            for p in (*old, out / "weighting.png"):
                 p.unlink(missing_ok=True)
         resume = f"scorekit train --out {out} --resume"
         result, code = _fit(trainer, "train", ckpt, resume, speak=rank == 0)
         if rank == 0:
             if code is not None:
                 return code
+            _save_weighting(trainer, out)
             what = f"trained to step {result['step']}, final loss {result['loss']:.4g}"
             print(f"{what}, skipped {result['skipped']}; checkpoint {ckpt}")
     finally:
@@ -985,6 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("uniform", "logit_normal"),
         help="flow matching: the law of the training times (default uniform; logit_normal: "
         "Esser et al. 2024)",
+    )
+    t.add_argument(
+        "--weighting",
+        choices=("fixed", "learned"),
+        help="the loss's weighting over noise levels: the recipe's own (fixed, default) or "
+        "learned per sigma during training (learned: EDM2's uncertainty weighting, Karras et "
+        "al. 2024; plotted in OUT/weighting.png)",
     )
     t.add_argument(
         "--recipe",

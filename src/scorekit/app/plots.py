@@ -333,3 +333,27 @@ def plot_loss_per_sigma(records: list[dict] | str | Path, *, title: str = "Loss 
     ax.legend()
     fig.suptitle(title)
     return fig
+
+
+def plot_learned_weighting(curve: dict, *, title: str = "Learned weighting per noise level"):
+    r"""A learned per-σ weighting (:meth:`~scorekit.losses.UncertaintyWeighted.weighting_curve`):
+    left, :math:`u(\sigma)`, the learned log of the mean per-coordinate loss; right, the
+    factor :math:`e^{-u(\sigma)}` that multiplies the fixed weighting."""
+    sigma = np.asarray(curve["sigma"], dtype=float)
+    fig, axes = _figure(2, size=4.5)
+    ax = axes[0, 0]
+    ax.plot(sigma, curve["u"], marker=".")
+    ax.set_xscale("log")
+    ax.set_xlabel("noise level sigma")
+    ax.set_ylabel("u(sigma) = log mean loss per coordinate")
+    ax.set_title("learned log-variance")
+    ax = axes[0, 1]
+    ax.plot(sigma, curve["weight"], marker=".")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("noise level sigma")
+    ax.set_ylabel("exp(-u(sigma))")
+    ax.set_title("factor on the fixed weighting")
+    step = curve.get("step")
+    fig.suptitle(title + (f" (step {step})" if step is not None else ""))
+    return fig

@@ -84,6 +84,7 @@ DEFAULTS = {
     "net": {"name": "auto"},
     "prediction": "auto",
     "dequantize": False,
+    "weighting": "fixed",
     "conditional": None,
     "train": {},
     "sample": {"sampler": "heun", "steps": 50},
@@ -243,7 +244,9 @@ def describe(s: dict, shape: tuple[int, ...], n: int, auto: bool) -> str:
         f"  network {s['net']}",
         f"  AdamW lr {t.get('lr', 2e-3):g}, batch {t.get('batch_size', 256)}, schedule "
         f"{t.get('schedule', 'warmup')} (warm-up {t.get('warmup', 100)}), budget {budget}, EMA "
-        f"{t.get('ema_decay', 0.999):g}" + (", dequantized pixels" if s.get("dequantize") else ""),
+        f"{t.get('ema_decay', 0.999):g}"
+        + (", dequantized pixels" if s.get("dequantize") else "")
+        + (", learned per-sigma weighting" if s.get("weighting") == "learned" else ""),
         f"  evaluation sampler {s['sample']['sampler']}, {s['sample']['steps']} steps",
     ]
     return "\n".join(lines)
@@ -319,10 +322,12 @@ def build_run(settings: dict, data) -> tuple:
     :class:`~scorekit.train.data.Dataset`): ``"sigma_data": "auto"`` becomes the data's
     standard deviation in model space; the process is built (VE's :math:`\sigma_{max}` from
     the data); the objective is wrapped in :class:`~scorekit.losses.Dequantized` when the
-    recipe dequantizes discrete data (``data_meta(...)["bins"]`` levels over [-1, 1]) and in
+    recipe dequantizes discrete data (``data_meta(...)["bins"]`` levels over [-1, 1]), in
     :class:`~scorekit.losses.LabelDropout` for a class-conditional run, whose examples are
-    then ``(x, y)`` pairs. ``settings`` is completed in place (process, network, sigma_data,
-    classes), as a checkpoint stores it. Seed torch first: the network is initialised here.
+    then ``(x, y)`` pairs, and last in :class:`~scorekit.losses.UncertaintyWeighted` when
+    ``"weighting"`` is ``"learned"``. ``settings`` is completed in place (process, network,
+    sigma_data, classes), as a checkpoint stores it. Seed torch first: the network is
+    initialised here.
 
     Returns:
         ``(model, objective, examples)`` for :class:`~scorekit.train.Trainer`.
@@ -342,6 +347,13 @@ def build_run(settings: dict, data) -> tuple:
     if s["conditional"] is not None:  # the labels travel with x; the net takes y=
         objective = conditional_objective(s, data, objective)
         examples = data
+    weighting = s.get("weighting", "fixed")
+    if weighting == "learned":  # outermost, so that the Trainer trains its parameters
+        from ..losses import UncertaintyWeighted
+
+        objective = UncertaintyWeighted(objective)
+    elif weighting != "fixed":
+        raise ValueError(f"weighting must be 'fixed' or 'learned', got {weighting!r}")
     model = build_run_model(s, data.shape, process)
     s["net"] = model_net_config(model)
     return model, objective, examples

@@ -7,7 +7,8 @@ r"""Score-matching objectives.
 weighting with importance sampling, DDPM, EDM, min-SNR, conditional flow matching with
 an optional minibatch-OT coupling);
 :mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`;
-:mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier.
+:mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier;
+:mod:`~scorekit.losses.uncertainty`: EDM2's learned per-σ weighting.
 
 All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
 """
@@ -27,6 +28,7 @@ from .objectives import (
 )
 from .registry import OBJECTIVES, ScoreMatchingObjective, make_objective
 from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
+from .uncertainty import UncertaintyWeighted
 
 __all__ = [
     "OBJECTIVES",
@@ -42,6 +44,7 @@ __all__ = [
     "MinSNRLoss",
     "Objective",
     "ScoreMatchingObjective",
+    "UncertaintyWeighted",
     "dsm",
     "esm",
     "ism",

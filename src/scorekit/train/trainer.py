@@ -218,6 +218,22 @@ class _Loss(nn.Module):
         return self.objective(self.model, x0, t=t, generator=generator, **cond)
 
 
+def _objective_module(objective: Any) -> nn.Module | None:
+    """The objective when it has parameters to train (a module on top of its wrappers);
+    a learned objective under a plain wrapper would not be trained, so it is refused."""
+    if isinstance(objective, nn.Module):
+        return objective if any(True for _ in objective.parameters()) else None
+    inner = getattr(objective, "objective", None)
+    while inner is not None:
+        if isinstance(inner, nn.Module):
+            raise ValueError(
+                f"objective {type(inner).__name__} has parameters to learn but is wrapped in "
+                f"{type(objective).__name__}; wrap it last, around the other wrappers"
+            )
+        inner = getattr(inner, "objective", None)
+    return None
+
+
 def _cond_of(item: Any) -> tuple[Any, dict]:
     """``(x, cond)`` of a dataset item or batch: ``x``, ``(x, y)`` (labels) or ``(x, dict)``."""
     if isinstance(item, (tuple, list)):
@@ -374,7 +390,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be callables callback(trainer, record)")
-        params = [p for p in model.parameters() if p.requires_grad]
+        self._objective_module = _objective_module(objective)
+        if self._objective_module is not None:
+            self._objective_module.to(self.device)
+        params = self._params()
         try:  # fused: one kernel, and a non-finite step is skipped on the device (found_inf)
             self.opt = torch.optim.AdamW(
                 params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True
@@ -406,6 +425,12 @@ class Trainer:
             self._ddp = nn.parallel.DistributedDataParallel(
                 self._loss, device_ids=ids, find_unused_parameters=unused
             )
+
+    def _params(self) -> list[nn.Parameter]:
+        """What the optimiser trains: the model's parameters, then a learned objective's
+        (e.g. :class:`~scorekit.losses.UncertaintyWeighted`)."""
+        mods = [self.model] + ([self._objective_module] if self._objective_module else [])
+        return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     def _check_labels(self, model: ScoreModel, objective: Any) -> None:
         """Labels of a labelled dataset must be classes of the model (read once, here)."""
@@ -441,6 +466,9 @@ class Trainer:
         """Everything needed to continue: ``(tensors, meta)`` for :func:`save_checkpoint`."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        if self._objective_module is not None:
+            sd = self._objective_module.state_dict()
+            tensors.update({f"objective.{k}": v for k, v in sd.items()})
         opt = self.opt.state_dict()
         for i, st in opt["state"].items():
             for k, v in st.items():
@@ -502,6 +530,16 @@ class Trainer:
                 )
         load_state(self.model, prefixed(tensors, "model"), f"checkpoint {path}")
         load_state(self.ema.module, prefixed(tensors, "ema"), f"checkpoint {path} (EMA)")
+        theirs_obj = prefixed(tensors, "objective")
+        if (self._objective_module is None) != (not theirs_obj):
+            have = "has" if theirs_obj else "has no"
+            mine_obj = "uses" if self._objective_module is not None else "does not use"
+            raise ValueError(
+                f"checkpoint {path} {have} learned objective weights, but this run {mine_obj} "
+                "a learned weighting; resume with the objective the run was started with"
+            )
+        if self._objective_module is not None:
+            load_state(self._objective_module, theirs_obj, f"checkpoint {path} (objective)")
         state: dict[int, dict] = {}
         for k, v in prefixed(tensors, "optim").items():
             i, name = k.split(".", 1)
@@ -665,7 +703,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self._params()
         bar = self._bar()
         t0, steps0, start = self._clock(), self.step, self.elapsed
         try:
