@@ -127,6 +127,12 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["train"]["bf16"] = True
     if getattr(args, "weighting", None) is not None:
         s["weighting"] = args.weighting
+    if getattr(args, "val_fraction", None) is not None:
+        if not 0 <= args.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+        s["val_fraction"] = args.val_fraction
+    if getattr(args, "val_every", None) is not None:
+        s["train"]["val_every"] = args.val_every
     if args.schedule is not None:
         s["train"]["schedule"] = args.schedule
     _time_budget(s["train"], args.minutes, args.steps)
@@ -253,6 +259,12 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"--weighting {s.get('weighting', 'fixed')}: the run in {str(out)!r} was trained "
             f"with --weighting {was}; resume it with that (or start another --out)"
         )
+    was = float((meta.get("cli") or {}).get("val_fraction", 0.0))
+    if float(s.get("val_fraction", 0.0)) != was:
+        raise ValueError(
+            f"--val-fraction {s.get('val_fraction', 0.0):g}: the run in {str(out)!r} holds out "
+            f"{was:g} of its examples; resume it with that split (or start another --out)"
+        )
     step, t = meta.get("step", 0), s["train"]
     if t.get("steps") is not None and t["steps"] <= step and not t.get("seconds"):
         raise ValueError(
@@ -340,6 +352,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if data.x.shape[0] < 2:
             raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
+        val = None
+        if s["train"].get("val_every") is not None and not s.get("val_fraction"):
+            raise ValueError("--val-every needs --val-fraction (the examples to validate on)")
+        if s.get("val_fraction"):  # held out before anything is fitted to the examples
+            from ..train.data import split_validation
+
+            n_val = round(s["val_fraction"] * len(data))
+            if not 1 <= n_val < len(data) - 1:
+                raise ValueError(
+                    f"--val-fraction {s['val_fraction']:g} of {len(data)} examples holds out "
+                    f"{n_val}; it must leave at least one for validation and two for training"
+                )
+            data, val = split_validation(data, s["val_fraction"], seed)
         cfg_recipe = _load_json(args.config).get("recipe")
         recipe = args.recipe or cfg_recipe or (stored or {}).get("recipe")
         auto = recipe is None and not stored
@@ -364,12 +389,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             normalizer=data.normalizer,
             meta=meta,
             device=device,
+            val_data=None if val is None else (val if examples is data else val.x),
         )
         if args.resume:
             trainer.resume(ckpt)
         elif args.overwrite:  # the user asked: the old run's files go now, not before
             old = (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl", out / "weighting.json")
-            for p in (*old, out / "weighting.png"):
+            best = (out / "best.safetensors", out / "best.json")
+            for p in (*old, *best, out / "weighting.png"):
                 p.unlink(missing_ok=True)
         resume = f"scorekit train --out {out} --resume"
         result, code = _fit(trainer, "train", ckpt, resume, speak=rank == 0)
@@ -378,6 +405,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return code
             _save_weighting(trainer, out)
             what = f"trained to step {result['step']}, final loss {result['loss']:.4g}"
+            if trainer.best is not None:
+                what += (f", best validation loss {trainer.best[1]:.4g} at step "
+                         f"{trainer.best[0]} ({trainer.best_path})")  # fmt: skip
             print(f"{what}, skipped {result['skipped']}; checkpoint {ckpt}")
     finally:
         if trainer is not None:
@@ -1023,6 +1053,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the loss's weighting over noise levels: the recipe's own (fixed, default) or "
         "learned per sigma during training (learned: EDM2's uncertainty weighting, Karras et "
         "al. 2024; plotted in OUT/weighting.png)",
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        help="hold out this fraction of the training examples (seeded by --seed): the EMA "
+        "model's validation loss is logged every --val-every steps and the best checkpoint "
+        "kept as OUT/best.safetensors (default 0: no validation)",
+    )
+    t.add_argument(
+        "--val-every",
+        type=POSITIVE_INT,
+        help="steps between validations (default: the checkpoint interval, --ckpt-every)",
     )
     t.add_argument(
         "--recipe",

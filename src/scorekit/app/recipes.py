@@ -85,6 +85,7 @@ DEFAULTS = {
     "prediction": "auto",
     "dequantize": False,
     "weighting": "fixed",
+    "val_fraction": 0.0,
     "conditional": None,
     "train": {},
     "sample": {"sampler": "heun", "steps": 50},

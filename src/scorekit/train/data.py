@@ -29,10 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, check_generator, check_int
+from .._validate import check_choice, check_generator, check_int, check_range
 from ..core.random import rand, randint, randn
 
-__all__ = ["TOYS", "Dataset", "Normalizer", "digits", "load_data", "load_file", "toy_2d"]
+__all__ = [
+    "TOYS",
+    "Dataset",
+    "Normalizer",
+    "digits",
+    "load_data",
+    "load_file",
+    "split_validation",
+    "toy_2d",
+]
 
 TOYS = ("moons", "swiss_roll", "8gaussians", "checkerboard", "rings", "spirals", "pinwheel")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -139,6 +148,38 @@ class Dataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.x[i] if self.labels is None else (self.x[i], self.labels[i])
+
+
+def split_validation(data: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    r"""Hold out a random ``fraction`` of ``data`` for validation: ``(train, val)``, each a
+    :class:`Dataset` with the same normaliser and name (labels split with their examples).
+    ``round(fraction N)`` examples go to ``val`` (at least one), drawn by a permutation
+    seeded by ``seed``, so the same call gives the same split (what a resumed run needs).
+
+    Example:
+        >>> d = Dataset(x=torch.randn(10, 2), normalizer=Normalizer(), name="toy")
+        >>> tr, va = split_validation(d, 0.2)
+        >>> len(tr), len(va)
+        (8, 2)
+    """
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a scorekit Dataset, got {type(data).__name__}")
+    check_range("fraction", float(fraction), 0.0, 1.0)
+    n = len(data)
+    k = max(1, round(float(fraction) * n))
+    if not 0 < fraction < 1 or k >= n:
+        raise ValueError(
+            f"fraction must leave examples on both sides (0 < fraction < 1) of the {n} "
+            f"examples, got {fraction}"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    val_idx, train_idx = perm[:k].sort().values, perm[k:].sort().values
+
+    def part(idx: Tensor) -> Dataset:
+        labels = None if data.labels is None else data.labels[idx]
+        return Dataset(x=data.x[idx], normalizer=data.normalizer, name=data.name, labels=labels)
+
+    return part(train_idx), part(val_idx)
 
 
 def _u(n: int, g: torch.Generator | None) -> Tensor:

@@ -88,6 +88,8 @@ class TrainConfig:
     with a time budget runs until the time is spent); ``clock`` measures the seconds:
     ``"wall"`` time or this ``"process"``'s CPU time (comparable on a shared machine).
     ``schedule`` is ``"constant"``, ``"warmup"`` or ``"cosine"`` (see the module docstring).
+    With validation data, the validation loss is measured every ``val_every`` steps (default
+    ``ckpt_every``) over ``val_draws`` fixed draws of noise level and noise per example.
     """
 
     steps: int | None = 2000
@@ -109,6 +111,8 @@ class TrainConfig:
     sigma_buckets: int = 8
     on_nonfinite: str = "stop"
     progress: bool = True
+    val_every: int | None = None
+    val_draws: int = 4
 
     def __post_init__(self):
         if self.steps is None and self.seconds is None:
@@ -131,6 +135,9 @@ class TrainConfig:
         check_int("ckpt_every", self.ckpt_every)
         check_int("sigma_buckets", self.sigma_buckets)
         check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        if self.val_every is not None:
+            check_int("val_every", self.val_every)
+        check_int("val_draws", self.val_draws)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -350,6 +357,11 @@ class Trainer:
         device: where to train (default: the device :func:`init_distributed` reports).
         callbacks: callables ``callback(trainer, record)`` called at every logging interval
             with the JSON record written to ``log.jsonl`` (on every rank), e.g. an evaluation.
+        val_data: held-out examples (a tensor, ``(x, y)`` / ``(x, cond)`` pair or dataset of
+            tensors, as ``data``): every ``config.val_every`` steps the EMA model's mean loss
+            on them (:meth:`validation_loss`) goes into the next log record (``val_loss``)
+            and, when it is the lowest so far, the checkpoint is also written to
+            ``best.safetensors`` (the keep-best checkpoint, loadable like any other).
     """
 
     def __init__(
@@ -364,6 +376,7 @@ class Trainer:
         meta: dict | None = None,
         device: str | torch.device | None = None,
         callbacks: list | tuple = (),
+        val_data: Any = None,
     ):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")
@@ -417,6 +430,17 @@ class Trainer:
         )
         self._reset_counters(skipped=0)
         self._loss = _Loss(self.model, objective)
+        self._val = None
+        if val_data is not None:
+            val = _Source(val_data, self.device)
+            if val.tensors is None or val.data_shape != self.source.data_shape:
+                raise ValueError(
+                    "val_data must be tensors of examples shaped like the training data "
+                    f"{self.source.data_shape}, got {val.data_shape if val.tensors else 'a loader'}"
+                )
+            self._val = val.take(torch.arange(val.n, device=self.device))
+        self.best: tuple[int, float] | None = None  # (step, validation loss) of best.safetensors
+        self._val_record: dict | None = None  # the last validation, for the next log record
         self._ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -457,6 +481,50 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "checkpoint.safetensors"
 
     @property
+    def best_path(self) -> Path | None:
+        """The keep-best checkpoint (lowest validation loss), ``OUT/best.safetensors``."""
+        return None if self.out_dir is None else self.out_dir / "best.safetensors"
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        r"""The EMA model's mean loss on the validation examples over ``val_draws`` fixed
+        draws of :math:`t` and noise per example (the same draws at every call, so values
+        at different steps differ by the model only). A learned weighting
+        (:class:`~scorekit.losses.UncertaintyWeighted`) is left out: the value is that of
+        the fixed objective under it. Reads one value on the host."""
+        if self._val is None:
+            raise ValueError("validation_loss needs val_data")
+        from ..losses.uncertainty import UncertaintyWeighted
+
+        obj = self.objective
+        obj = obj.objective if isinstance(obj, UncertaintyWeighted) else obj
+        x, cond = self._val
+        model = self.ema.module
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        B = self.cfg.batch_size
+        for r in range(self.cfg.val_draws):
+            for i in range(0, x.shape[0], B):
+                xb = x[i : i + B]
+                cb = {k: v[i : i + B] for k, v in cond.items()}
+                g = torch.Generator(device=self.device).manual_seed(_seed(self.cfg.seed, r, i, 7))
+                t = obj.sample_t(xb.shape[0], generator=g, dtype=xb.dtype, device=self.device)
+                total += obj(model, xb, t=t, generator=g, **cb).double().sum()
+        return float(total) / (x.shape[0] * self.cfg.val_draws)
+
+    def _validate(self) -> None:
+        """Measure the validation loss; keep the checkpoint when it is the best so far."""
+        val = self.validation_loss()
+        improved = math.isfinite(val) and (self.best is None or val < self.best[1])
+        if improved:
+            self.best = (self.step, val)
+            if self.out_dir is not None and self.rank == 0:
+                self._check_finite()
+                self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(self.best_path, *self.state())
+        self._val_record = {"val_step": self.step, "val_loss": val,
+                            "best_step": self.best[0] if self.best else None}  # fmt: skip
+
+    @property
     def skipped(self) -> int:
         """Steps skipped for a non-finite loss or gradient (reads the pending steps)."""
         self._read()
@@ -491,6 +559,8 @@ class Trainer:
             "optim": {"param_groups": groups},
             "data_shape": list(self.source.data_shape),
         }
+        if self.best is not None:
+            meta["best"] = {"step": self.best[0], "val_loss": self.best[1]}
         return tensors, meta
 
     def save(self, path: str | Path | None = None) -> Path | None:
@@ -551,6 +621,8 @@ class Trainer:
         self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
         self._reset_counters(skipped=int(meta.get("skipped", 0)))
         self.ema.updates = int(meta["ema"]["updates"])
+        best = meta.get("best")
+        self.best = None if best is None else (int(best["step"]), float(best["val_loss"]))
         self.last_checkpoint = (path, self.step)
         self._truncate_log()
         if self.rank == 0:
@@ -739,6 +811,9 @@ class Trainer:
                     else:
                         bar.update(1)
                 end = cfg.done(self.step, self.elapsed)
+                if self._val is not None and (self.step % (cfg.val_every or cfg.ckpt_every) == 0
+                                              or end):  # fmt: skip
+                    self._validate()
                 if self.step % cfg.log_every == 0 or end:
                     self._log(t0, steps0, bar)
                 if (self.step % cfg.ckpt_every == 0 or end) and self.out_dir is not None:
@@ -794,6 +869,9 @@ class Trainer:
             "bucket_loss": [s / c if c > 0 else None for s, c in zip(sums, counts, strict=True)],
             "bucket_count": [int(c) for c in counts],
         }
+        if self._val_record is not None:
+            rec.update(self._val_record)
+            self._val_record = None
         if bar is not None:
             loss = math.nan if rec["loss"] is None else rec["loss"]
             bar.set_postfix(loss=f"{loss:.4g}", skipped=rec["skipped"])
