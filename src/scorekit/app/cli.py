@@ -253,18 +253,14 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"run's {meta['normalizer']}; the data must be the same (or pass --normalize as "
             "the run had it)"
         )
-    was = (meta.get("cli") or {}).get("weighting", "fixed")
-    if s.get("weighting", "fixed") != was:
-        raise ValueError(
-            f"--weighting {s.get('weighting', 'fixed')}: the run in {str(out)!r} was trained "
-            f"with --weighting {was}; resume it with that (or start another --out)"
-        )
-    was = float((meta.get("cli") or {}).get("val_fraction", 0.0))
-    if float(s.get("val_fraction", 0.0)) != was:
-        raise ValueError(
-            f"--val-fraction {s.get('val_fraction', 0.0):g}: the run in {str(out)!r} holds out "
-            f"{was:g} of its examples; resume it with that split (or start another --out)"
-        )
+    for key in ("weighting", "val_fraction"):  # the objective and the split stay the run's
+        mine, was = s.get(key, DEFAULTS[key]), (meta.get("cli") or {}).get(key, DEFAULTS[key])
+        if mine != was:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} {mine}: the run in {str(out)!r} was trained with {flag} {was}; "
+                "resume it with that (or start another --out)"
+            )
     step, t = meta.get("step", 0), s["train"]
     if t.get("steps") is not None and t["steps"] <= step and not t.get("seconds"):
         raise ValueError(
@@ -287,9 +283,8 @@ def _save_weighting(trainer, out: Path) -> None:
     obj = trainer.objective
     if not isinstance(obj, UncertaintyWeighted):
         return
-    ends = obj.process.sigma(torch.tensor([obj.process.t_min, obj.process.t_max])).tolist()
-    lo, hi = max(min(ends), max(ends) * 1e-6), max(ends)
-    curve = obj.weighting_curve(torch.logspace(np.log10(lo), np.log10(hi), 64))
+    edges = trainer.sigma_edges  # the range of sigma the trainer logs its loss over
+    curve = obj.weighting_curve(torch.logspace(edges[0].log10(), edges[-1].log10(), 64))
     curve["step"] = trainer.step
     write_atomic(out / "weighting.json", json.dumps(curve, indent=1) + "\n")
     try:

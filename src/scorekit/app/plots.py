@@ -341,19 +341,17 @@ def plot_learned_weighting(curve: dict, *, title: str = "Learned weighting per n
     factor :math:`e^{-u(\sigma)}` that multiplies the fixed weighting."""
     sigma = np.asarray(curve["sigma"], dtype=float)
     fig, axes = _figure(2, size=4.5)
-    ax = axes[0, 0]
-    ax.plot(sigma, curve["u"], marker=".")
-    ax.set_xscale("log")
-    ax.set_xlabel("noise level sigma")
-    ax.set_ylabel("u(sigma) = log mean loss per coordinate")
-    ax.set_title("learned log-variance")
-    ax = axes[0, 1]
-    ax.plot(sigma, curve["weight"], marker=".")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("noise level sigma")
-    ax.set_ylabel("exp(-u(sigma))")
-    ax.set_title("factor on the fixed weighting")
+    panels = (
+        ("u", "u(sigma) = log mean loss per coordinate", "learned log-variance", "linear"),
+        ("weight", "exp(-u(sigma))", "factor on the fixed weighting", "log"),
+    )
+    for ax, (key, ylabel, name, yscale) in zip(axes[0], panels, strict=True):
+        ax.plot(sigma, curve[key], marker=".")
+        ax.set_xscale("log")
+        ax.set_yscale(yscale)
+        ax.set_xlabel("noise level sigma")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
     step = curve.get("step")
     fig.suptitle(title + (f" (step {step})" if step is not None else ""))
     return fig
