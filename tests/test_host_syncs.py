@@ -11,7 +11,9 @@ from host_syncs import syncs
 from scorekit import EDM, VP, EDMPrecond, ExactScore, GaussianMixture, ScoreModel, nets
 from scorekit.guidance import ClassifierFreeGuidance, ExactConditional
 from scorekit.losses import (
+    AUGMENT_DIM,
     OBJECTIVES,
+    Augmented,
     ClassifierObjective,
     LabelDropout,
     UncertaintyWeighted,
@@ -29,11 +31,11 @@ def _model(name, process, num_classes=None):
     return ScoreModel(nets.MLP(2, hidden=16, depth=1, num_classes=num_classes), process, "eps")
 
 
-def _steps(model, objective, n, **cond):
+def _steps(model, objective, n, shape=(2,), **cond):
     """``n`` bare steps: objective, backward, fused AdamW (as the Trainer's)."""
     params = [*model.parameters(), *getattr(objective, "parameters", list)()]
     opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
-    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
 
     def run():
@@ -46,13 +48,13 @@ def _steps(model, objective, n, **cond):
     return run
 
 
-CASES = [*OBJECTIVES, "label_dropout", "classifier", "uncertainty"]
+CASES = [*OBJECTIVES, "label_dropout", "classifier", "uncertainty", "augment"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_objective_steps_make_no_host_sync(name):
     process = EDM() if name in ("edm", "uncertainty") else VP()
-    cond = {}
+    cond, shape = {}, (2,)
     if name == "label_dropout":
         model = _model(name, process, num_classes=3)
         objective = LabelDropout(make_objective("dsm", process), 3, 0.2)
@@ -65,12 +67,17 @@ def test_objective_steps_make_no_host_sync(name):
     elif name == "uncertainty":
         model = _model("edm", process)
         objective = UncertaintyWeighted(make_objective("edm", process))
+    elif name == "augment":
+        torch.manual_seed(0)
+        net = nets.UNet(1, base=8, mults=(1, 2), attention=False, augment_dim=AUGMENT_DIM)
+        model, shape = ScoreModel(net, process, "eps"), (1, 8, 8)
+        objective = Augmented(make_objective("dsm", process), p=0.5)
     else:
         model = _model(name, process)
         objective = make_objective(name, process)
-    _steps(model, objective, 1, **cond)()  # first call: one-time reads (cached constants)
-    one, _ = syncs(_steps(model, objective, 1, **cond))
-    four, where = syncs(_steps(model, objective, 4, **cond))
+    _steps(model, objective, 1, shape, **cond)()  # first call: one-time reads (constants)
+    one, _ = syncs(_steps(model, objective, 1, shape, **cond))
+    four, where = syncs(_steps(model, objective, 4, shape, **cond))
     assert four == one == 0, (name, one, four, where)
 
 

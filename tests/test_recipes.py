@@ -86,6 +86,9 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     )
     rec = json.loads((digits / "evaluate.json").read_text())
     assert rec["n_held_out"] == 540 and rec["frechet"] > rec["frechet_real"] > 0
+    # an untrained net's samples are far from every training digit, farther than real ones
+    assert rec["nn_train_median"] > rec["nn_train_median_real"] > 0
+    assert rec["nn_ratio"] == pytest.approx(rec["nn_train_median"] / rec["nn_train_median_real"])
 
 
 def test_every_command_takes_device_and_threads(tmp_path, capsys):

@@ -127,6 +127,10 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["train"]["bf16"] = True
     if getattr(args, "weighting", None) is not None:
         s["weighting"] = args.weighting
+    if getattr(args, "augment", None) is not None:
+        if not 0 <= args.augment <= 1:
+            raise ValueError(f"--augment must be a probability in [0, 1], got {args.augment}")
+        s["augment"] = args.augment
     if getattr(args, "val_fraction", None) is not None:
         if not 0 <= args.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -253,7 +257,7 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"run's {meta['normalizer']}; the data must be the same (or pass --normalize as "
             "the run had it)"
         )
-    for key in ("weighting", "val_fraction"):  # the objective and the split stay the run's
+    for key in ("weighting", "augment", "val_fraction"):  # objective and split stay the run's
         mine, was = s.get(key, DEFAULTS[key]), (meta.get("cli") or {}).get(key, DEFAULTS[key])
         if mine != was:
             flag = "--" + key.replace("_", "-")
@@ -690,6 +694,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 frechet_real=q["frechet_real"],
                 frechet_protocol="PCA-16 of the training digits, all held-out digits; "
                 "real: as many training digits",
+                nn_train_median=q["nn_train_median"],
+                nn_train_median_real=q["nn_train_median_real"],
+                nn_ratio=q["nn_ratio"],
             )
         else:
             from sklearn.decomposition import PCA
@@ -749,6 +756,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k in (
             "frechet",
             "frechet_real",
+            "nn_ratio",
             "sliced_w2",
             "sliced_w2_real",
             "straightness",
@@ -1048,6 +1056,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the loss's weighting over noise levels: the recipe's own (fixed, default) or "
         "learned per sigma during training (learned: EDM2's uncertainty weighting, Karras et "
         "al. 2024; plotted in OUT/weighting.png)",
+    )
+    t.add_argument(
+        "--augment",
+        type=float,
+        help="images: flip, rotate by 90 degrees and shift by a pixel, each with this "
+        "probability, and tell the U-Net which (EDM's non-leaky augmentation, Karras et al. "
+        "2022; samples are drawn untransformed; default 0: none)",
     )
     t.add_argument(
         "--val-fraction",

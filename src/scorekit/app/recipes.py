@@ -85,6 +85,7 @@ DEFAULTS = {
     "prediction": "auto",
     "dequantize": False,
     "weighting": "fixed",
+    "augment": 0.0,
     "val_fraction": 0.0,
     "conditional": None,
     "train": {},
@@ -247,7 +248,8 @@ def describe(s: dict, shape: tuple[int, ...], n: int, auto: bool) -> str:
         f"{t.get('schedule', 'warmup')} (warm-up {t.get('warmup', 100)}), budget {budget}, EMA "
         f"{t.get('ema_decay', 0.999):g}"
         + (", dequantized pixels" if s.get("dequantize") else "")
-        + (", learned per-sigma weighting" if s.get("weighting") == "learned" else ""),
+        + (", learned per-sigma weighting" if s.get("weighting") == "learned" else "")
+        + (f", augmented (p {s['augment']:g})" if s.get("augment") else ""),
         f"  evaluation sampler {s['sample']['sampler']}, {s['sample']['steps']} steps",
     ]
     return "\n".join(lines)
@@ -325,7 +327,9 @@ def build_run(settings: dict, data) -> tuple:
     the data); the objective is wrapped in :class:`~scorekit.losses.Dequantized` when the
     recipe dequantizes discrete data (``data_meta(...)["bins"]`` levels over [-1, 1]), in
     :class:`~scorekit.losses.LabelDropout` for a class-conditional run, whose examples are
-    then ``(x, y)`` pairs, and last in :class:`~scorekit.losses.UncertaintyWeighted` when
+    then ``(x, y)`` pairs, in :class:`~scorekit.losses.Augmented` (non-leaky augmentation,
+    the U-Net told the transform) when ``"augment"`` (the probability of each transform) is
+    above 0, and last in :class:`~scorekit.losses.UncertaintyWeighted` when
     ``"weighting"`` is ``"learned"``. ``settings`` is completed in place (process, network,
     sigma_data, classes), as a checkpoint stores it. Seed torch first: the network is
     initialised here.
@@ -348,6 +352,17 @@ def build_run(settings: dict, data) -> tuple:
     if s["conditional"] is not None:  # the labels travel with x; the net takes y=
         objective = conditional_objective(s, data, objective)
         examples = data
+    augment = s.get("augment", 0.0)
+    if augment:  # the U-Net learns p(x | transform); samplers pass none: no transform
+        from ..losses import AUGMENT_DIM, Augmented
+
+        if len(data.shape) != 3 or net_config_for(s["net"], data.shape, process)["name"] != "unet":
+            raise ValueError(
+                f"--augment {augment:g}: augmentation needs images and the U-Net, got examples "
+                f"of shape {tuple(data.shape)} and net {s['net'].get('name', 'auto')!r}"
+            )
+        objective = Augmented(objective, p=augment)
+        s["net"] = {**s["net"], "augment_dim": AUGMENT_DIM}
     weighting = s.get("weighting", "fixed")
     if weighting == "learned":  # outermost, so that the Trainer trains its parameters
         from ..losses import UncertaintyWeighted

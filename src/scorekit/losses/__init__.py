@@ -8,11 +8,13 @@ weighting with importance sampling, DDPM, EDM, min-SNR, conditional flow matchin
 an optional minibatch-OT coupling);
 :mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`;
 :mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier;
-:mod:`~scorekit.losses.uncertainty`: EDM2's learned per-σ weighting.
+:mod:`~scorekit.losses.uncertainty`: EDM2's learned per-σ weighting;
+:mod:`~scorekit.losses.augment`: EDM's non-leaky augmentation.
 
 All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
 """
 
+from .augment import AUGMENT_DIM, Augmented, augment_images
 from .conditional import ClassifierObjective, LabelDropout
 from .objectives import (
     DDPMObjective,
@@ -31,7 +33,9 @@ from .score_matching import dsm, esm, ism, ncsn_loss, ssm, ssm_vr
 from .uncertainty import UncertaintyWeighted
 
 __all__ = [
+    "AUGMENT_DIM",
     "OBJECTIVES",
+    "Augmented",
     "ClassifierObjective",
     "DDPMObjective",
     "DSMObjective",
@@ -45,6 +49,7 @@ __all__ = [
     "Objective",
     "ScoreMatchingObjective",
     "UncertaintyWeighted",
+    "augment_images",
     "dsm",
     "esm",
     "ism",

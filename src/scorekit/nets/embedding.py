@@ -18,11 +18,19 @@ label to it, :math:`e(t, y) = \mathrm{MLP}(\gamma(t)) + E[y]` with a table :math
 no label is given), as ADM adds the class embedding to the time embedding (Dhariwal &
 Nichol 2021) and classifier-free guidance needs (Ho & Salimans 2022).
 
+A network trained on augmented data (``augment_dim`` :math:`A`) adds a linear map of the
+augmentation's parameters :math:`a \in \mathbb R^A` (zero: no augmentation) without bias,
+:math:`e(t, y, a) = \dots + W a`, so that it learns the augmented images as a separate
+condition and samples without augmentation when :math:`a = 0` or none is given (EDM's
+non-leaky augmentation, Karras et al. 2022, Appendix F.2).
+
 References:
     Tancik et al., "Fourier Features Let Networks Learn High Frequency Functions", 2020.
     Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Appendix H.
     Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis", NeurIPS 2021.
     Ho & Salimans, "Classifier-Free Diffusion Guidance", 2022.
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+    NeurIPS 2022.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class NoiseEmbedding(nn.Module):
         input: ``"t"`` embeds ``t`` itself, ``"log_t"`` embeds :math:`\log \max(t, 10^{-8})`.
         seed: seed of the random frequencies (so a config rebuilds the same module).
         num_classes: :math:`K` for class labels ``y`` in :math:`[0, K]` (``None``: no labels).
+        augment_dim: :math:`A` for augmentation parameters ``aug`` of shape ``(B, A)``
+            (``None``: the network takes none).
 
     Example:
         >>> emb = NoiseEmbedding(32)
@@ -65,6 +75,7 @@ class NoiseEmbedding(nn.Module):
         input: str = "t",
         seed: int = 0,
         num_classes: int | None = None,
+        augment_dim: int | None = None,
     ):
         super().__init__()
         dim = check_int("dim", dim, minimum=2)
@@ -87,8 +98,11 @@ class NoiseEmbedding(nn.Module):
         if self.num_classes is not None:
             self.labels = nn.Embedding(self.num_classes + 1, dim)
             nn.init.normal_(self.labels.weight, std=0.02)
+        self.augment_dim = None if augment_dim is None else check_int("augment_dim", augment_dim)
+        if self.augment_dim is not None:
+            self.augment = nn.Linear(self.augment_dim, dim, bias=False)
 
-    def forward(self, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, t: Tensor, y: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         if t.dim() != 1:
             raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
         c = t.to(self.freqs.dtype)
@@ -96,6 +110,15 @@ class NoiseEmbedding(nn.Module):
             c = torch.log(c.clamp_min(1e-8))
         arg = 2 * math.pi * c[:, None] * self.freqs[None, :]
         e = self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+        if aug is not None:
+            if self.augment_dim is None:
+                raise ValueError("aug: this network takes no augmentation (augment_dim=None)")
+            if aug.shape != (t.shape[0], self.augment_dim):
+                raise ValueError(
+                    f"aug must have shape (B, augment_dim) = ({t.shape[0]}, "
+                    f"{self.augment_dim}), got {tuple(aug.shape)}"
+                )
+            e = e + self.augment(aug.to(device=e.device, dtype=e.dtype))
         if self.num_classes is None:
             if y is not None:
                 raise ValueError("y: this network takes no class labels (num_classes=None)")

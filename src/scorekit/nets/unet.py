@@ -76,8 +76,10 @@ class UNet(nn.Module):
             :class:`~scorekit.nets.embedding.NoiseEmbedding`).
         num_classes: class-conditional on labels ``y`` in :math:`[0, K]`, :math:`K` the null
             label; ``None``: no labels.
+        augment_dim: takes augmentation parameters ``aug`` of shape ``(B, augment_dim)``
+            (non-leaky augmentation, :class:`~scorekit.losses.Augmented`); ``None``: none.
 
-    Returns (forward ``net(x, t, y=None)``):
+    Returns (forward ``net(x, t, y=None, aug=None)``):
         Tensor of shape ``(B, channels, H, W)``.
 
     Example:
@@ -98,6 +100,7 @@ class UNet(nn.Module):
         emb_scale: float = 16.0,
         time_input: str = "t",
         num_classes: int | None = None,
+        augment_dim: int | None = None,
     ):
         super().__init__()
         check_int("channels", channels)
@@ -120,11 +123,18 @@ class UNet(nn.Module):
         }
         if num_classes is not None:
             self._config["num_classes"] = check_int("num_classes", num_classes)
+        if augment_dim is not None:
+            self._config["augment_dim"] = check_int("augment_dim", augment_dim)
         self.channels, self.levels = channels, len(mults)
         check_int("emb_dim", emb_dim, minimum=2)
         check_positive("emb_scale", emb_scale)
         self.embed = NoiseEmbedding(
-            emb_dim, embedding, emb_scale, time_input, num_classes=num_classes
+            emb_dim,
+            embedding,
+            emb_scale,
+            time_input,
+            num_classes=num_classes,
+            augment_dim=augment_dim,
         )
         self.num_classes = self.embed.num_classes
         self.inp = nn.Conv2d(channels, base, 3, padding=1)
@@ -176,9 +186,11 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, aug: Tensor | None = None
+    ) -> Tensor:
         self._check(x, t)
-        e = F.silu(self.embed(t, y).to(x.dtype))
+        e = F.silu(self.embed(t, y, aug).to(x.dtype))
         h = self.inp(x)
         hs = [h]
         for i, level in enumerate(self.down):

@@ -489,15 +489,18 @@ class Trainer:
     def validation_loss(self) -> float:
         r"""The EMA model's mean loss on the validation examples over ``val_draws`` fixed
         draws of :math:`t` and noise per example (the same draws at every call, so values
-        at different steps differ by the model only). A learned weighting
-        (:class:`~scorekit.losses.UncertaintyWeighted`) is left out: the value is that of
-        the fixed objective under it. Reads one value on the host."""
+        at different steps differ by the model only). The outer wrappers that only shape
+        training, a learned weighting (:class:`~scorekit.losses.UncertaintyWeighted`) and
+        augmentation (:class:`~scorekit.losses.Augmented`), are left out: the value is that
+        of the fixed objective on the untransformed examples. Reads one value on the host."""
         if self._val is None:
             raise ValueError("validation_loss needs val_data")
+        from ..losses.augment import Augmented
         from ..losses.uncertainty import UncertaintyWeighted
 
         obj = self.objective
-        obj = obj.objective if isinstance(obj, UncertaintyWeighted) else obj
+        while isinstance(obj, (UncertaintyWeighted, Augmented)):
+            obj = obj.objective
         x, cond = self._val
         model = self.ema.module
         total = torch.zeros((), dtype=torch.float64, device=self.device)
