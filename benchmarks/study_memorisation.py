@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 VAL = ["--val-fraction", "0.1", "--val-every", "500"]
+POSTHOC = ["--posthoc-ema", "0.05,0.1"]
 RUNS = {  # name: (wall minutes, extra flags of scorekit train)
     "plain-5": (5.0, []),
     "augment-0.12-5": (5.0, ["--augment", "0.12"]),
@@ -37,7 +38,10 @@ RUNS = {  # name: (wall minutes, extra flags of scorekit train)
     "val-15": (15.0, VAL),
     "val-learned-15": (15.0, [*VAL, "--weighting", "learned"]),
     "val-augment-0.12-15": (15.0, [*VAL, "--augment", "0.12"]),
+    "posthoc-5": (5.0, [*POSTHOC, "--posthoc-every", "250"]),
+    "val-posthoc-15": (15.0, [*VAL, *POSTHOC, "--posthoc-every", "500"]),
 }
+WIDTHS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.17, 0.22)  # sigma_rel rebuilt post hoc
 CLI = [sys.executable, "-c", "import sys; from scorekit.app.cli import main; sys.exit(main())"]
 
 
@@ -65,6 +69,7 @@ def _settings(flags: list[str]) -> dict:
         "augment": float(f.get("--augment", 0.0)),
         "weighting": f.get("--weighting", "fixed"),
         "val_fraction": float(f.get("--val-fraction", 0.0)),
+        "posthoc_ema": [float(w) for w in f.get("--posthoc-ema", "").split(",") if w],
     }
 
 
@@ -75,6 +80,7 @@ def _finished(out: Path, minutes: float, flags: list[str]) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     cli = {"augment": 0.0, "weighting": "fixed", "val_fraction": 0.0, **meta.get("cli", {})}
+    cli["posthoc_ema"] = cli.get("train", {}).get("posthoc_ema", [])
     same = all(cli[k] == v for k, v in _settings(flags).items())
     budget = cli.get("train", {}).get("seconds") == 60 * minutes
     return same and budget and meta.get("elapsed", 0.0) >= 60 * minutes - 1
@@ -116,7 +122,36 @@ def run_one(name: str, work: Path, quick: bool) -> dict:
         best = json.loads((out / "best.json").read_text())["best"]
         rec["best_step"], rec["best_val_loss"] = best["step"], best["val_loss"]
         rec["best"] = _evaluate(out / "best.safetensors", work / f"{name}-best.json")
+    if "--posthoc-ema" in flags:  # rebuild a grid of widths, score each
+        rec["posthoc"] = _posthoc(out, work, name, None)
+        _choose(rec, "posthoc")
+        if "best_step" in rec:  # the same at the step validation kept
+            rec["posthoc_at_best"] = _posthoc(out, work, name, rec["best_step"])
+            _choose(rec, "posthoc_at_best")
     return rec
+
+
+def _posthoc(out: Path, work: Path, name: str, step: int | None) -> list[dict]:
+    """``scorekit ema`` over WIDTHS at ``step`` (default the last), each evaluated."""
+    widths = ",".join(f"{w:g}" for w in WIDTHS)
+    at = [] if step is None else ["--step", str(step)]
+    ema = [*CLI, "ema", str(out), "--sigma-rel", widths, *at, "--overwrite", "--threads", "1"]
+    subprocess.run(ema, check=True, capture_output=True)
+    tag = "" if step is None else f"-step{step}"
+    rows = []
+    for w in WIDTHS:
+        meta = json.loads((out / f"ema-{w:g}{tag}.json").read_text())["posthoc_ema"]
+        e = _evaluate(out / f"ema-{w:g}{tag}.safetensors", work / f"{name}-ema-{w:g}{tag}.json")
+        rows.append({"sigma_rel": w, "step": meta["step"], "val_loss": meta["val_loss"],
+                     "fit_error": meta["fit_error"], **e})  # fmt: skip
+    return rows
+
+
+def _choose(rec: dict, key: str) -> None:
+    """The width of lowest validation loss among ``rec[key]``, when they were scored."""
+    scored = [r for r in rec[key] if r["val_loss"] is not None]
+    if scored:
+        rec[key + "_chosen"] = min(scored, key=lambda r: r["val_loss"])["sigma_rel"]
 
 
 def table(records: list[dict]) -> str:
@@ -134,6 +169,16 @@ def table(records: list[dict]) -> str:
                 f"| {r['name']} | {r['minutes']:g} | {' '.join(r['flags']) or '–'} | {step} | "
                 f"{which} | {e['frechet']:.2f} | {e['nn_ratio']:.3f} |"
             )
+    for r in records:
+        for key in ("posthoc", "posthoc_at_best"):
+            for e in r.get(key, []):
+                lowest = r.get(key + "_chosen") == e["sigma_rel"]
+                chosen = " (lowest validation loss)" if lowest else ""
+                rows.append(
+                    f"| {r['name']} | {r['minutes']:g} | {' '.join(r['flags'])} | {e['step']} | "
+                    f"post-hoc EMA sigma_rel {e['sigma_rel']:g}{chosen} | {e['frechet']:.2f} | "
+                    f"{e['nn_ratio']:.3f} |"
+                )
     real = records[0]["last"]["frechet_real"] if records else float("nan")
     return "\n".join(rows) + f"\n\nReal digits under the same protocol and seed: {real:.2f}.\n"
 
@@ -154,11 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as pool:
         records = list(pool.map(lambda n: run_one(n, a.work, a.quick), names))
+    old = a.out / "memorisation.json"  # runs not redone now keep their records
+    if a.only and old.is_file():
+        kept = [r for r in json.loads(old.read_text())["runs"] if r["name"] not in names]
+        records = sorted(kept + records, key=lambda r: list(RUNS).index(r["name"]))
     result = {
         "study": "memorisation",
         "quick": a.quick,
         "jobs": a.jobs,
-        "wall_minutes": (time.perf_counter() - t0) / 60,
+        "wall_minutes_last_call": (time.perf_counter() - t0) / 60,
         "runs": records,
     }
     a.out.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,10 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["val_fraction"] = args.val_fraction
     if getattr(args, "val_every", None) is not None:
         s["train"]["val_every"] = args.val_every
+    if getattr(args, "posthoc_ema", None) is not None:
+        s["train"]["posthoc_ema"] = _widths(args.posthoc_ema, "--posthoc-ema")
+    if getattr(args, "posthoc_every", None) is not None:
+        s["train"]["posthoc_every"] = args.posthoc_every
     if args.schedule is not None:
         s["train"]["schedule"] = args.schedule
     _time_budget(s["train"], args.minutes, args.steps)
@@ -257,6 +261,13 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"run's {meta['normalizer']}; the data must be the same (or pass --normalize as "
             "the run had it)"
         )
+    mine, was = s["train"].get("posthoc_ema", []), meta.get("train", {}).get("posthoc_ema", [])
+    if list(mine) != list(was):
+        raise ValueError(
+            f"--posthoc-ema {','.join(f'{w:g}' for w in mine) or 'none'}: the run in "
+            f"{str(out)!r} keeps {','.join(f'{w:g}' for w in was) or 'none'}; resume it with "
+            "those (or start another --out)"
+        )
     for key in ("weighting", "augment", "val_fraction"):  # objective and split stay the run's
         mine, was = s.get(key, DEFAULTS[key]), (meta.get("cli") or {}).get(key, DEFAULTS[key])
         if mine != was:
@@ -298,9 +309,38 @@ def _save_weighting(trainer, out: Path) -> None:
     save_figure(plot_learned_weighting(curve), out / "weighting.png")
 
 
+def _run_data(s: dict):
+    """The training examples of a run's settings and its validation split (or ``None``),
+    as ``scorekit train`` draws them (seeded by the run's seed)."""
+    from ..train.data import load_data
+
+    seed = int(s["train"].get("seed", 0))
+    data = load_data(
+        s["data"],
+        n=s["n"],
+        generator=torch.Generator().manual_seed(seed),
+        normalize=s["normalize"],
+        key=s["key"],
+        image_size=s["image_size"],
+        split=s["split"] if s["data"] == "digits" else "all",
+    )
+    if data.x.shape[0] < 2:
+        raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
+    if not s.get("val_fraction"):
+        return data, None
+    from ..train.data import split_validation  # held out before anything is fitted
+
+    n_val = round(s["val_fraction"] * len(data))
+    if not 1 <= n_val < len(data) - 1:
+        raise ValueError(
+            f"--val-fraction {s['val_fraction']:g} of {len(data)} examples holds out "
+            f"{n_val}; it must leave at least one for validation and two for training"
+        )
+    return split_validation(data, s["val_fraction"], seed)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.checkpoint import load_checkpoint
-    from ..train.data import load_data
     from ..train.distributed import init_distributed, shutdown_distributed
     from ..train.trainer import TrainConfig, Trainer
 
@@ -340,30 +380,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = None
     try:
         seed = int(s["train"].get("seed", 0))
-        data = load_data(
-            s["data"],
-            n=s["n"],
-            generator=torch.Generator().manual_seed(seed),
-            normalize=s["normalize"],
-            key=s["key"],
-            image_size=s["image_size"],
-            split=s["split"] if s["data"] == "digits" else "all",
-        )
-        if data.x.shape[0] < 2:
-            raise ValueError(f"data {s['data']!r} holds {data.x.shape[0]} example(s), need >= 2")
-        val = None
         if s["train"].get("val_every") is not None and not s.get("val_fraction"):
             raise ValueError("--val-every needs --val-fraction (the examples to validate on)")
-        if s.get("val_fraction"):  # held out before anything is fitted to the examples
-            from ..train.data import split_validation
-
-            n_val = round(s["val_fraction"] * len(data))
-            if not 1 <= n_val < len(data) - 1:
-                raise ValueError(
-                    f"--val-fraction {s['val_fraction']:g} of {len(data)} examples holds out "
-                    f"{n_val}; it must leave at least one for validation and two for training"
-                )
-            data, val = split_validation(data, s["val_fraction"], seed)
+        data, val = _run_data(s)
         cfg_recipe = _load_json(args.config).get("recipe")
         recipe = args.recipe or cfg_recipe or (stored or {}).get("recipe")
         auto = recipe is None and not stored
@@ -397,6 +416,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             best = (out / "best.safetensors", out / "best.json")
             for p in (*old, *best, out / "weighting.png"):
                 p.unlink(missing_ok=True)
+            for p in (out / "posthoc").glob("*.safetensors"):  # the old run's snapshots
+                p.unlink()
+                p.with_suffix(".json").unlink(missing_ok=True)
         resume = f"scorekit train --out {out} --resume"
         result, code = _fit(trainer, "train", ckpt, resume, speak=rank == 0)
         if rank == 0:
@@ -413,6 +435,102 @@ def cmd_train(args: argparse.Namespace) -> int:
             trainer.close()
         shutdown_distributed()
     return 0
+
+
+def _widths(text: str, flag: str) -> list[float]:
+    """A comma-separated list of post-hoc EMA widths sigma_rel."""
+    from ..train.posthoc import SIGMA_REL_MAX, sigma_rel_to_gamma
+
+    try:
+        widths = [float(w) for w in str(text).split(",") if w.strip()]
+        for w in widths:
+            sigma_rel_to_gamma(w)
+    except ValueError:
+        widths = []
+    if not widths:
+        raise ValueError(
+            f"{flag} {text!r}: expected comma-separated widths sigma_rel in (0, "
+            f"{SIGMA_REL_MAX:.4f}], e.g. 0.05,0.1"
+        )
+    return widths
+
+
+def cmd_ema(args: argparse.Namespace) -> int:
+    """Post-hoc EMA: rebuild the averages of the widths asked from a run's snapshots
+    (``scorekit train --posthoc-ema``), score each on the run's validation split when it has
+    one, and write each as a checkpoint that sample / evaluate read."""
+    from ..train.checkpoint import load_checkpoint, save_checkpoint
+    from ..train.posthoc import reconstruct
+
+    run = Path(args.run)
+    if not run.is_dir() or not (run / "checkpoint.safetensors").is_file():
+        raise ValueError(f"RUN {str(run)!r}: expected a run folder with a checkpoint")
+    if not (run / "posthoc").is_dir():
+        raise ValueError(
+            f"{str(run)!r} has no post-hoc EMA snapshots (OUT/posthoc); train it with "
+            "--posthoc-ema 0.05,0.1"
+        )
+    widths = _widths(args.sigma_rel, "--sigma-rel")
+    if args.out is not None and len(widths) != 1:
+        raise ValueError(f"--out names one file, but --sigma-rel asks for {len(widths)} widths")
+    at = "" if args.step is None else f"-step{args.step}"
+    targets = [args.out or run / f"ema-{w:g}{at}.safetensors" for w in widths]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"{', '.join(existing)} exist(s); pass --overwrite to replace")
+    _runtime(args)
+    tensors, meta = load_checkpoint(run / "checkpoint.safetensors")
+    states = [reconstruct(run / "posthoc", w, args.step) for w in widths]
+    want = {k[len("ema.") :] for k in tensors if k.startswith("ema.")}
+    missing = sorted(want - set(states[0][0]))
+    if missing:
+        raise ValueError(
+            f"the snapshots in {str(run / 'posthoc')!r} lack {missing[:3]} of the run's model; "
+            "they belong to another run"
+        )
+    states = [({k: st[k] for k in want}, info) for st, info in states]
+    val_losses = _validation_losses(meta, [st for st, _ in states])
+    rows = []
+    for target, (state, info), vl in zip(targets, states, val_losses, strict=True):
+        info["val_loss"] = vl
+        keep = {k: v for k, v in tensors.items() if k.startswith("objective.")}
+        keep.update({f"model.{k}": v for k, v in state.items()})  # raw = the average here
+        keep.update({f"ema.{k}": v for k, v in state.items()})
+        out_meta = {k: v for k, v in meta.items() if k not in ("optim", "best")}
+        out_meta |= {"posthoc_ema": info, "step": info["step"]}
+        save_checkpoint(target, keep, out_meta)
+        rows.append(
+            f"sigma_rel {info['sigma_rel']:g} (gamma {info['gamma']:.3g}) at step "
+            f"{info['step']}: profile fit error {info['fit_error']:.2g}"
+            + ("" if vl is None else f", validation loss {vl:.5g}")
+            + f"; wrote {target}"
+        )
+    print("\n".join(rows))
+    if all(v is not None for v in val_losses) and len(widths) > 1:
+        i = min(range(len(widths)), key=val_losses.__getitem__)
+        print(f"lowest validation loss: sigma_rel {widths[i]:g} ({targets[i]})")
+    return 0
+
+
+def _validation_losses(meta: dict, states: list[dict]) -> list[float | None]:
+    """The run's validation loss (:meth:`Trainer.validation_loss`) of each EMA state, or
+    ``None`` for each when the run has no validation split."""
+    from ..train.trainer import TrainConfig, Trainer
+
+    s = json.loads(json.dumps(meta.get("cli") or {}))
+    if not s.get("val_fraction"):
+        return [None] * len(states)
+    data, val = _run_data(s)
+    torch.manual_seed(int(s["train"].get("seed", 0)))
+    model, objective, examples = build_run(s, data)
+    cfg = TrainConfig.from_dict({**s["train"], "progress": False, "posthoc_ema": []})
+    trainer = Trainer(model, objective, examples, cfg,
+                      val_data=val if examples is data else val.x)  # fmt: skip
+    out = []
+    for state in states:
+        trainer.ema.module.load_state_dict(state)
+        out.append(trainer.validation_loss())
+    return out
 
 
 # -- sample / likelihood / plot -----------------------------------------------------------
@@ -1077,6 +1195,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between validations (default: the checkpoint interval, --ckpt-every)",
     )
     t.add_argument(
+        "--posthoc-ema",
+        help="keep power-function weight averages of these relative widths sigma_rel (comma-"
+        "separated; EDM2 uses 0.05,0.1) and store them every --posthoc-every steps in "
+        "OUT/posthoc, so that scorekit ema rebuilds any other width after training",
+    )
+    t.add_argument(
+        "--posthoc-every",
+        type=POSITIVE_INT,
+        help="steps between post-hoc EMA snapshots (default: the checkpoint interval)",
+    )
+    t.add_argument(
         "--recipe",
         choices=sorted(RECIPES),
         help="the set of choices to train with (default: chosen from the data's shape; "
@@ -1252,6 +1381,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
     ev.add_argument("--out", type=Path, help="JSON to write (default RUN/evaluate.json)")
     ev.set_defaults(func=cmd_evaluate)
+
+    em = sub.add_parser(
+        "ema",
+        help="post-hoc EMA: rebuild weight averages of other widths from a run's snapshots",
+        parents=[runtime],
+    )
+    em.add_argument("run", type=Path, help="run folder trained with --posthoc-ema")
+    em.add_argument("--sigma-rel", required=True, help="widths sigma_rel to rebuild, comma-"
+                    "separated (e.g. 0.03,0.05,0.08,0.12,0.18); with a validation split each "
+                    "is scored on it")  # fmt: skip
+    em.add_argument("--step", type=POSITIVE_INT, help="a snapshot's step (default: the last)")
+    em.add_argument("--out", type=Path, help="checkpoint to write, for one width (default: "
+                    "RUN/ema-SIGMA.safetensors; RUN/ema-SIGMA-stepN.safetensors with "
+                    "--step)")  # fmt: skip
+    em.add_argument("--overwrite", action="store_true", help="replace existing files")
+    em.set_defaults(func=cmd_ema)
 
     r = sub.add_parser("recipes", help="list the recipes and what each was measured to reach")
     r.set_defaults(func=cmd_recipes)

@@ -72,6 +72,12 @@ class EMA:
         r""":math:`\beta_n` used by the update after ``n`` previous updates."""
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
+    def _weight(self, n: torch.Tensor) -> torch.Tensor:
+        """:math:`1 - \beta_n` as a tensor (``n``: the count, a 0-d tensor)."""
+        if self.warmup:
+            return 1.0 - torch.clamp((1 + n) / (10 + n), max=self.decay)
+        return torch.full_like(n, 1.0 - self.decay)
+
     @torch.no_grad()
     def update(self, model: nn.Module, good: torch.Tensor | None = None) -> None:
         """Move the average towards ``model``'s current parameters; copy its buffers. With
@@ -86,8 +92,7 @@ class EMA:
                 self._n = self._n.to(params[0].device)
         _, params, buffers = self._src
         n = self._n
-        beta = torch.clamp((1 + n) / (10 + n), max=self.decay) if self.warmup else None
-        weight = (1.0 - beta) if beta is not None else torch.full_like(n, 1.0 - self.decay)
+        weight = self._weight(n)
         if good is not None:
             weight = weight * good
         if params:  # ema += w (p - ema); foreach lerp would read a tensor weight on the host

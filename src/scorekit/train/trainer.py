@@ -17,7 +17,9 @@ follows ``schedule``: ``"constant"`` :math:`\eta`; ``"warmup"`` (default) the li
 :math:`\tfrac12(1 + \cos \pi c)`, decaying to zero at the end of the budget, with
 :math:`c \in [0, 1]` the fraction of the budget spent (steps, or seconds of ``clock``,
 whichever is further; Loshchilov & Hutter 2017). Gradients are clipped to a global norm;
-the EMA of the weights (:class:`~scorekit.train.ema.EMA`) is kept and saved. Every
+the EMA of the weights (:class:`~scorekit.train.ema.EMA`) is kept and saved, and with
+``posthoc_ema`` the power-function averages of :mod:`~scorekit.train.posthoc` too, stored
+as snapshots in ``OUT/posthoc/`` for choosing the average's length after training. Every
 ``log_every`` steps one JSON line goes to ``log.jsonl`` with the mean loss and the mean loss
 per bucket of :math:`\log\sigma` (geometric edges between :math:`\sigma(t_{min})` and
 :math:`\sigma(t_{max})`), and every callback is called with that record.
@@ -64,6 +66,7 @@ from .checkpoint import (
 from .data import Normalizer
 from .distributed import init_distributed
 from .ema import EMA
+from .posthoc import PowerEMA, save_snapshot, sigma_rel_to_gamma, snapshots
 
 __all__ = [
     "NonFiniteLoss",
@@ -82,7 +85,7 @@ CLOCKS = ("wall", "process")
 
 @dataclass
 class TrainConfig:
-    """Settings of :class:`Trainer` (all JSON-able; stored in every checkpoint).
+    r"""Settings of :class:`Trainer` (all JSON-able; stored in every checkpoint).
 
     ``steps`` and ``seconds`` bound the run (it stops at the first one reached; ``steps=None``
     with a time budget runs until the time is spent); ``clock`` measures the seconds:
@@ -90,6 +93,10 @@ class TrainConfig:
     ``schedule`` is ``"constant"``, ``"warmup"`` or ``"cosine"`` (see the module docstring).
     With validation data, the validation loss is measured every ``val_every`` steps (default
     ``ckpt_every``) over ``val_draws`` fixed draws of noise level and noise per example.
+    ``posthoc_ema`` lists the relative widths :math:`\sigma_{rel}` of power-function
+    averages kept beside the EMA and stored every ``posthoc_every`` steps (default
+    ``ckpt_every``) in ``OUT/posthoc/``, from which :func:`~scorekit.train.posthoc.reconstruct`
+    builds the average of any other width after training (EDM2: ``(0.05, 0.10)``).
     """
 
     steps: int | None = 2000
@@ -113,6 +120,8 @@ class TrainConfig:
     progress: bool = True
     val_every: int | None = None
     val_draws: int = 4
+    posthoc_ema: tuple[float, ...] | list[float] = ()
+    posthoc_every: int | None = None
 
     def __post_init__(self):
         if self.steps is None and self.seconds is None:
@@ -138,6 +147,13 @@ class TrainConfig:
         if self.val_every is not None:
             check_int("val_every", self.val_every)
         check_int("val_draws", self.val_draws)
+        if isinstance(self.posthoc_ema, (str, bytes)) or not hasattr(self.posthoc_ema, "__iter__"):
+            raise ValueError(f"posthoc_ema must be a list of sigma_rel, got {self.posthoc_ema!r}")
+        for s in self.posthoc_ema:
+            sigma_rel_to_gamma(s)  # a width the power profile can have
+        self.posthoc_ema = [float(s) for s in self.posthoc_ema]
+        if self.posthoc_every is not None:
+            check_int("posthoc_every", self.posthoc_every)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -418,6 +434,7 @@ class Trainer:
             )
             self._fused = False
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
+        self.posthoc = [PowerEMA(self.model, s) for s in self.cfg.posthoc_ema]
         self.step, self.elapsed = 0, 0.0
         self.stop_requested = False  # set by request_stop (a signal handler): save and stop
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
@@ -537,6 +554,8 @@ class Trainer:
         """Everything needed to continue: ``(tensors, meta)`` for :func:`save_checkpoint`."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        for i, average in enumerate(self.posthoc):
+            tensors.update({f"posthoc.{i}.{k}": v for k, v in average.module.state_dict().items()})
         if self._objective_module is not None:
             sd = self._objective_module.state_dict()
             tensors.update({f"objective.{k}": v for k, v in sd.items()})
@@ -560,6 +579,10 @@ class Trainer:
                 "updates": self.ema.updates,
             },
             "optim": {"param_groups": groups},
+            "posthoc": {
+                "sigma_rel": [a.sigma_rel for a in self.posthoc],
+                "updates": [a.updates for a in self.posthoc],
+            },  # fmt: skip
             "data_shape": list(self.source.data_shape),
         }
         if self.best is not None:
@@ -603,6 +626,15 @@ class Trainer:
                 )
         load_state(self.model, prefixed(tensors, "model"), f"checkpoint {path}")
         load_state(self.ema.module, prefixed(tensors, "ema"), f"checkpoint {path} (EMA)")
+        theirs_ph = (meta.get("posthoc") or {}).get("sigma_rel", [])
+        if theirs_ph != [a.sigma_rel for a in self.posthoc]:
+            raise ValueError(
+                f"checkpoint {path} keeps post-hoc EMA widths {theirs_ph}, but this run asks "
+                f"for {[a.sigma_rel for a in self.posthoc]}; resume with the run's own"
+            )
+        for i, average in enumerate(self.posthoc):
+            load_state(average.module, prefixed(tensors, f"posthoc.{i}"), f"checkpoint {path}")
+            average.updates = int(meta["posthoc"]["updates"][i])
         theirs_obj = prefixed(tensors, "objective")
         if (self._objective_module is None) != (not theirs_obj):
             have = "has" if theirs_obj else "has no"
@@ -630,6 +662,29 @@ class Trainer:
         self._truncate_log()
         if self.rank == 0:
             _remove_stale_temps(path.parent)
+            self._drop_later_snapshots()
+
+    # -- post-hoc EMA ---------------------------------------------------------------------
+    @property
+    def posthoc_dir(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "posthoc"
+
+    def _snapshot(self) -> None:
+        """Store the post-hoc averages at this step (rank 0, with an output folder)."""
+        if self.posthoc_dir is None or self.rank != 0:
+            return
+        self._check_finite()
+        self.posthoc_dir.mkdir(parents=True, exist_ok=True)
+        save_snapshot(self.posthoc_dir / f"{self.step:08d}.safetensors", self.posthoc, self.step)
+
+    def _drop_later_snapshots(self) -> None:
+        """Snapshots written after the resumed checkpoint belong to steps that are redone."""
+        if self.posthoc_dir is None or not self.posthoc_dir.is_dir():
+            return
+        for p, meta in snapshots(self.posthoc_dir):
+            if meta["step"] > self.step:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
 
     # -- logging -------------------------------------------------------------------------
     @property
@@ -802,6 +857,8 @@ class Trainer:
                 elif bool(good):  # without the fused kernel: one read per step
                     self.opt.step()
                 self.ema.update(self.model, good)
+                for average in self.posthoc:
+                    average.update(self.model, good)
                 self._pending.append((step, t.detach(), losses, good))
                 self.step += 1
                 if self._ddp is None or self.step % cfg.log_every == 0:
@@ -819,6 +876,9 @@ class Trainer:
                     self._validate()
                 if self.step % cfg.log_every == 0 or end:
                     self._log(t0, steps0, bar)
+                if self.posthoc and (self.step % (cfg.posthoc_every or cfg.ckpt_every) == 0
+                                     or end):  # fmt: skip
+                    self._snapshot()
                 if (self.step % cfg.ckpt_every == 0 or end) and self.out_dir is not None:
                     self.save()
             if self.stop_requested and self.step % cfg.log_every:
