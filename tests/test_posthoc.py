@@ -190,7 +190,7 @@ def test_cli_posthoc_ema(tmp_path, capsys):
     assert main([*s, "--out", str(tmp_path / "s.npy")]) == 0
     capsys.readouterr()
     cases = [
-        (["ema", str(run), "--sigma-rel", "0.08"], "ema-0.08.safetensors exist(s); pass --overwrite"),
+        (["ema", str(run), "--sigma-rel", "0.08"], "ema-0.08.safetensors exist(s); pass"),
         (["ema", str(run), "--sigma-rel", "0.5"], "--sigma-rel '0.5': expected comma-separated"),
         (["ema", str(run), "--sigma-rel", "0.1,0.2", "--out", str(tmp_path / "x.safetensors")],
          "--out names one file, but --sigma-rel asks for 2 widths"),
