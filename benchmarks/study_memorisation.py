@@ -174,8 +174,9 @@ def table(records: list[dict]) -> str:
             for e in r.get(key, []):
                 lowest = r.get(key + "_chosen") == e["sigma_rel"]
                 chosen = " (lowest validation loss)" if lowest else ""
+                step = e.get("step", r["steps"])
                 rows.append(
-                    f"| {r['name']} | {r['minutes']:g} | {' '.join(r['flags'])} | {e['step']} | "
+                    f"| {r['name']} | {r['minutes']:g} | {' '.join(r['flags'])} | {step} | "
                     f"post-hoc EMA sigma_rel {e['sigma_rel']:g}{chosen} | {e['frechet']:.2f} | "
                     f"{e['nn_ratio']:.3f} |"
                 )
@@ -190,7 +191,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--only", default=None, help="comma-separated run names")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="6-second budgets: a smoke run")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rewrite OUT/memorisation.md from OUT/memorisation.json, run nothing",
+    )
     a = p.parse_args(argv)
+    if a.table_only:
+        result = json.loads((a.out / "memorisation.json").read_text())
+        _write_table(a.out, result)
+        return result
     names = a.only.split(",") if a.only else list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -212,16 +222,22 @@ def main(argv: list[str] | None = None) -> dict:
     }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "memorisation.json").write_text(json.dumps(result, indent=1) + "\n")
+    _write_table(a.out, result)
+    return result
+
+
+def _write_table(out: Path, result: dict) -> None:
+    records = result["runs"]
     head = (
-        "# Keep-best checkpoints and non-leaky augmentation on digits\n\n"
-        f"`benchmarks/study_memorisation.py`, quick={a.quick}; small-images recipe, seed 0, "
+        "# Keep-best checkpoints, non-leaky augmentation and post-hoc EMA on digits\n\n"
+        f"`benchmarks/study_memorisation.py`, quick={result['quick']}; small-images recipe, "
+        "seed 0, "
         "wall-clock budgets, two runs at a time with one thread each. Fréchet: PCA-16, 500 "
         "Heun-50 samples to the 540 held-out digits. nn ratio: median distance of a sample "
         "to its nearest training digit over that of the held-out digits.\n\n"
     )
-    (a.out / "memorisation.md").write_text(head + table(records))
+    (out / "memorisation.md").write_text(head + table(records))
     print(table(records))
-    return result
 
 
 if __name__ == "__main__":
