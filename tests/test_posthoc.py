@@ -176,7 +176,8 @@ def test_cli_posthoc_ema(tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "--data", "moons", "--n", "300", "--batch", "32", "--out", str(run)]
     flags = ["--posthoc-ema", "0.05,0.1", "--posthoc-every", "5", "--val-fraction", "0.2"]
-    assert main([*base, "--steps", "20", *flags, "--quiet"]) == 0
+    assert main([*base, "--steps", "20", *flags]) == 0
+    assert "post-hoc EMA widths 0.05,0.1" in capsys.readouterr().out
     assert [m["step"] for _, m in snapshots(run / "posthoc")] == [5, 10, 15, 20]
     capsys.readouterr()
     assert main(["ema", str(run), "--sigma-rel", "0.03,0.08"]) == 0

@@ -249,7 +249,12 @@ def describe(s: dict, shape: tuple[int, ...], n: int, auto: bool) -> str:
         f"{t.get('ema_decay', 0.999):g}"
         + (", dequantized pixels" if s.get("dequantize") else "")
         + (", learned per-sigma weighting" if s.get("weighting") == "learned" else "")
-        + (f", augmented (p {s['augment']:g})" if s.get("augment") else ""),
+        + (f", augmented (p {s['augment']:g})" if s.get("augment") else "")
+        + (
+            ", post-hoc EMA widths " + ",".join(f"{w:g}" for w in t["posthoc_ema"])
+            if t.get("posthoc_ema")
+            else ""
+        ),
         f"  evaluation sampler {s['sample']['sampler']}, {s['sample']['steps']} steps",
     ]
     return "\n".join(lines)

@@ -670,10 +670,12 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "posthoc"
 
     def _snapshot(self) -> None:
-        """Store the post-hoc averages at this step (rank 0, with an output folder)."""
+        """Store the post-hoc averages at this step (rank 0, with an output folder). Every
+        rank checks for non-finite steps first, as :meth:`save` does, so that all stop
+        together."""
+        self._check_finite()
         if self.posthoc_dir is None or self.rank != 0:
             return
-        self._check_finite()
         self.posthoc_dir.mkdir(parents=True, exist_ok=True)
         save_snapshot(self.posthoc_dir / f"{self.step:08d}.safetensors", self.posthoc, self.step)
 
