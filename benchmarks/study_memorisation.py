@@ -35,6 +35,7 @@ RUNS = {  # name: (wall minutes, extra flags of scorekit train)
     "plain-5": (5.0, []),
     "augment-0.12-5": (5.0, ["--augment", "0.12"]),
     "augment-0.3-5": (5.0, ["--augment", "0.3"]),
+    "val-5": (5.0, VAL),
     "val-15": (15.0, VAL),
     "val-learned-15": (15.0, [*VAL, "--weighting", "learned"]),
     "val-augment-0.12-15": (15.0, [*VAL, "--augment", "0.12"]),

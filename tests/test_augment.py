@@ -190,3 +190,17 @@ def test_cli_augment(tmp_path, capsys):
     bad = ["train", "--data", "moons", "--n", "100", "--steps", "2", "--augment", "0.1"]
     assert main([*bad, "--out", str(tmp_path / "m")]) == 1
     assert "--augment 0.1: augmentation needs images and the U-Net" in capsys.readouterr().err
+
+
+def test_cli_augment_needs_square_images(tmp_path, capsys):
+    import numpy as np
+
+    from scorekit.app.cli import main
+
+    x = np.random.default_rng(0).random((20, 1, 8, 12)).astype(np.float32)
+    np.save(tmp_path / "wide.npy", x)
+    argv = ["train", "--data", str(tmp_path / "wide.npy"), "--steps", "1", "--augment", "0.1"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 1
+    assert "--augment 0.1: its quarter turns need square images, got 8x12" in (
+        capsys.readouterr().err
+    )

@@ -124,7 +124,7 @@ def test_reconstruction_matches_the_average_it_was_not_told(tmp_path):
     )
     earlier, info = reconstruct(tmp_path / "a" / "posthoc", 0.10, step=30)
     assert info["step"] == 30 and info["snapshots"] == 5
-    with pytest.raises(ValueError, match=r"step 31: the snapshots are at steps \[6, 12"):
+    with pytest.raises(ValueError, match=r"--step 31: the snapshots are at steps 6, 12, 18"):
         reconstruct(tmp_path / "a" / "posthoc", 0.10, step=31)
     with pytest.raises(ValueError, match="no post-hoc EMA snapshots in"):
         reconstruct(tmp_path, 0.1)
@@ -163,7 +163,7 @@ def test_snapshots_survive_a_resume_bit_for_bit(tmp_path):
 def test_config_checks():
     with pytest.raises(ValueError, match="sigma_rel must be a number in"):
         TrainConfig(posthoc_ema=[0.5])
-    with pytest.raises(ValueError, match="posthoc_ema must be a list of sigma_rel"):
+    with pytest.raises(ValueError, match="posthoc_ema must be a list of widths sigma_rel"):
         TrainConfig(posthoc_ema=0.1)
     assert TrainConfig(posthoc_ema=(0.05, 0.1)).posthoc_ema == [0.05, 0.1]
 
@@ -214,3 +214,43 @@ def test_cli_posthoc_ema(tmp_path, capsys):
     # the overwrite of a run removes its snapshots with it
     assert main([*base, "--steps", "3", "--overwrite", "--quiet"]) == 0
     assert snapshots(run / "posthoc") == []
+
+
+def test_a_stopped_run_snapshots_its_last_step_and_a_new_run_refuses_old_snapshots(tmp_path):
+    trainer = _trainer(tmp_path / "r", (0.05, 0.10), steps=20, every=5)
+    trainer.cfg.log_every = 7
+    trainer.callbacks = [lambda tr, record: tr.request_stop()]
+    trainer.fit()
+    assert trainer.step == 7
+    assert [m["step"] for _, m in snapshots(tmp_path / "r" / "posthoc")] == [5, 7]
+    _, info = reconstruct(tmp_path / "r" / "posthoc", 0.08)
+    assert info["step"] == 7
+    fresh = _trainer(tmp_path / "r", (0.05, 0.10), steps=20, every=5)
+    with pytest.raises(ValueError, match="holds post-hoc EMA snapshots of another run"):
+        fresh.fit()
+    assert [m["step"] for _, m in snapshots(tmp_path / "r" / "posthoc")] == [5, 7]
+
+
+def test_cli_posthoc_edges(tmp_path, capsys):
+    from scorekit.app.cli import main
+
+    run = tmp_path / "run"
+    base = ["train", "--data", "moons", "--n", "200", "--batch", "16", "--quiet"]
+    assert main([*base, "--steps", "6", "--posthoc-every", "2", "--out", str(run)]) == 1
+    assert "--posthoc-every needs --posthoc-ema" in capsys.readouterr().err
+    flags = ["--posthoc-ema", "0.05,0.1", "--posthoc-every", "10", "--out", str(run)]
+    assert main([*base, "--steps", "40", *flags]) == 0
+    capsys.readouterr()
+    argv = ["ema", str(run), "--sigma-rel", "0.01,0.1", "--step", "30", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (run / "ema-0.1-step30.safetensors").is_file() and "at step 30" in out
+    assert "warning: the snapshots resolve sigma_rel 0.01 poorly" in out
+    assert "sigma_rel 0.1 poorly" not in out
+    (run / "checkpoint.safetensors").unlink()  # only the snapshots are left: still a run
+    (run / "checkpoint.json").unlink()
+    (run / "log.jsonl").unlink()
+    assert main([*base, "--steps", "6", "--out", str(run)]) == 1
+    assert "already holds a run (posthoc)" in capsys.readouterr().err
+    assert main([*base, "--steps", "6", "--out", str(run), "--overwrite"]) == 0
+    assert snapshots(run / "posthoc") == [] and not list(run.glob("ema-*"))

@@ -140,6 +140,8 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
     if getattr(args, "posthoc_ema", None) is not None:
         s["train"]["posthoc_ema"] = _widths(args.posthoc_ema, "--posthoc-ema")
     if getattr(args, "posthoc_every", None) is not None:
+        if not s["train"].get("posthoc_ema"):
+            raise ValueError("--posthoc-every needs --posthoc-ema (the averages to store)")
         s["train"]["posthoc_every"] = args.posthoc_every
     if args.schedule is not None:
         s["train"]["schedule"] = args.schedule
@@ -361,6 +363,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     else:
         held = [p for p in (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl") if p.exists()]
+        if (out / "posthoc").is_dir() and any((out / "posthoc").glob("*.safetensors")):
+            held.append(out / "posthoc")
         if held and not args.overwrite:
             raise ValueError(
                 f"{str(out)!r} already holds a run ({', '.join(p.name for p in held)}); pass "
@@ -416,8 +420,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             best = (out / "best.safetensors", out / "best.json")
             for p in (*old, *best, out / "weighting.png"):
                 p.unlink(missing_ok=True)
-            for p in (out / "posthoc").glob("*.safetensors"):  # the old run's snapshots
-                p.unlink()
+            from ..train.posthoc import snapshots
+
+            found = snapshots(out / "posthoc") if (out / "posthoc").is_dir() else []
+            rebuilt = [p for p in out.glob("ema-*.safetensors")]  # scorekit ema's, of that run
+            for p in [p for p, _ in found] + rebuilt:  # every rank: each unlink may miss
+                p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
         resume = f"scorekit train --out {out} --resume"
         result, code = _fit(trainer, "train", ckpt, resume, speak=rank == 0)
@@ -478,7 +486,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise ValueError(f"{', '.join(existing)} exist(s); pass --overwrite to replace")
-    _runtime(args)
+    device = _runtime(args)
     tensors, meta = load_checkpoint(run / "checkpoint.safetensors")
     states = [reconstruct(run / "posthoc", w, args.step) for w in widths]
     want = {k[len("ema.") :] for k in tensors if k.startswith("ema.")}
@@ -489,7 +497,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
             "they belong to another run"
         )
     states = [({k: st[k] for k in want}, info) for st, info in states]
-    val_losses = _validation_losses(meta, [st for st, _ in states])
+    val_losses = _validation_losses(meta, [st for st, _ in states], device)
     rows = []
     for target, (state, info), vl in zip(targets, states, val_losses, strict=True):
         info["val_loss"] = vl
@@ -504,6 +512,12 @@ def cmd_ema(args: argparse.Namespace) -> int:
             f"{info['step']}: profile fit error {info['fit_error']:.2g}"
             + ("" if vl is None else f", validation loss {vl:.5g}")
             + f"; wrote {target}"
+            + (
+                f" (warning: the snapshots resolve sigma_rel {info['sigma_rel']:g} poorly; store "
+                "them more often with --posthoc-every, or pick a width nearer the tracked ones)"
+                if info["fit_error"] > 0.05
+                else ""
+            )
         )
     print("\n".join(rows))
     if all(v is not None for v in val_losses) and len(widths) > 1:
@@ -512,7 +526,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validation_losses(meta: dict, states: list[dict]) -> list[float | None]:
+def _validation_losses(meta: dict, states: list[dict], device) -> list[float | None]:
     """The run's validation loss (:meth:`Trainer.validation_loss`) of each EMA state, or
     ``None`` for each when the run has no validation split."""
     from ..train.trainer import TrainConfig, Trainer
@@ -524,7 +538,7 @@ def _validation_losses(meta: dict, states: list[dict]) -> list[float | None]:
     torch.manual_seed(int(s["train"].get("seed", 0)))
     model, objective, examples = build_run(s, data)
     cfg = TrainConfig.from_dict({**s["train"], "progress": False, "posthoc_ema": []})
-    trainer = Trainer(model, objective, examples, cfg,
+    trainer = Trainer(model, objective, examples, cfg, device=device,
                       val_data=val if examples is data else val.x)  # fmt: skip
     out = []
     for state in states:

@@ -366,6 +366,11 @@ def build_run(settings: dict, data) -> tuple:
                 f"--augment {augment:g}: augmentation needs images and the U-Net, got examples "
                 f"of shape {tuple(data.shape)} and net {s['net'].get('name', 'auto')!r}"
             )
+        if data.shape[1] != data.shape[2]:
+            raise ValueError(
+                f"--augment {augment:g}: its quarter turns need square images, got "
+                f"{data.shape[1]}x{data.shape[2]}; pass --image-size N to resize them"
+            )
         objective = Augmented(objective, p=augment)
         s["net"] = {**s["net"], "augment_dim": AUGMENT_DIM}
     weighting = s.get("weighting", "fixed")

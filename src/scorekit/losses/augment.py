@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -140,12 +141,12 @@ class Augmented:
 
     def __init__(
         self,
-        objective,
+        objective: Any,
         p: float = 0.12,
         kinds: tuple[str, ...] | list[str] = KINDS,
         max_shift: int = 1,
         key: str = "aug",
-    ):
+    ) -> None:
         if not callable(objective) or not hasattr(objective, "sample_t"):
             raise ValueError(f"objective must be a scorekit objective, got {objective!r}")
         self.objective, self.process = objective, objective.process
@@ -154,11 +155,24 @@ class Augmented:
         self.max_shift = check_int("max_shift", max_shift)
         self.key = str(key)
 
-    def sample_t(self, batch, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def sample_t(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         """The wrapped objective's noise levels."""
         return self.objective.sample_t(batch, generator, dtype, device)
 
-    def __call__(self, model, x0, t=None, generator=None, **cond) -> Tensor:
+    def __call__(
+        self,
+        model: Any,
+        x0: Tensor,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> Tensor:
         if self.key in cond:
             raise ValueError(f"{self.key}: Augmented draws the augmentation itself")
         x, a = augment_images(x0, self.p, generator, self.kinds, self.max_shift)

@@ -73,7 +73,7 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     def _weight(self, n: torch.Tensor) -> torch.Tensor:
-        """:math:`1 - \beta_n` as a tensor (``n``: the count, a 0-d tensor)."""
+        r""":math:`1 - \beta_n` as a tensor (``n``: the count, a 0-d tensor)."""
         if self.warmup:
             return 1.0 - torch.clamp((1 + n) / (10 + n), max=self.decay)
         return torch.full_like(n, 1.0 - self.decay)

@@ -187,7 +187,8 @@ def reconstruct(
     at = [m for _, m in use if m["step"] == step]
     if not at:
         steps = [m["step"] for _, m in found]
-        raise ValueError(f"step {step}: the snapshots are at steps {steps}")
+        shown = ", ".join(map(str, steps[:8])) + (f", ... {steps[-1]}" if len(steps) > 8 else "")
+        raise ValueError(f"--step {step}: the snapshots are at steps {shown}")
     gamma = sigma_rel_to_gamma(sigma_rel)
     t = at[0]["updates"][0]
     gammas, updates, keys = [], [], []

@@ -148,7 +148,9 @@ class TrainConfig:
             check_int("val_every", self.val_every)
         check_int("val_draws", self.val_draws)
         if isinstance(self.posthoc_ema, (str, bytes)) or not hasattr(self.posthoc_ema, "__iter__"):
-            raise ValueError(f"posthoc_ema must be a list of sigma_rel, got {self.posthoc_ema!r}")
+            raise ValueError(
+                f"posthoc_ema must be a list of widths sigma_rel, got {self.posthoc_ema!r}"
+            )
         for s in self.posthoc_ema:
             sigma_rel_to_gamma(s)  # a width the power profile can have
         self.posthoc_ema = [float(s) for s in self.posthoc_ema]
@@ -669,11 +671,24 @@ class Trainer:
     def posthoc_dir(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "posthoc"
 
+    _snapshot_step: int = -1
+
+    def _check_snapshots(self) -> None:
+        """A run that starts from step 0 must not add its snapshots to another run's."""
+        if self.step or self.posthoc_dir is None or not self.posthoc_dir.is_dir():
+            return
+        if snapshots(self.posthoc_dir):
+            raise ValueError(
+                f"{str(self.posthoc_dir)!r} holds post-hoc EMA snapshots of another run; "
+                "resume that run, or train into another folder"
+            )
+
     def _snapshot(self) -> None:
         """Store the post-hoc averages at this step (rank 0, with an output folder). Every
         rank checks for non-finite steps first, as :meth:`save` does, so that all stop
         together."""
         self._check_finite()
+        self._snapshot_step = self.step
         if self.posthoc_dir is None or self.rank != 0:
             return
         self.posthoc_dir.mkdir(parents=True, exist_ok=True)
@@ -834,6 +849,8 @@ class Trainer:
                 is saved.
         """
         cfg = self.cfg
+        if self.posthoc:
+            self._check_snapshots()
         self.model.train()
         params = self._params()
         bar = self._bar()
@@ -888,6 +905,8 @@ class Trainer:
             self._check_finite()
             if self.out_dir is not None and (self.last_checkpoint or (None, -1))[1] != self.step:
                 self.save()  # a run that took no step, or was stopped, leaves its checkpoint
+            if self.posthoc and self._snapshot_step != self.step:
+                self._snapshot()  # and its averages at that step
         finally:
             if bar is not None:
                 bar.close()
