@@ -1,8 +1,10 @@
-r"""Against memorisation on 1257 digits: keep-best checkpoints and non-leaky augmentation.
+r"""Against memorisation on 1257 digits: keep-best, non-leaky augmentation, post-hoc EMA.
 
-Each run is one ``scorekit train --data digits`` command (the ``small-images`` recipe, seed
-0) under a wall-clock budget (``--minutes``), run two at a time with one thread each
-(``--threads 1``) on a 2-core machine, so a wall-minute is about a CPU-minute. Then
+Each run is one ``scorekit train --data digits`` command (the ``small-images`` recipe,
+seed 0 unless ``--seed`` says otherwise) under a wall-clock budget (``--minutes``), run two
+at a time with one thread each (``--threads 1``) on a 2-core machine, so a wall-minute is
+about a CPU-minute. Runs with ``--posthoc-ema`` also rebuild a grid of widths with
+``scorekit ema`` (at the last step and, with validation, at the kept step). Then
 ``scorekit evaluate RUN/FILE --data digits --no-nll`` scores the last checkpoint and, where
 the run held out a validation split (``--val-fraction``), the kept best one
 (``best.safetensors``, the lowest validation loss of the EMA model): PCA-16 Fréchet of 500
@@ -33,6 +35,8 @@ VAL = ["--val-fraction", "0.1", "--val-every", "500"]
 POSTHOC = ["--posthoc-ema", "0.05,0.1"]
 RUNS = {  # name: (wall minutes, extra flags of scorekit train)
     "plain-5": (5.0, []),
+    "plain-5-seed1": (5.0, ["--seed", "1"]),
+    "plain-5-seed2": (5.0, ["--seed", "2"]),
     "augment-0.12-5": (5.0, ["--augment", "0.12"]),
     "augment-0.3-5": (5.0, ["--augment", "0.3"]),
     "val-5": (5.0, VAL),
@@ -71,6 +75,7 @@ def _settings(flags: list[str]) -> dict:
         "weighting": f.get("--weighting", "fixed"),
         "val_fraction": float(f.get("--val-fraction", 0.0)),
         "posthoc_ema": [float(w) for w in f.get("--posthoc-ema", "").split(",") if w],
+        "seed": int(f.get("--seed", 0)),
     }
 
 
@@ -82,6 +87,7 @@ def _finished(out: Path, minutes: float, flags: list[str]) -> bool:
         return False
     cli = {"augment": 0.0, "weighting": "fixed", "val_fraction": 0.0, **meta.get("cli", {})}
     cli["posthoc_ema"] = cli.get("train", {}).get("posthoc_ema", [])
+    cli["seed"] = cli.get("train", {}).get("seed", 0)
     same = all(cli[k] == v for k, v in _settings(flags).items())
     budget = cli.get("train", {}).get("seconds") == 60 * minutes
     return same and budget and meta.get("elapsed", 0.0) >= 60 * minutes - 1
@@ -232,7 +238,7 @@ def _write_table(out: Path, result: dict) -> None:
     head = (
         "# Keep-best checkpoints, non-leaky augmentation and post-hoc EMA on digits\n\n"
         f"`benchmarks/study_memorisation.py`, quick={result['quick']}; small-images recipe, "
-        "seed 0, "
+        "seed 0 unless --seed says otherwise, "
         "wall-clock budgets, two runs at a time with one thread each. Fréchet: PCA-16, 500 "
         "Heun-50 samples to the 540 held-out digits. nn ratio: median distance of a sample "
         "to its nearest training digit over that of the held-out digits.\n\n"
