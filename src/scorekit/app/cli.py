@@ -420,11 +420,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             best = (out / "best.safetensors", out / "best.json")
             for p in (*old, *best, out / "weighting.png"):
                 p.unlink(missing_ok=True)
-            from ..train.posthoc import snapshots
+            from ..train.posthoc import remove_snapshots
 
-            found = snapshots(out / "posthoc") if (out / "posthoc").is_dir() else []
-            rebuilt = [p for p in out.glob("ema-*.safetensors")]  # scorekit ema's, of that run
-            for p in [p for p, _ in found] + rebuilt:  # every rank: each unlink may miss
+            remove_snapshots(out / "posthoc")  # every rank: each unlink may miss
+            for p in out.glob("ema-*.safetensors"):  # scorekit ema's, of that run
                 p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
         resume = f"scorekit train --out {out} --resume"
@@ -468,7 +467,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
     (``scorekit train --posthoc-ema``), score each on the run's validation split when it has
     one, and write each as a checkpoint that sample / evaluate read."""
     from ..train.checkpoint import load_checkpoint, save_checkpoint
-    from ..train.posthoc import reconstruct
+    from ..train.posthoc import reconstruct_widths
 
     run = Path(args.run)
     if not run.is_dir() or not (run / "checkpoint.safetensors").is_file():
@@ -488,7 +487,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(existing)} exist(s); pass --overwrite to replace")
     device = _runtime(args)
     tensors, meta = load_checkpoint(run / "checkpoint.safetensors")
-    states = [reconstruct(run / "posthoc", w, args.step) for w in widths]
+    states = reconstruct_widths(run / "posthoc", widths, args.step)
     want = {k[len("ema.") :] for k in tensors if k.startswith("ema.")}
     missing = sorted(want - set(states[0][0]))
     if missing:

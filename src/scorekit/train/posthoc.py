@@ -55,6 +55,8 @@ __all__ = [
     "posthoc_coefficients",
     "power_profile",
     "reconstruct",
+    "reconstruct_widths",
+    "remove_snapshots",
     "save_snapshot",
     "sigma_rel_to_gamma",
     "snapshots",
@@ -171,6 +173,17 @@ def snapshots(folder: str | Path) -> list[tuple[Path, dict]]:
     return sorted(out, key=lambda pm: pm[1]["step"])
 
 
+def remove_snapshots(folder: str | Path, after: int = -1) -> None:
+    """Delete the snapshots in ``folder`` past step ``after`` (all of them by default), each
+    with its JSON copy; a file already gone (another rank's) is no error."""
+    if not Path(folder).is_dir():
+        return
+    for p, meta in snapshots(folder):
+        if meta["step"] > after:
+            p.unlink(missing_ok=True)
+            p.with_suffix(".json").unlink(missing_ok=True)
+
+
 def reconstruct(
     folder: str | Path, sigma_rel: float, step: int | None = None
 ) -> tuple[dict[str, Tensor], dict]:
@@ -178,6 +191,13 @@ def reconstruct(
     the last snapshot's), as a state dict, from the snapshots in ``folder`` up to that step,
     and ``{"step", "updates", "sigma_rel", "gamma", "fit_error", "snapshots"}``
     (``fit_error``: :func:`posthoc_coefficients`' relative profile error)."""
+    return reconstruct_widths(folder, [sigma_rel], step)[0]
+
+
+def reconstruct_widths(
+    folder: str | Path, widths: list[float], step: int | None = None
+) -> list[tuple[dict[str, Tensor], dict]]:
+    """:func:`reconstruct` for each of ``widths``, reading each snapshot once."""
     found = snapshots(folder)
     if not found:
         raise ValueError(f"no post-hoc EMA snapshots in {str(folder)!r}")
@@ -189,34 +209,39 @@ def reconstruct(
         steps = [m["step"] for _, m in found]
         shown = ", ".join(map(str, steps[:8])) + (f", ... {steps[-1]}" if len(steps) > 8 else "")
         raise ValueError(f"--step {step}: the snapshots are at steps {shown}")
-    gamma = sigma_rel_to_gamma(sigma_rel)
     t = at[0]["updates"][0]
-    gammas, updates, keys = [], [], []
-    for p, m in use:
-        for i, (s, u) in enumerate(zip(m["sigma_rel"], m["updates"], strict=True)):
-            gammas.append(sigma_rel_to_gamma(s))
-            updates.append(u)
-            keys.append((p, i))
-    x, err = posthoc_coefficients(gammas, updates, gamma, t)
-    out: dict[str, Tensor] = {}
+    pairs = [pair for _, m in use for pair in zip(m["sigma_rel"], m["updates"], strict=True)]
+    gammas, updates = [sigma_rel_to_gamma(s) for s, _ in pairs], [u for _, u in pairs]
+    fits = [posthoc_coefficients(gammas, updates, sigma_rel_to_gamma(w), t) for w in widths]
+    sums: list[dict[str, Tensor]] = [{} for _ in widths]
     dtypes: dict[str, torch.dtype] = {}
-    buffers: dict[str, Tensor] = {}
-    for path in dict.fromkeys(p for p, _ in keys):
+    j = 0  # the coefficient of average i of this snapshot, in the order of ``pairs``
+    for path, m in use:
         tensors, _ = load_checkpoint(path)
-        for (q, i), c in zip(keys, x, strict=True):
-            if q != path:
-                continue
+        for i in range(len(m["sigma_rel"])):
+            prefix = f"{i}."
             for k, v in tensors.items():
-                if k.startswith(f"{i}."):
-                    name = k[len(f"{i}.") :]
-                    dtypes[name] = v.dtype
-                    term = v.double() * float(c)
+                if not k.startswith(prefix):
+                    continue
+                name, v = k[len(prefix) :], v.double()
+                dtypes[name] = tensors[k].dtype
+                for out, (x, _) in zip(sums, fits, strict=True):
+                    term = v * float(x[j])
                     out[name] = term if name not in out else out[name] + term
-        if path == use[-1][0]:  # the buffers at the step itself
-            buffers = {
-                k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")
-            }
-    out = {k: v.to(dtypes[k]) for k, v in out.items()} | buffers
-    info = {"step": int(step), "updates": int(t), "sigma_rel": float(sigma_rel),
-            "gamma": gamma, "fit_error": err, "snapshots": len(use)}  # fmt: skip
-    return out, info
+            j += 1
+    # the buffers at the step itself: those of the last snapshot read
+    buffers = {k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")}
+    return [
+        (
+            {k: v.to(dtypes[k]) for k, v in out.items()} | buffers,
+            {
+                "step": int(step),
+                "updates": int(t),
+                "sigma_rel": float(w),
+                "gamma": sigma_rel_to_gamma(w),
+                "fit_error": err,
+                "snapshots": len(use),
+            },
+        )  # fmt: skip
+        for w, out, (_, err) in zip(widths, sums, fits, strict=True)
+    ]

@@ -66,7 +66,7 @@ from .checkpoint import (
 from .data import Normalizer
 from .distributed import init_distributed
 from .ema import EMA
-from .posthoc import PowerEMA, save_snapshot, sigma_rel_to_gamma, snapshots
+from .posthoc import PowerEMA, remove_snapshots, save_snapshot, sigma_rel_to_gamma, snapshots
 
 __all__ = [
     "NonFiniteLoss",
@@ -437,6 +437,7 @@ class Trainer:
             self._fused = False
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.posthoc = [PowerEMA(self.model, s) for s in self.cfg.posthoc_ema]
+        self._snapshot_step = -1  # the step of the last post-hoc snapshot taken
         self.step, self.elapsed = 0, 0.0
         self.stop_requested = False  # set by request_stop (a signal handler): save and stop
         self.last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the last save
@@ -671,8 +672,6 @@ class Trainer:
     def posthoc_dir(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "posthoc"
 
-    _snapshot_step: int = -1
-
     def _check_snapshots(self) -> None:
         """A run that starts from step 0 must not add its snapshots to another run's."""
         if self.step or self.posthoc_dir is None or not self.posthoc_dir.is_dir():
@@ -696,12 +695,8 @@ class Trainer:
 
     def _drop_later_snapshots(self) -> None:
         """Snapshots written after the resumed checkpoint belong to steps that are redone."""
-        if self.posthoc_dir is None or not self.posthoc_dir.is_dir():
-            return
-        for p, meta in snapshots(self.posthoc_dir):
-            if meta["step"] > self.step:
-                p.unlink(missing_ok=True)
-                p.with_suffix(".json").unlink(missing_ok=True)
+        if self.posthoc_dir is not None:
+            remove_snapshots(self.posthoc_dir, after=self.step)
 
     # -- logging -------------------------------------------------------------------------
     @property
