@@ -208,15 +208,46 @@ def timed(fn):
     return out, (time.perf_counter() - t0) * 1000
 
 
+#: optimized_grid's calibration: independent prior draws (seed 99), its default candidates
+CALIBRATION = {"n": 256, "seed": 99, "candidates": 100, "refine": 8}
+
+
+def fitted_grids(model, dim: int):
+    """``steps -> optimized_grid`` (GITS) on CALIBRATION's starts, from SIGMA_MAX over the
+    Karras candidates down to SIGMA_MIN and a last step to sigma = 0, computed once per
+    step count; its cost is candidates * (refine + 1) evaluations of the 256 starts."""
+    from scorekit.samplers import optimized_grid
+
+    cache: dict = {}
+
+    def get(steps: int) -> torch.Tensor:
+        if steps not in cache:
+            gen = torch.Generator().manual_seed(CALIBRATION["seed"])
+            cache[steps] = optimized_grid(
+                model, steps, (CALIBRATION["n"], dim), dtype=DTYPE, final_zero=True,
+                candidates=CALIBRATION["candidates"], refine=CALIBRATION["refine"],
+                generator=gen,
+            )  # fmt: skip
+        return cache[steps]
+
+    return get
+
+
 def run_scorekit(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
     model = ExactScore(metrics.target, EDM(SIGMA_MIN, SIGMA_MAX))
     y0 = SIGMA_MAX * z
     ref = metrics.reference("scorekit", y0, SIGMA_MAX)
     one = model_ms(model, y0)
+    fitted = fitted_grids(model, z.shape[1])
     rows = []
     for label, spec in {**ODE_SAMPLERS, **SDE_SAMPLERS}.items():
         for budget in nfes:
-            for run_label, smp, grid in scorekit_runs(label, spec, budget):
+            runs = scorekit_runs(label, spec, budget)
+            if label in ODE_SAMPLERS and label != "edm":  # edm is heun on the same grid
+                name, opts, _ = spec
+                steps = (budget + 1) // 2 if label == "heun" else budget
+                runs.append((f"{label}[gits]", make_sampler(name, **opts), fitted(steps)))
+            for run_label, smp, grid in runs:
                 res, ms = timed(lambda: smp(model, y0, grid, torch.Generator().manual_seed(1)))  # noqa: B023
                 r = metrics.row(res.x, res.nfe, ref if not smp.stochastic else None)
                 steps = smp.num_steps(smp.check(model, grid))
@@ -385,6 +416,10 @@ def run(quick: bool = False) -> dict:
     except Exception:  # an optional extra: skip that part when it is missing or broken
         have_diffusers = False
     out = {"suite": "samplers", "n": n, "nfes": list(nfes), "diffusers": have_diffusers}
+    out["calibration"] = {
+        **CALIBRATION,
+        "nfe": CALIBRATION["candidates"] * (CALIBRATION["refine"] + 1),
+    }
     out["targets"], out["summary"] = {}, {}
     for tname, target in targets().items():
         t0 = time.perf_counter()
@@ -395,8 +430,10 @@ def run(quick: bool = False) -> dict:
             rows += run_diffusers(metrics, z, nfes)
         band = metrics.floor + 2 * metrics.floor_sd
         summary = {"sw_floor": metrics.floor, "sw_band": band, "budgets": {}}
+        fixed = [r for r in rows if not r["sampler"].endswith("[gits]")]
         for budget in nfes:
             sk, sk_name = best(rows, "scorekit", budget, "rmse", stochastic=False)
+            fx, fx_name = best(fixed, "scorekit", budget, "rmse", stochastic=False)
             df, df_name = best(rows, "diffusers", budget, "rmse")
             sw, sw_name = best(rows, "scorekit", budget, "sw_excess", stochastic=True)
             sw_df, sw_df_name = best(rows, "diffusers", budget, "sw_excess")
@@ -406,6 +443,8 @@ def run(quick: bool = False) -> dict:
                 "rmse_diffusers": df,
                 "rmse_diffusers_scheduler": df_name,
                 "rmse_ratio": sk / df if sk is not None and df else None,
+                "rmse_scorekit_fixed_grid": fx,
+                "rmse_scorekit_fixed_grid_sampler": fx_name,
                 "sw_stochastic": None if sw is None else sw + metrics.floor,
                 "sw_stochastic_sampler": sw_name,
                 "sw_in_band": None if sw is None else sw + metrics.floor <= band,
@@ -435,20 +474,26 @@ def markdown(result: dict) -> str:
         f"N = {result['n']} samples, float64, exact denoiser; diffusers "
         f"{'ran' if result['diffusers'] else 'not installed'}. RMSE: to the exact PF-ODE "
         "solution from the same start. SW: sliced W2 to an exact sample; the exact-vs-exact "
-        "band is floor mean + 2 sd.",
+        "band is floor mean + 2 sd. `[gits]`: a grid fitted to the model by "
+        "`optimized_grid` (GITS) on 256 independent starts, once per step count, at a cost "
+        f"of {result.get('calibration', {}).get('nfe', '-')} evaluations of those starts; "
+        "'fixed grids' is the best scorekit solver on the hand-made grids alone.",
     ]
     for tname, summ in result["summary"].items():
         lines += ["", f"## {tname}", ""]
         lines += [
-            "| NFE | best scorekit ODE | RMSE | best diffusers | RMSE | ratio | best "
-            "scorekit SDE | SW (band " + _f(summ["sw_band"], ".4f") + ") | in band |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| NFE | best scorekit ODE | RMSE | best diffusers | RMSE | ratio | fixed grids | "
+            "ratio | best scorekit SDE | SW (band " + _f(summ["sw_band"], ".4f") + ") | in band |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for b, v in summ["budgets"].items():
+            fx, df = v.get("rmse_scorekit_fixed_grid"), v["rmse_diffusers"]
+            fx_ratio = fx / df if fx is not None and df else None
             lines.append(
                 f"| {b} | {v['rmse_scorekit_sampler']} | {_f(v['rmse_scorekit'])} | "
-                f"{v['rmse_diffusers_scheduler'] or '-'} | {_f(v['rmse_diffusers'])} | "
-                f"{_f(v['rmse_ratio'], '.2f')} | {v['sw_stochastic_sampler']} | "
+                f"{v['rmse_diffusers_scheduler'] or '-'} | {_f(df)} | "
+                f"{_f(v['rmse_ratio'], '.2f')} | {_f(fx)} | {_f(fx_ratio, '.2f')} | "
+                f"{v['sw_stochastic_sampler']} | "
                 f"{_f(v['sw_stochastic'], '.4f')} | {v['sw_in_band']} |"
             )
         block = result["targets"][tname]

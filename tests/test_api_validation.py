@@ -74,6 +74,7 @@ OVERRIDES = {
     "scorekit.losses.score_matching.dsm": {"score_fn": lambda: lambda x, *s: -x},
     "scorekit.samplers.api.default_grid": {"name": lambda: "euler"},
     "scorekit.samplers.api.sample": {"shape_or_n": lambda: (4, 2)},
+    "scorekit.samplers.grids.optimized_grid": {"shape_or_n": lambda: (4, 2)},
     "scorekit.guidance.ClassifierFreeGuidance": {
         "model": lambda: ScoreModel(MLP(2, hidden=8, depth=1, emb_dim=8, num_classes=3), _process())
     },

@@ -9,6 +9,7 @@ with ``model`` a :class:`~scorekit.core.parametrize.ScoreModel`, ``x`` the state
 ``grid[0]`` and ``grid`` decreasing process times (:mod:`scorekit.core.schedules`).
 :func:`sample` is the one loop around it: the sampler by name (:data:`SAMPLERS`) or
 instance, its default grid, the process prior (or ``x_T``), conditioning and chunking.
+:func:`optimized_grid` fits a grid's steps to a model's own trajectories (GITS).
 
 Example:
     >>> import torch, scorekit as sk
@@ -24,6 +25,7 @@ from .api import SAMPLERS, default_grid, make_sampler, sample
 from .base import CountingModel, Grid, Sampler, SampleResult
 from .ddpm import DDIM, DDPM
 from .edm import EDMSampler
+from .grids import optimized_grid
 from .langevin import AnnealedLangevin, Langevin
 from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun, RungeKutta
@@ -55,5 +57,6 @@ __all__ = [
     "UniPC",
     "default_grid",
     "make_sampler",
+    "optimized_grid",
     "sample",
 ]
