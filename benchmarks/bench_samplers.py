@@ -42,7 +42,7 @@ from scorekit.core.schedules import (
     time_grid,
 )
 from scorekit.metrics import sliced_wasserstein
-from scorekit.samplers import Dopri5, make_sampler
+from scorekit.samplers import Dopri5, RungeKutta, make_sampler
 
 NFES = (10, 20, 50, 100)
 DTYPE = torch.float64
@@ -70,6 +70,11 @@ SDE_SAMPLERS = {
     "annealed_langevin": ("annealed_langevin", {}, False),
     "dpmpp_2m_sde": ("dpmpp_2m_sde", {}, True),
     "dpmpp_3m_sde": ("dpmpp_3m_sde", {}, True),
+    # Restart (Xu et al. 2023): Xu et al.'s interval, and one an octave higher, around Heun
+    # (2 evaluations a step) or UniPC (1); the main grid gets what the restarts leave
+    "restart_heun": ("restart", {"intervals": [(0.06, 0.3, 2, 2)]}, False),
+    "restart_unipc": ("restart", {"intervals": [(0.06, 0.3, 2, 2)], "solver": "unipc"}, False),
+    "restart_unipc_hi": ("restart", {"intervals": [(0.3, 1.5, 2, 2)], "solver": "unipc"}, False),
 }
 
 
@@ -185,6 +190,13 @@ def scorekit_runs(label: str, spec, budget: int):
         levels = budget // per - 1
         grid = geometric_sigmas(levels - 1, SIGMA_MIN, SIGMA_MAX)
         return [(label, make_sampler(name, steps_per_level=per), grid)]
+    if name == "restart":
+        smp = make_sampler(name, **opts)
+        per = len(smp.solver.b) if isinstance(smp.solver, RungeKutta) else 1  # evals a step
+        left = budget - sum(k * n * per for _, _, k, n in smp.intervals)
+        steps = (left + 1) // 2 if per == 2 else left
+        grids = [("karras", SIGMA_MIN), ("logsnr", 0.05)] if steps >= 3 else []
+        return [(f"{label}[{k},{e:.2g}]", smp, grid_family(k, steps, e)) for k, e in grids]
     grids = MULTISTEP_GRIDS if multistep else GRIDS
     return [
         (f"{label}[{k},{e:.2g}]", make_sampler(name, **opts), grid_family(k, steps, e))

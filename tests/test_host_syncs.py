@@ -101,7 +101,14 @@ def test_training_runs_read_values_only_at_their_boundary(posthoc):
 
 
 MIX = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
-OPTIONS = {"edm": {"s_churn": 5.0}, "ddim": {"eta": 0.5}, "mala": {"step_size": 0.01}}
+OPTIONS = {
+    "edm": {"s_churn": 5.0},
+    "ddim": {"eta": 0.5},
+    "mala": {"step_size": 0.01},
+    # a level inside both grids, so both calls have the same legs (each leg's coefficients
+    # are read once, in init; the legs depend on the intervals, not on the steps)
+    "restart": {"intervals": [(0.3, 1.0, 2, 2)]},
+}
 # dopri5's adaptive controller accepts or rejects each internal step on the host (its
 # error norm is read): the one sampler whose reads follow its internal steps by design.
 ADAPTIVE = {"dopri5"}

@@ -40,6 +40,7 @@ CHEAP = {  # sampler -> (steps, options) small enough for unit tests
     "ddpm": (6, {}),
     "ddim": (6, {"eta": 0.3}),
     "edm": (6, {"s_churn": 5.0}),
+    "restart": (6, {"solver": "unipc"}),
     "langevin": (6, {"step_size": 0.05}),
     "annealed_langevin": (3, {"steps_per_level": 2}),
 }

@@ -96,12 +96,13 @@ def test_unipc_corrector_costs_no_evaluation(setup):
 
 
 # -- weak order, exactly ---------------------------------------------------------------
-def _exact_moments(smp, model, grid, mean_t, var_t):
+def _exact_moments(smp, model, grid, mean_t, var_t, module=multistep, noises=None):
     """Mean and variance of the sampler's output when the start is N(mean_t, var_t): on a
     Gaussian target every step is affine in the start and the noises, so the output is
-    out0 + A x_T + sum_k c_k z_k, read off by feeding unit inputs one at a time."""
+    out0 + A x_T + sum_k c_k z_k, read off by feeding unit inputs one at a time (the noise
+    of ``module``'s ``randn_like``, at most ``noises`` draws, default one per step)."""
     n = grid.numel() - 1
-    b = n + 2
+    b = (n if noises is None else noises) + 2
     x = torch.zeros(b, 1, dtype=torch.float64)
     x[1] = 1.0
     calls = []
@@ -113,12 +114,12 @@ def _exact_moments(smp, model, grid, mean_t, var_t):
         calls.append(k)
         return z
 
-    orig = multistep.randn_like
-    multistep.randn_like = unit_noise
+    orig = module.randn_like
+    module.randn_like = unit_noise
     try:
         out = smp(model, x, grid, torch.Generator()).x[:, 0]
     finally:
-        multistep.randn_like = orig
+        module.randn_like = orig
     a = out[1] - out[0]
     c = out[2 : 2 + len(calls)] - out[0]
     return float(out[0] + a * mean_t), float(a**2 * var_t + (c**2).sum())

@@ -63,6 +63,8 @@ CASES = [
     ("edm", VP(), dict(steps=100, s_churn=30.0)),
     ("edm", VE(0.01, 20.0), dict(steps=100, s_churn=30.0, s_min=0.05, s_max=10.0)),
     ("annealed_langevin", VE(0.01, 20.0), dict(steps=10, steps_per_level=300)),
+    ("restart", VP(), dict(steps=30)),
+    ("restart", VE(0.01, 20.0), dict(steps=30, intervals=[(0.1, 0.6, 2, 3), (1.0, 4.0, 1, 3)])),
 ]
 
 

@@ -1,7 +1,7 @@
 r"""Samplers for score models: Langevin (ULA, MALA, annealed), reverse SDE
 (Euler–Maruyama, reverse diffusion, predictor–corrector, DPM-Solver++ 2M/3M SDE),
 probability-flow ODE (Euler, Heun, dopri5, DPM-Solver++ 2M/3M, UniPC, DEIS, iPNDM),
-DDPM/DDIM and EDM's stochastic sampler.
+DDPM/DDIM, EDM's stochastic sampler and Restart sampling.
 
 One calling convention: ``sampler(model, x, grid, generator=None,
 return_trajectory=False, cond=None, hook=None) -> SampleResult(x, nfe, trajectory, info)``,
@@ -29,6 +29,7 @@ from .grids import optimized_grid
 from .langevin import AnnealedLangevin, Langevin
 from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun, RungeKutta
+from .restart import Restart
 from .sde import EulerMaruyama, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "LangevinCorrector",
     "PredictorCorrector",
     "ReverseDiffusion",
+    "Restart",
     "RungeKutta",
     "SampleResult",
     "Sampler",

@@ -21,6 +21,7 @@ from .edm import EDMSampler
 from .langevin import AnnealedLangevin, Langevin
 from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun
+from .restart import Restart
 from .sde import EulerMaruyama, PredictorCorrector, ReverseDiffusion
 
 __all__ = ["SAMPLERS", "default_grid", "make_sampler", "sample"]
@@ -44,6 +45,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddpm": DDPM,
     "ddim": DDIM,
     "edm": EDMSampler,
+    "restart": Restart,
     "langevin": Langevin,
     "mala": partial(Langevin, metropolis=True),
     "annealed_langevin": AnnealedLangevin,
