@@ -66,6 +66,18 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     x = np.load(out, allow_pickle=False)
     assert x.shape == (50, 2) and np.isfinite(x).all()
     assert (tmp_path / "s.png").stat().st_size > 1000
+    # a grid fitted to the model (GITS) on 16 calibration starts: printed, then used
+    capsys.readouterr()
+    fitted = ["sample", str(run), "--sampler", "unipc", "--steps", "4", "--n", "20", "--out",
+              str(tmp_path / "f.npy"), "--grid", "fitted", "--calibration", "16"]  # fmt: skip
+    assert main(fitted) == 0
+    printed = capsys.readouterr().out
+    assert "fitted grid (GITS): 4 steps from 16 calibration starts" in printed
+    assert "NFE 4)" in printed and np.isfinite(np.load(tmp_path / "f.npy")).all()
+    assert main([*fitted[:-4], "--calibration", "16", "--overwrite"]) == 1
+    assert "--calibration needs --grid fitted" in _err(capsys)
+    assert main([*fitted[:2], "--sampler", "langevin", *fitted[4:], "--overwrite"]) == 1
+    assert "--grid fitted needs a sampler that steps a grid" in _err(capsys)
     argv = ["plot", str(run), "--out", str(tmp_path / "plots"), "--n", "50", "--steps", "5"]
     assert main(argv) == 0
     for k in ("field", "samples", "trajectories", "loss"):
@@ -80,6 +92,8 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((5, 3)))
     assert main(["likelihood", str(run), "--data", str(tmp_path / "three.npy")]) == 1
     assert "trained on (2,)" in _err(capsys)
+    assert main([*argv, "--steps", "10", "--samples", "2"]) == 1
+    assert "--samples is for discrete data" in _err(capsys)
 
 
 def test_train_on_images_and_tables(tmp_path, capsys):
@@ -145,6 +159,15 @@ def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
     nll, bpd = float(out.split()[1]), float(out.split("), ")[1].split()[0])
     # discrete data: NLL = bpd * D * ln 2, with no change-of-variables term
     assert nll == pytest.approx(bpd * 64 * np.log(2), rel=1e-3)
+    assert "uniform dequantization, 1 draw(s) per example" in out
+    for extra in (["--dequantization", "truncated_normal", "--samples", "2"],
+                  ["--dequantization", "variational", "--dequant-steps", "3"]):  # fmt: skip
+        assert main([*argv, *extra]) == 0
+        out = capsys.readouterr().out
+        assert f"{extra[1]} dequantization" in out and float(out.split("), ")[-1].split()[0]) > 0
+    assert "variational dequantizer: 3 steps on" in out
+    assert main([*argv, "--dequant-steps", "3"]) == 1
+    assert "--dequant-steps needs --dequantization variational" in _err(capsys)
     argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["grid.png", "loss.png"]

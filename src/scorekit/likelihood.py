@@ -54,6 +54,7 @@ from ._validate import (
 from .core.parametrize import ScoreModel
 from .core.processes import Process
 from .core.random import rademacher, rand, randn
+from .dequantize import VariationalDequantizer
 from .samplers.api import _bar, split_cond
 
 __all__ = [
@@ -486,13 +487,35 @@ def _truncated_normal(shape, c: float, generator, dtype, device) -> Tensor:
     return (torch.special.ndtri(p) / (2 * c)).to(dtype)
 
 
+def _check_grid(x: Tensor, bins: int, data_range: tuple[float, float]) -> float:
+    """The bin width :math:`h = (hi - lo)/(bins - 1)`, after checking that ``x`` holds the
+    levels ``lo + k h``, ``k = 0 .. bins - 1``."""
+    bins = check_int("bins", bins, minimum=2)
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be a pair (lo, hi), got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
+    h = (hi - lo) / (bins - 1)
+    k = (x - lo) / h
+    off_grid = (k - k.round()).abs().max()
+    if off_grid > 1e-3 or k.min() < -1e-3 or k.max() > bins - 1 + 1e-3:
+        raise ValueError(
+            f"x must hold levels lo + k*h with k in 0..{bins - 1} and h = {h:g} for "
+            f"data_range={data_range!r}, bins={bins}; got values in "
+            f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
+        )
+    return h
+
+
 def bits_per_dim(
     model: ScoreModel,
     x: Tensor,
     *,
     bins: int = 256,
     data_range: tuple[float, float] = (-1.0, 1.0),
-    dequantization: str = "uniform",
+    dequantization: str | VariationalDequantizer = "uniform",
     dequant_std: float | None = None,
     samples: int = 1,
     generator: torch.Generator | None = None,
@@ -524,13 +547,17 @@ def bits_per_dim(
       :math:`\sigma(t_{min})/\alpha(t_{min})`, so the dequantized points look like the
       noised data the model saw at :math:`t_{min}`; Zheng et al. 2023, i-DODE), and
       :math:`-\log q` its entropy in closed form.
+    - a :class:`~scorekit.dequantize.VariationalDequantizer` fitted to the model
+      (:func:`~scorekit.dequantize.fit_dequantizer`; Ho et al. 2019): :math:`v` and
+      :math:`\log q(v \mid x)` from the learned flow.
 
     Arguments:
         model: a :class:`~scorekit.core.parametrize.ScoreModel`.
         x: discrete data on the grid above, shape ``(B, *D)``.
         bins: number of levels (>= 2): any bit depth (a 5-bit image: 32; 16-bit: 65536).
         data_range: ``(lo, hi)`` the levels are mapped to, e.g. ``(-1, 1)`` or ``(0, 1)``.
-        dequantization: ``"uniform"`` or ``"truncated_normal"``.
+        dequantization: ``"uniform"``, ``"truncated_normal"`` or a fitted
+            :class:`~scorekit.dequantize.VariationalDequantizer`.
         dequant_std: the truncated normal's standard deviation in data units.
         samples: :math:`K`, dequantization draws per example (one ODE solve of
             :math:`KB` points); 1 is the usual variational bound.
@@ -555,30 +582,28 @@ def bits_per_dim(
         Weighted Autoencoders", ICLR 2016; Zheng et al., "Improved Techniques for Maximum
         Likelihood Estimation for Diffusion ODEs", ICML 2023.
     """
-    bins = check_int("bins", bins, minimum=2)
-    check_choice("dequantization", dequantization, DEQUANTIZATIONS)
+    learned = isinstance(dequantization, VariationalDequantizer)
+    if not learned:
+        check_choice("dequantization", dequantization, DEQUANTIZATIONS)
     samples = check_int("samples", samples, minimum=1)
     check_generator("generator", generator)
-    try:
-        lo, hi = (float(v) for v in data_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"data_range must be a pair (lo, hi), got {data_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
     check_tensor("x", x, min_dim=2)
     check_finite("x", x)
-    h = (hi - lo) / (bins - 1)
-    k = (x - lo) / h
-    off_grid = (k - k.round()).abs().max()
-    if off_grid > 1e-3 or k.min() < -1e-3 or k.max() > bins - 1 + 1e-3:
-        raise ValueError(
-            f"x must hold levels lo + k*h with k in 0..{bins - 1} and h = {h:g} for "
-            f"data_range={data_range!r}, bins={bins}; got values in "
-            f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
-        )
+    h = _check_grid(x, bins, data_range)
     B, D = x.shape[0], x[0].numel()
     shape = (samples, *x.shape)
-    if dequantization == "uniform":
+    if learned:
+        if dequant_std is not None:
+            raise ValueError("dequant_std is for dequantization='truncated_normal'")
+        if dequantization.data_shape != tuple(x.shape[1:]):
+            raise ValueError(
+                f"the dequantizer is for examples of shape {dequantization.data_shape}, "
+                f"x has {tuple(x.shape[1:])}"
+            )
+        with torch.no_grad():
+            v, log_q = dequantization.sample(x, samples, generator)
+        neg_log_q = -log_q.double()
+    elif dequantization == "uniform":
         if dequant_std is not None:
             raise ValueError("dequant_std is for dequantization='truncated_normal'")
         v = rand(shape, generator, x.dtype, x.device) - 0.5

@@ -463,15 +463,24 @@ def data_meta(s: dict, data) -> dict:
     }
 
 
-def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> dict:
+def nll_report(
+    model,
+    normalizer,
+    x: torch.Tensor,
+    bins: int | None,
+    dequantization="uniform",
+    samples: int = 1,
+    **kw,
+) -> dict:
     r"""Mean negative log-likelihood per example, bits/dim and their standard errors.
 
     Continuous data (``bins=None``): :func:`scorekit.likelihood.log_prob` of ``x`` (model
     space, ``(B, *D)``) moved to data coordinates with the normaliser's log-determinant;
     bits/dim :math:`= \mathrm{NLL}/(D \ln 2)`. Discrete data (``bins`` levels spanning
-    [-1, 1] in model space): :func:`scorekit.likelihood.bits_per_dim` with uniform
-    dequantisation, and NLL :math:`= \mathrm{bpd}\,D \ln 2`, the (bound on the) negative
-    log-probability of the discrete values, which no affine rescaling changes.
+    [-1, 1] in model space): :func:`scorekit.likelihood.bits_per_dim` with ``dequantization``
+    (a name or a fitted dequantizer) and ``samples`` draws per example, and NLL
+    :math:`= \mathrm{bpd}\,D \ln 2`, the (bound on the) negative log-probability of the
+    discrete values, which no affine rescaling changes.
     ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "nll_interval"
     (95%, Student t on n - 1 degrees of freedom), "bpd", "bpd_stderr", "prior_nll" (the mean
     prior term -log pi(x(t_max)) in nats), "prior_error_bound" (its mean bound, VE/EDM with
@@ -481,7 +490,8 @@ def nll_report(model, normalizer, x: torch.Tensor, bins: int | None, **kw) -> di
     d = math.prod(x.shape[1:])
     if bins is not None:
         # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
-        b = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0), **kw)
+        b = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0),
+                         dequantization=dequantization, samples=samples, **kw)  # fmt: skip
         nll, r = b.bpd.double() * d * math.log(2), b.likelihood
     else:
         r = log_prob(model, x, **kw)
