@@ -113,14 +113,13 @@ def _log_logistic(u: Tensor) -> Tensor:
     return -F.softplus(u) - F.softplus(-u)
 
 
-def _nll_bound(model: ScoreModel, y: Tensor, objective, span: float, generator) -> Tensor:
+def _nll_bound(model: ScoreModel, y: Tensor, objective, span: float, end, generator) -> Tensor:
     r"""A one-sample estimate of :math:`-\log p(y)` up to terms free of :math:`y`: the
     likelihood-weighted score-matching term (importance-sampled ``t``, times the span of
-    ``t``) plus the prior term :math:`-\log\pi(\alpha_T y + \sigma_T\varepsilon)`."""
-    process = model.process
-    a, s = (float(v) for v in process.marginal(process.t_max))
-    z = a * y + s * randn_like(y, generator)
-    return span * objective(model, y, generator=generator) - process.prior_log_prob(z)
+    ``t``) plus the prior term :math:`-\log\pi(\alpha_T y + \sigma_T\varepsilon)`,
+    ``end`` :math:`= (\alpha_T, \sigma_T)`."""
+    z = end[0] * y + end[1] * randn_like(y, generator)
+    return span * objective(model, y, generator=generator) - model.process.prior_log_prob(z)
 
 
 def fit_dequantizer(
@@ -173,6 +172,7 @@ def fit_dequantizer(
     deq = VariationalDequantizer(tuple(x.shape[1:]), hidden).to(x.device, x.dtype)
     objective = LikelihoodLoss(model.process)
     lo, hi = objective.t_sampler.bounds(model.process)
+    end = tuple(float(v) for v in model.process.marginal(model.process.t_max))
     params = list(deq.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     d = math.prod(x.shape[1:])
@@ -182,7 +182,7 @@ def fit_dequantizer(
         xb = x[idx]
         v, log_q = deq.sample(xb, 1, generator)
         y = xb + h * v[0]
-        loss = (_nll_bound(model, y, objective, hi - lo, generator) + log_q[0]).mean() / d
+        loss = (_nll_bound(model, y, objective, hi - lo, end, generator) + log_q[0]).mean() / d
         grads = torch.autograd.grad(loss, params)
         for p, g in zip(params, grads, strict=True):
             p.grad = g

@@ -823,6 +823,11 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
                                  f"{args.data!r} is continuous")  # fmt: skip
     elif args.dequant_steps is not None and deq != "variational":
         raise ValueError("--dequant-steps needs --dequantization variational")
+    elif deq == "truncated_normal" and (meta.get("cli") or {}).get("dequantize"):
+        print("note: this run trained on uniformly dequantized pixels; truncated_normal "
+              "concentrates each level within sigma(t_min) of it, which suits models trained "
+              "on the levels themselves, so its bound is loose here (uniform or variational "
+              "fit this model)", file=sys.stderr)  # fmt: skip
     elif deq == "variational":
         from ..dequantize import fit_dequantizer
 
