@@ -6,9 +6,9 @@
   per-point Student-t interval and the pooled one (``LikelihoodResult.interval``), with 2, 4
   and 16 Rademacher probes; and the share of points whose estimated standard error is 0.
 - ``divergence_ms``: milliseconds of one evaluation of the drift and its exact divergence on
-  1000 points (one thread), for the batched vector-Jacobian products scorekit uses and three
-  alternatives (torch.func: vmap over jvp, a loop of jvp, vmap over vjp), next to one model
-  call; D = 2, 16, 64.
+  1000 points (one thread), for the batched vector-Jacobian products scorekit uses and four
+  alternatives (torch.func: vmap over jvp, a loop of jvp, vmap over vjp, per-sample jacrev),
+  next to one model call; D = 2, 16, 64; for the exact mixture's score and for an MLP.
 """
 
 from __future__ import annotations
@@ -61,50 +61,72 @@ def _ms(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1000
 
 
+def _models(d: int) -> dict:
+    """The exact mixture's score, and an untrained residual MLP (the recipes' vector net)
+    predicting eps, both on VP, in float64."""
+    from scorekit import MLP, ScoreModel
+
+    torch.manual_seed(0)
+    return {
+        "exact mixture": ExactScore(_mixture(d), VP()),
+        "MLP": ScoreModel(MLP(dim=d).double().eval(), VP(), "eps"),
+    }
+
+
 def divergence_ms(dims) -> list[dict]:
-    from torch.func import jvp, vjp, vmap
+    from torch.func import jacrev, jvp, vjp, vmap
 
     rows = []
     for d in dims:
-        model = ExactScore(_mixture(d), VP())
-        x = model.target.sample(1000, torch.Generator().manual_seed(1))
-        t = torch.tensor(0.5, dtype=torch.float64)
+        for kind, model in _models(d).items():
+            x = _mixture(d).sample(1000, torch.Generator().manual_seed(1))
+            t = torch.tensor(0.5, dtype=torch.float64)
 
-        def f(z):
-            return model.process.ode_drift(z, t, model(z, t))  # noqa: B023
+            def f(z, model=model, t=t):
+                return model.process.ode_drift(z, t, model(z, t))
 
-        def basis():
-            n = x.shape[1]  # noqa: B023
-            return torch.eye(n, dtype=x.dtype)[:, None, :].expand(n, x.shape[0], n)  # noqa: B023
+            def basis(x=x):
+                n = x.shape[1]
+                return torch.eye(n, dtype=x.dtype)[:, None, :].expand(n, x.shape[0], n)
 
-        def vmap_jvp():
-            e = basis()
-            return (vmap(lambda u: jvp(f, (x,), (u,))[1])(e) * e).sum((0, 2))  # noqa: B023
+            def vmap_jvp(f=f, x=x):
+                e = basis()
+                return (vmap(lambda u: jvp(f, (x,), (u,))[1])(e) * e).sum((0, 2))
 
-        def loop_jvp():
-            tr = 0
-            for j in range(x.shape[1]):  # noqa: B023
-                e = torch.zeros_like(x)  # noqa: B023
-                e[:, j] = 1
-                tr = tr + jvp(f, (x,), (e,))[1][:, j]  # noqa: B023
-            return tr
+            def loop_jvp(f=f, x=x):
+                tr = 0
+                for j in range(x.shape[1]):
+                    e = torch.zeros_like(x)
+                    e[:, j] = 1
+                    tr = tr + jvp(f, (x,), (e,))[1][:, j]
+                return tr
 
-        def vmap_vjp():
-            _, fn = vjp(f, x)  # noqa: B023
-            e = basis()
-            return (vmap(fn)(e)[0] * e).sum((0, 2))
+            def vmap_vjp(f=f, x=x):
+                _, fn = vjp(f, x)
+                e = basis()
+                return (vmap(fn)(e)[0] * e).sum((0, 2))
 
-        reps = 3 if d >= 64 else 20
-        rows.append(
-            {
-                "dim": d,
-                "model_call": _ms(lambda: f(x), reps),  # noqa: B023
-                "scorekit_batched_vjp": _ms(lambda: L._drift_and_divergence(f, x, None), reps),  # noqa: B023
-                "vmap_jvp": _ms(vmap_jvp, reps),
-                "loop_jvp": _ms(loop_jvp, reps),
-                "vmap_vjp": _ms(vmap_vjp, reps),
+            def jacrev_per_sample(f=f, x=x):  # the Jacobian of each sample, then its trace
+                jac = vmap(jacrev(lambda z: f(z[None])[0]))(x)
+                return jac.diagonal(dim1=1, dim2=2).sum(-1)
+
+            ours = L._drift_and_divergence(f, x, None)[1][:, 0]
+            row = {"dim": d, "model": kind}
+            reps = 3 if d >= 64 else 20
+            methods = {
+                "model_call": lambda f=f, x=x: f(x),
+                "scorekit_batched_vjp": lambda f=f, x=x: L._drift_and_divergence(f, x, None),
+                "vmap_jvp": vmap_jvp,
+                "loop_jvp": loop_jvp,
+                "vmap_vjp": vmap_vjp,
+                "jacrev_per_sample": jacrev_per_sample,
             }
-        )
+            for name, fn in methods.items():
+                row[name] = _ms(fn, reps)
+                if name not in ("model_call", "scorekit_batched_vjp"):  # the same trace?
+                    with torch.no_grad():
+                        row[f"{name}_max_diff"] = float((fn().detach() - ours).abs().max())
+            rows.append(row)
     return rows
 
 
@@ -137,12 +159,16 @@ def markdown(result: dict) -> str:
         "Milliseconds per evaluation of the drift and its exact divergence (1000 points, one "
         "thread):",
         "",
-        "| D | model call | scorekit (batched VJP) | vmap over jvp | loop of jvp | vmap over vjp |",
-        "|---|---|---|---|---|---|",
+        "| model | D | model call | scorekit (batched VJP) | vmap over jvp | loop of jvp | "
+        "vmap over vjp | jacrev per sample |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["divergence_ms"]:
+        cells = [r[k] for k in ("model_call", "scorekit_batched_vjp", "vmap_jvp", "loop_jvp",
+                                "vmap_vjp", "jacrev_per_sample")]  # fmt: skip
         lines.append(
-            f"| {r['dim']} | {r['model_call']:.2f} | {r['scorekit_batched_vjp']:.2f} | "
-            f"{r['vmap_jvp']:.2f} | {r['loop_jvp']:.2f} | {r['vmap_vjp']:.2f} |"
+            f"| {r['model']} | {r['dim']} | " + " | ".join(f"{c:.2f}" for c in cells) + " |"
         )
+    worst = max(v for r in result["divergence_ms"] for k, v in r.items() if k.endswith("max_diff"))
+    lines += ["", f"Every alternative gives the same trace (largest difference {worst:.1e})."]
     return "\n".join(lines) + "\n"

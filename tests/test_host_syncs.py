@@ -100,6 +100,22 @@ def test_training_runs_read_values_only_at_their_boundary(posthoc):
     assert long == short, (short, long, where)
 
 
+def test_fitting_a_dequantizer_reads_values_only_at_its_boundary():
+    from scorekit.dequantize import fit_dequantizer
+
+    model = ExactScore(MIX, VP())
+    x = torch.randint(0, 9, (64, 2), generator=torch.Generator().manual_seed(0)) / 4.0 - 1.0
+
+    def fit(steps):
+        return lambda: fit_dequantizer(model, x.double(), bins=9, steps=steps, batch_size=8,
+                                       generator=torch.Generator().manual_seed(1))  # fmt: skip
+
+    fit(4)()  # first call: one-time reads (a process's ranges, cached)
+    short, _ = syncs(fit(4))
+    long, where = syncs(fit(16))
+    assert long == short, (short, long, where)
+
+
 MIX = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.3)
 OPTIONS = {
     "edm": {"s_churn": 5.0},

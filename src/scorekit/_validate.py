@@ -18,6 +18,7 @@ __all__ = [
     "check_generator",
     "check_instance",
     "check_int",
+    "check_levels",
     "check_process",
     "check_positive",
     "check_range",
@@ -116,3 +117,26 @@ def check_process(name: str, value: Any) -> Any:
     from .core.processes import Process
 
     return check_instance(name, value, Process)
+
+
+def check_levels(x: Tensor, bins: int, data_range: tuple[float, float]) -> float:
+    """The bin width :math:`h = (hi - lo)/(bins - 1)` of discrete data, after checking that
+    ``x`` holds the levels ``lo + k h``, ``k = 0 .. bins - 1`` (``bins``, ``data_range`` and
+    ``x`` named in the errors)."""
+    bins = check_int("bins", bins, minimum=2)
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be a pair (lo, hi), got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
+    h = (hi - lo) / (bins - 1)
+    k = (x - lo) / h
+    off_grid = (k - k.round()).abs().max()
+    if off_grid > 1e-3 or k.min() < -1e-3 or k.max() > bins - 1 + 1e-3:
+        raise ValueError(
+            f"x must hold levels lo + k*h with k in 0..{bins - 1} and h = {h:g} for "
+            f"data_range={data_range!r}, bins={bins}; got values in "
+            f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
+        )
+    return h

@@ -47,6 +47,7 @@ from ._validate import (
     check_finite,
     check_generator,
     check_int,
+    check_levels,
     check_positive,
     check_range,
     check_tensor,
@@ -487,28 +488,6 @@ def _truncated_normal(shape, c: float, generator, dtype, device) -> Tensor:
     return (torch.special.ndtri(p) / (2 * c)).to(dtype)
 
 
-def _check_grid(x: Tensor, bins: int, data_range: tuple[float, float]) -> float:
-    """The bin width :math:`h = (hi - lo)/(bins - 1)`, after checking that ``x`` holds the
-    levels ``lo + k h``, ``k = 0 .. bins - 1``."""
-    bins = check_int("bins", bins, minimum=2)
-    try:
-        lo, hi = (float(v) for v in data_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"data_range must be a pair (lo, hi), got {data_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
-    h = (hi - lo) / (bins - 1)
-    k = (x - lo) / h
-    off_grid = (k - k.round()).abs().max()
-    if off_grid > 1e-3 or k.min() < -1e-3 or k.max() > bins - 1 + 1e-3:
-        raise ValueError(
-            f"x must hold levels lo + k*h with k in 0..{bins - 1} and h = {h:g} for "
-            f"data_range={data_range!r}, bins={bins}; got values in "
-            f"[{float(x.min()):g}, {float(x.max()):g}], up to {float(off_grid):.3g} bins off"
-        )
-    return h
-
-
 def bits_per_dim(
     model: ScoreModel,
     x: Tensor,
@@ -589,16 +568,22 @@ def bits_per_dim(
     check_generator("generator", generator)
     check_tensor("x", x, min_dim=2)
     check_finite("x", x)
-    h = _check_grid(x, bins, data_range)
+    h = check_levels(x, bins, data_range)
     B, D = x.shape[0], x[0].numel()
     shape = (samples, *x.shape)
     if learned:
         if dequant_std is not None:
             raise ValueError("dequant_std is for dequantization='truncated_normal'")
-        if dequantization.data_shape != tuple(x.shape[1:]):
+        p = next(dequantization.parameters())
+        if dequantization.data_shape != tuple(x.shape[1:]) or (p.dtype, p.device) != (
+            x.dtype,
+            x.device,
+        ):
             raise ValueError(
-                f"the dequantizer is for examples of shape {dequantization.data_shape}, "
-                f"x has {tuple(x.shape[1:])}"
+                f"dequantization is a dequantizer for examples of shape "
+                f"{dequantization.data_shape}, {p.dtype} on {p.device}; x has shape "
+                f"{tuple(x.shape[1:])}, {x.dtype} on {x.device} (fit it on such data, or "
+                f"move it with .to(x))"
             )
         with torch.no_grad():
             v, log_q = dequantization.sample(x, samples, generator)

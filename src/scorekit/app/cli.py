@@ -624,6 +624,11 @@ def _pixels(meta: dict) -> tuple[float, float] | None:
     return (0.0, float(bins - 1)) if bins else None
 
 
+def _device(model) -> torch.device:
+    """The device a loaded model's parameters live on (the CPU for one without any)."""
+    return next(iter(model.parameters()), torch.zeros(())).device
+
+
 def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None, args=None,
             grid=None):  # fmt: skip
     """Samples on the model's device (the generator on the CPU: the same seed, the same
@@ -632,7 +637,7 @@ def _sample(model, shape, n, sampler, steps, seed, trajectory=False, cond=None, 
     from ..samplers import sample
 
     g = torch.Generator().manual_seed(seed)
-    device = next(iter(model.parameters()), torch.zeros(())).device
+    device = _device(model)
     if cond is not None:
         cond = {k: v.to(device) for k, v in cond.items()}
     return sample(
@@ -664,11 +669,12 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
                          f"--sampler {sampler} does not")  # fmt: skip
     steps = steps or make_sampler(sampler).default_steps
     n = args.calibration or 256
-    device = next(iter(model.parameters()), torch.zeros(())).device
+    device = _device(model)
     cal = None if cond is None else {k: v[:1].expand(n, *v.shape[1:]).to(device)
                                      for k, v in cond.items()}  # fmt: skip
     g = torch.Generator().manual_seed(args.seed + 1_000_003)
-    grid = optimized_grid(model, steps, (n, *shape), generator=g, cond=cal, device=device)
+    grid = optimized_grid(model, steps, (n, *shape), candidates=max(100, steps), generator=g,
+                          cond=cal, device=device)  # fmt: skip
     levels = model.process.ratio(grid).tolist()
     print(f"fitted grid (GITS): {steps} steps from {n} calibration starts (900 evaluations "
           f"of them); sigma/alpha " + ", ".join(f"{v:.3g}" for v in levels))  # fmt: skip
@@ -801,7 +807,7 @@ def _training_data(meta: dict) -> torch.Tensor:
 def cmd_likelihood(args: argparse.Namespace) -> int:
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
-    x = x.to(next(iter(model.parameters()), torch.zeros(())).device)
+    x = x.to(_device(model))
     kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size,
           "progress": not args.quiet}  # fmt: skip
     for k in ("steps", "rtol", "atol"):
@@ -924,7 +930,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     from ..metrics import straightness
 
-    device = next(iter(model.parameters()), torch.zeros(())).device
+    device = _device(model)
     g = torch.Generator().manual_seed(args.seed + 2)
     st = straightness(model, min(args.n, 500), 50, g, device=device)
     out.update(straightness=st.value, straightness_relative=st.relative, straightness_steps=50)

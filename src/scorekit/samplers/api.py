@@ -181,8 +181,9 @@ def sample(
     Returns:
         :class:`~scorekit.samplers.base.SampleResult`: ``x`` of shape ``(B, *D)``, ``nfe``
         the model evaluations spent over all chunks, ``trajectory`` of shape
-        ``(N + 1, B, *D)`` on request, ``info`` the sampler's diagnostics summed over
-        chunks, and ``"chunks"``.
+        ``(S + 1, B, *D)`` on request (``S`` steps: the grid's intervals, or more for a
+        sampler that leaves the grid, such as Restart), ``info`` the sampler's diagnostics
+        summed over chunks, and ``"chunks"``.
 
     Example:
         >>> import torch, scorekit as sk

@@ -43,7 +43,9 @@ class SampleResult:
     Attributes:
         x: the samples, shape ``(B, *D)``.
         nfe: number of model evaluations actually spent (a batched call counts once).
-        trajectory: ``(N + 1, B, *D)`` states at the grid points when requested, else ``None``.
+        trajectory: the state before the first step and after each, ``(S + 1, B, *D)`` with
+            ``S`` the sampler's steps (the grid's ``N`` intervals, or more for samplers that
+            leave the grid, e.g. Restart's round trips), when requested, else ``None``.
         info: sampler-specific diagnostics over all chunks (e.g. MALA's ``"acceptance"``).
     """
 

@@ -36,7 +36,7 @@ import torch
 
 from .._validate import check_int
 from ..core.random import randn_like
-from ..core.schedules import karras_sigmas
+from ..core.schedules import time_grid
 from .base import Grid, Sampler
 
 __all__ = ["Restart"]
@@ -173,10 +173,10 @@ class Restart(Sampler):
             if j > start:
                 legs.append(_Leg(_slice(grid, start, j)))
             for hi, repeats, steps in at[j]:
-                times = process.t_of_ratio(karras_sigmas(steps, grid.ratio(j), hi))
-                times[-1] = grid.t[j]
-                back = Grid.of(process, times)
-                jump = _Leg(None, grid.alpha[j], (hi**2 - grid.ratio(j) ** 2) ** 0.5, back.alpha[0])
+                t_hi = float(process.t_of_ratio(torch.tensor(hi, dtype=torch.float64)))
+                back = Grid.of(process, time_grid(process, steps, t_max=t_hi, t_min=grid.t[j]))
+                std = (back.ratio(0) ** 2 - grid.ratio(j) ** 2) ** 0.5  # to where the leg starts
+                jump = _Leg(None, grid.alpha[j], std, back.alpha[0])
                 legs += [jump, _Leg(back)] * repeats
             start = j
         if start < grid.n:

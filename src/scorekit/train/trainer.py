@@ -354,6 +354,17 @@ class _Source:
         return _cond_of(item)
 
 
+def adamw(params, lr: float, weight_decay: float = 0.0) -> tuple[torch.optim.AdamW, bool]:
+    """AdamW with the fused kernel where the device has one (one kernel, its step counter on
+    the device and a non-finite step skipped there: no host read per step), else the
+    ``foreach`` one; returns the optimiser and whether it is fused."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True), True
+    except (RuntimeError, TypeError):  # a device without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True), False
+
+
 class Trainer:
     r"""Train ``model`` on ``data`` with ``objective``; see the module docstring.
 
@@ -424,17 +435,7 @@ class Trainer:
         self._objective_module = _objective_module(objective)
         if self._objective_module is not None:
             self._objective_module.to(self.device)
-        params = self._params()
-        try:  # fused: one kernel, and a non-finite step is skipped on the device (found_inf)
-            self.opt = torch.optim.AdamW(
-                params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True
-            )
-            self._fused = True
-        except (RuntimeError, TypeError):  # a device without the fused kernel
-            self.opt = torch.optim.AdamW(
-                params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, foreach=True
-            )
-            self._fused = False
+        self.opt, self._fused = adamw(self._params(), self.cfg.lr, self.cfg.weight_decay)
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.posthoc = [PowerEMA(self.model, s) for s in self.cfg.posthoc_ema]
         self._snapshot_step = -1  # the step of the last post-hoc snapshot taken
