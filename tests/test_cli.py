@@ -72,12 +72,14 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
               str(tmp_path / "f.npy"), "--grid", "fitted", "--calibration", "16"]  # fmt: skip
     assert main(fitted) == 0
     printed = capsys.readouterr().out
-    assert "fitted grid (GITS): 4 steps from 16 calibration starts" in printed
+    assert "fitted grid (GITS): 4 steps from 16 calibration starts (900 evaluations" in printed
     assert "NFE 4)" in printed and np.isfinite(np.load(tmp_path / "f.npy")).all()
     many = [*fitted[:2], "--sampler", "euler_maruyama", "--steps", "120", *fitted[6:-1], "8",
             "--overwrite"]  # fmt: skip
     assert main(many) == 0  # more steps than the 100 default candidates
-    assert "fitted grid (GITS): 120 steps" in capsys.readouterr().out
+    assert "fitted grid (GITS): 120 steps from 8 calibration starts (1080 evaluations" in (
+        capsys.readouterr().out
+    )
     assert main([*fitted[:-4], "--calibration", "16", "--overwrite"]) == 1
     assert "--calibration needs --grid fitted" in _err(capsys)
     assert main([*fitted[:2], "--sampler", "langevin", *fitted[4:], "--overwrite"]) == 1

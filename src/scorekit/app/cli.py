@@ -673,11 +673,13 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
     cal = None if cond is None else {k: v[:1].expand(n, *v.shape[1:]).to(device)
                                      for k, v in cond.items()}  # fmt: skip
     g = torch.Generator().manual_seed(args.seed + 1_000_003)
-    grid = optimized_grid(model, steps, (n, *shape), candidates=max(100, steps), generator=g,
-                          cond=cal, device=device)  # fmt: skip
+    cands, refine = max(100, steps), 8  # optimized_grid's defaults, more candidates if needed
+    grid = optimized_grid(model, steps, (n, *shape), candidates=cands, refine=refine,
+                          generator=g, cond=cal, device=device)  # fmt: skip
     levels = model.process.ratio(grid).tolist()
-    print(f"fitted grid (GITS): {steps} steps from {n} calibration starts (900 evaluations "
-          f"of them); sigma/alpha " + ", ".join(f"{v:.3g}" for v in levels))  # fmt: skip
+    print(f"fitted grid (GITS): {steps} steps from {n} calibration starts "
+          f"({cands * (refine + 1)} evaluations of them); sigma/alpha "
+          + ", ".join(f"{v:.3g}" for v in levels))  # fmt: skip
     return grid
 
 
