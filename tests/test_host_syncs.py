@@ -154,6 +154,20 @@ def test_sampler_steps_make_no_host_sync(name):
     assert many == few, (name, few, many, where)
 
 
+def test_score_model_mala_makes_no_host_sync_per_step():
+    # the acceptance test through the score's line integral (no energy model)
+    model = ExactScore(MIX, VP())
+
+    def run(n):
+        return lambda: sample(model, 16, "mala", n, torch.Generator().manual_seed(0),
+                              step_size=0.01, path_points=4)  # fmt: skip
+
+    run(4)()
+    few, _ = syncs(run(4))
+    many, where = syncs(run(12))
+    assert many == few, (few, many, where)
+
+
 def test_conditional_guided_sampling_makes_no_host_sync_per_step():
     model = ClassifierFreeGuidance(ExactConditional(MIX, [0, 1], VP()), 2.0)
     y = {"y": torch.tensor([0, 1] * 8)}

@@ -132,10 +132,77 @@ def test_ula_small_step_matches_target(mix, reference):
     check_matches_target(res.x, mix, reference)
 
 
-def test_mala_needs_an_energy_model(mix):
-    model = ExactScore(mix, VE())
-    with pytest.raises(ValueError, match="energy"):
-        Langevin(0.1, metropolis=True)(model, torch.zeros(3, 2, dtype=torch.float64), [0.0, 0.0])
+def test_path_energy_difference_against_the_exact_log_density(mix):
+    # E(x') - E(x) by Gauss-Lobatto along the segment: exact for a Gaussian with the
+    # trapezoid rule; on the mixture the error falls fast with the number of points
+    from scorekit.samplers.langevin import path_energy_difference
+
+    process = VE(0.01, 20.0)
+    g = torch.Generator().manual_seed(4)
+    x = mix.sample(500, g)
+    prop = x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    t = 0.3
+    a, sd = process.marginal(torch.tensor(t, dtype=torch.float64))
+    true = -(mix.noised_log_prob(prop, a, sd) - mix.noised_log_prob(x, a, sd))
+    model = ExactScore(mix, process)
+    score = lambda y: model.score(y, t)  # noqa: E731
+    errs = [
+        float(
+            (path_energy_difference(score, x, prop, score(x), score(prop), n) - true).abs().mean()
+        )
+        for n in (2, 3, 4, 5)
+    ]
+    assert errs[0] > 1e-3  # the mixture is not Gaussian: the trapezoid rule is not exact
+    assert errs[1] < errs[0] / 3 and errs[2] < errs[1] / 3 and errs[3] < errs[2] / 3, errs
+    # antisymmetric in (x, x'): the reverse move gets exactly the opposite rise
+    back = path_energy_difference(score, prop, x, score(prop), score(x), 3)
+    assert torch.allclose(back, -path_energy_difference(score, x, prop, score(x), score(prop), 3),
+                          rtol=0, atol=1e-12)  # fmt: skip
+    one = GaussianMixture([1.0], [[1.0, -0.5]], covs=[[[0.5, 0.2], [0.2, 0.3]]])
+    gm = ExactScore(one, process)
+    true1 = -(one.noised_log_prob(prop, a, sd) - one.noised_log_prob(x, a, sd))
+    s1 = lambda y: gm.score(y, t)  # noqa: E731
+    got = path_energy_difference(s1, x, prop, s1(x), s1(prop), 2)
+    assert torch.allclose(got, true1, rtol=1e-12, atol=1e-10)
+
+
+def test_score_model_mala_is_the_energy_model_chain_on_a_gaussian():
+    # the trapezoid rule is exact for a Gaussian: the score model's MALA takes exactly the
+    # decisions of the energy model's
+    one = GaussianMixture([1.0], [[1.0, -0.5]], covs=[[[0.5, 0.2], [0.2, 0.3]]])
+    process = VE(0.01, 20.0)
+    x0 = torch.zeros(500, 2, dtype=torch.float64)
+    grid = torch.zeros(51, dtype=torch.float64)
+    by_energy = Langevin(0.4, metropolis=True)(
+        _energy_model(one, process), x0, grid, torch.Generator().manual_seed(0)
+    )
+    by_path = Langevin(0.4, metropolis=True, path_points=2)(
+        ExactScore(one, process), x0, grid, torch.Generator().manual_seed(0)
+    )
+    assert 0.2 < by_path.info["acceptance"] < 0.95
+    assert by_path.info["accepted"] == by_energy.info["accepted"]
+    assert torch.allclose(by_path.x, by_energy.x, rtol=0, atol=1e-10)  # round-off over 50 steps
+    assert by_path.nfe == by_energy.nfe == 51
+
+
+def test_score_model_mala_is_unbiased_where_ula_is_not(mix, reference):
+    # the same large step as the energy model's test above, with the score's line integral
+    process = VE(0.01, 20.0)
+    grid = torch.zeros(301, dtype=torch.float64)
+    x0 = mix.sample(N, torch.Generator().manual_seed(5))
+    res = Langevin(0.3, metropolis=True, path_points=5)(
+        ExactScore(mix, process), x0, grid, torch.Generator().manual_seed(0)
+    )
+    assert res.nfe == 1 + 300 * 4  # start, then the proposal's score and 3 inner points
+    check_matches_target(res.x, mix, reference)
+    # the energy model's chain from the same start accepts 0.7334 of its proposals
+    assert abs(res.info["acceptance"] - 0.7334) < 0.003
+
+
+@pytest.mark.parametrize("points", [1, 6, 2.5])
+def test_mala_path_points_are_checked(points):
+    with pytest.raises(ValueError, match="path_points"):
+        Langevin(0.1, metropolis=True, path_points=points)
 
 
 def test_annealed_langevin_accepts_a_final_zero_level(mix):
