@@ -33,6 +33,7 @@ import argparse
 import copy
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -209,8 +210,66 @@ def run_task(name: str, minutes: float, quick: bool = False, seed: int = 0) -> d
     torch.set_num_threads(1)
     s = _settings(name, quick)
     if s["data"] == "digits":
-        return _run_digits(name, s, minutes, quick, seed)
-    return _run_moons(name, s, minutes, quick, seed)
+        out = _run_digits(name, s, minutes, quick, seed)
+    else:
+        out = _run_moons(name, s, minutes, quick, seed)
+    out["seed"] = seed
+    for row in out["rows"]:
+        row["seed"] = seed
+    out["date"] = time.strftime("%Y-%m-%d")
+    out["commit"] = _commit()
+    return out
+
+
+def _commit() -> str | None:
+    """The checked-out commit of this repository (``None`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+#: the headline rows: (setup, CPU-minutes) run for every seed of ``--headline-seeds`` (with
+#: ``--quick``, these setups at any budget)
+HEADLINE = (("digits-samples", 5.0), ("moons", 5.0))
+
+
+def headline_summary(runs: list[dict]) -> list[dict]:
+    """Mean and sample s.d. over seeds of each headline measure (EMA weights): per setup and
+    budget, the Fréchet distance and nearest-training-digit ratio of the samples, the test
+    bits/dim, or the moons test NLL; only groups measured on two seeds or more."""
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        for r in run["rows"]:
+            if r.get("weights") != "ema":
+                continue
+            key = (run["setup"], r["budget_cpu_min"], r["kind"])
+            groups.setdefault(key, []).append((run.get("seed", 0), r))
+    measures = {"samples": ("frechet", "nn_ratio"), "bpd": ("bpd",), "nll": ("nll_nats",)}
+    out = []
+    for (setup, minutes, kind), rows in groups.items():
+        seeds = sorted({seed for seed, _ in rows})
+        if len(seeds) < 2 or len(seeds) != len(rows):
+            continue
+        agg = {"setup": setup, "budget_cpu_min": minutes, "kind": kind, "seeds": seeds}
+        for m in measures[kind]:
+            vals = [r[m] for _, r in sorted(rows, key=lambda sr: sr[0]) if m in r]
+            if len(vals) == len(rows):
+                agg[m] = statistics.fmean(vals)
+                agg[m + "_sd"] = statistics.stdev(vals)
+                agg[m + "_values"] = vals
+        out.append(agg)
+    return out
 
 
 def _run_digits(name, s, minutes, quick, seed):
@@ -366,6 +425,11 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _seeds(result: dict) -> list[int]:
+    """The seeds of a record (older records name one ``seed``)."""
+    return result.get("seeds") or [result.get("seed", 0)]
+
+
 def _markdown(result: dict) -> str:
     runs = result["runs"]
     digits = [r for run in runs if run["data"] == "digits" for r in run["rows"]]
@@ -373,7 +437,8 @@ def _markdown(result: dict) -> str:
     lines = [
         "# scorekit on real data (measured by `benchmarks/real_data.py`)",
         "",
-        f"Budgets: {result['budget_clock']}. quick={result['quick']}, seed={result['seed']}; "
+        f"Budgets: {result['budget_clock']}. quick={result['quick']}, seeds="
+        f"{','.join(str(v) for v in _seeds(result))}; "
         f"{result['total_cpu_s'] / 60:.1f} CPU-minutes, {result['total_wall_s'] / 60:.1f} "
         f"minutes wall with {result['jobs']} job(s).",
         "",
@@ -388,7 +453,9 @@ def _markdown(result: dict) -> str:
                 "weights",
                 "sampler",
                 "NFE",
+                "seed",
                 "Fréchet (vs 540 test)",
+                "nn ratio",
                 "Fréchet (halves)",
                 "top-class ratio",
                 "min class share",
@@ -402,7 +469,9 @@ def _markdown(result: dict) -> str:
                     r["weights"],
                     f"{r['sampler']} {r['sampler_steps']}",
                     str(r["nfe"]),
+                    str(r.get("seed", 0)),
                     f"{r['frechet']:.1f}",
+                    f"{r['nn_ratio']:.3f}" if "nn_ratio" in r else "–",
                     f"{r['frechet_halves']:.1f} (real {r['frechet_real_halves']:.1f})",
                     f"{r['top_class_prob_ratio']:.3f}",
                     f"{r['min_class_share']:.3f}",
@@ -426,6 +495,7 @@ def _markdown(result: dict) -> str:
             [
                 "setup",
                 "CPU-min",
+                "seed",
                 "bits/dim",
                 "± s.e. (data)",
                 "± s.e. (Hutchinson)",
@@ -438,6 +508,7 @@ def _markdown(result: dict) -> str:
                 [
                     r["setup"],
                     f"{r['budget_cpu_min']:g}",
+                    str(r.get("seed", 0)),
                     f"{r['bpd']:.3f}",
                     f"{r['bpd_stderr']:.3f}",
                     f"{r['bpd_hutchinson_stderr']:.3f}",
@@ -457,6 +528,7 @@ def _markdown(result: dict) -> str:
             [
                 "setup",
                 "CPU-min",
+                "seed",
                 "NLL",
                 "± s.e.",
                 "true density",
@@ -471,6 +543,7 @@ def _markdown(result: dict) -> str:
                 [
                     r["setup"],
                     f"{r['budget_cpu_min']:g}",
+                    str(r.get("seed", 0)),
                     f"{r['nll_nats']:.4f}",
                     f"{r['nll_stderr']:.4f}",
                     f"{r['true_nll_nats']:.4f}",
@@ -485,6 +558,38 @@ def _markdown(result: dict) -> str:
             ],
         )
         lines.append("")
+    head = headline_summary(runs)
+    if head:
+        lines += [
+            "## Headline rows over seeds (EMA weights; mean ± s.d., then each seed's value)",
+            "",
+        ]
+        names = {"frechet": ("Fréchet (vs 540 test)", 1), "nn_ratio": ("nn ratio", 3),
+                 "bpd": ("bits/dim", 3), "nll_nats": ("moons test NLL", 4)}  # fmt: skip
+        table = []
+        for agg in head:
+            for m, (label, digits) in names.items():
+                if m in agg:
+                    table.append([
+                        agg["setup"], f"{agg['budget_cpu_min']:g}", label,
+                        ",".join(str(v) for v in agg["seeds"]),
+                        f"{agg[m]:.{digits}f} ± {agg[m + '_sd']:.{digits}f}",
+                        ", ".join(f"{v:.{digits}f}" for v in agg[m + "_values"]),
+                    ])  # fmt: skip
+        lines += _table(["setup", "CPU-min", "measure", "seeds", "mean ± s.d.", "per seed"], table)
+        lines.append("")
+    dated = sorted({(run.get("date"), run.get("commit")) for run in runs if run.get("date")})
+    if dated:
+        lines += [
+            "Runs by date and commit: "
+            + "; ".join(f"{d} ({c or 'no commit'})" for d, c in dated)
+            + (
+                "; runs without a date come from an earlier record."
+                if any("date" not in run for run in runs)
+                else "."
+            ),
+            "",
+        ]
     lines += ["## Choices", ""]
     seen = set()
     for run in runs:
@@ -520,7 +625,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--moons-minutes", default=None, help="CPU budgets on moons (default 5)")
     p.add_argument("--only", choices=("digits", "moons"), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument(
+        "--headline-seeds",
+        default=None,
+        help="seeds of the headline runs (digits-samples and moons at 5 CPU-minutes), "
+        "reported as mean +- s.d. (default 0,1,2; with --quick: --seed)",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="merge these runs into the record in --out (same setup, budget and seed: replaced)",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -533,7 +649,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
 
     def budgets(value, quick, full):
-        return [float(v) for v in (value or (quick if a.quick else full)).split(",") if v]
+        value = (quick if a.quick else full) if value is None else value
+        return [float(v) for v in value.split(",") if v]
+
+    if a.headline_seeds is None:
+        headline_seeds = [a.seed] if a.quick else [0, 1, 2]
+    else:
+        headline_seeds = [int(v) for v in a.headline_seeds.split(",") if v]
 
     tasks = []
     if a.only in (None, "digits"):
@@ -543,7 +665,11 @@ def main(argv: list[str] | None = None) -> dict:
         tasks += [("moons", m) for m in budgets(a.moons_minutes, "0.15", "5")]
     tasks.sort(key=lambda task: -task[1])  # longest first: the jobs finish together
     t0, c0 = time.perf_counter(), _cpu()
-    args = [(name, m, a.quick, a.seed) for name, m in tasks]
+    args = []
+    for name, m in tasks:
+        headline = (name, m) in HEADLINE or (a.quick and name in dict(HEADLINE))
+        seeds = headline_seeds if headline else [a.seed]
+        args += [(name, m, a.quick, seed) for seed in seeds]
     threads = torch.get_num_threads()
     if jobs == 1:
         runs = [_task(x) for x in args]
@@ -554,9 +680,25 @@ def main(argv: list[str] | None = None) -> dict:
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
             runs = list(pool.map(_task, args))
     torch.set_num_threads(threads)
+    wall = time.perf_counter() - t0
+    record = a.out / "real_data.json"
+    if a.append and record.exists():
+        old = json.loads(record.read_text())
+        if old.get("quick") != a.quick:
+            raise ValueError(f"--append: {record} has quick={old.get('quick')}, this run {a.quick}")
+        new = {(run["setup"], run["minutes"], run["seed"]) for run in runs}
+        first = old.get("seed", 0)  # older records name one seed for all their runs
+        kept = [run for run in old["runs"]
+                if (run["setup"], run["minutes"], run.get("seed", first)) not in new]  # fmt: skip
+        for run in kept:
+            run.setdefault("seed", first)
+            for row in run["rows"]:
+                row.setdefault("seed", run["seed"])
+        runs = kept + runs
+        wall += old.get("total_wall_s", 0.0)
     result = {
         "quick": a.quick,
-        "seed": a.seed,
+        "seeds": sorted({run["seed"] for run in runs}),
         "jobs": jobs,
         "budget_clock": "process CPU time (time.process_time), torch.set_num_threads(1); "
         "training only",
@@ -566,8 +708,9 @@ def main(argv: list[str] | None = None) -> dict:
     if any(run["data"] == "digits" for run in runs):
         Xtr, Xte, _, _ = _digits_split()
         result["real_digits_frechet"] = real_baseline(Xtr, Xte, 100 if a.quick else 500)
+    result["headline"] = headline_summary(runs)
     result["total_cpu_s"] = sum(run["cpu_s"] for run in runs) + _cpu() - c0
-    result["total_wall_s"] = time.perf_counter() - t0
+    result["total_wall_s"] = wall
     a.out.mkdir(parents=True, exist_ok=True)
     _write(a.out / "real_data.json", json.dumps(result, indent=2))
     _write(a.out / "real_data.md", _markdown(result))
@@ -583,27 +726,41 @@ def recipe_figures(result: dict) -> dict:
     """Each recipe's measured figures in a bench-real record, as ``scorekit recipes`` lists
     them (``{recipe: [{"what", "value", "budget", "source"}]}``)."""
     out: dict[str, list] = {}
-    source = f"make bench-real, seed {result['seed']}, torch {result['torch']}"
+    head = {(h["setup"], h["budget_cpu_min"], h["kind"]): h for h in result.get("headline", [])}
+    done = set()
     for run in result["runs"]:
         for r in run["rows"]:
             if r.get("weights") != "ema":
                 continue
+            key = (run["setup"], r["budget_cpu_min"], r["kind"])
+            if key in done:
+                continue
+            done.add(key)
+            seed = run.get("seed", result.get("seed", 0))
+            source = f"make bench-real, seed {seed}, torch {result['torch']}"
             budget = f"{r['budget_cpu_min']:g} CPU-min"
+            h = head.get(key)
+            if h is not None:
+                source = (f"make bench-real, mean +- s.d. over seeds "
+                          f"{','.join(map(str, h['seeds']))}, torch {result['torch']}")  # fmt: skip
             if r["kind"] == "samples":
-                what, value = (
-                    "digits PCA-16 Frechet (500 samples vs the 540 held out)",
-                    (f"{r['frechet']:.1f} (real digits {r['frechet_real']:.1f})"),
-                )
+                what = "digits PCA-16 Frechet (500 samples vs the 540 held out)"
+                value = f"{r['frechet']:.1f} (real digits {r['frechet_real']:.1f})"
+                if h is not None:
+                    value = (f"{h['frechet']:.1f} +- {h['frechet_sd']:.1f} (real digits "
+                             f"{r['frechet_real']:.1f})")  # fmt: skip
             elif r["kind"] == "bpd":
-                what, value = "digits test bits/dim", f"{r['bpd']:.3f} +- {r['bpd_stderr']:.3f}"
+                what = "digits test bits/dim"
+                value = f"{r['bpd']:.3f} +- {r['bpd_stderr']:.3f}"
+                if h is not None:
+                    value = f"{h['bpd']:.3f} +- {h['bpd_sd']:.3f}"
             else:
-                what, value = (
-                    "moons test NLL (nats)",
-                    (
-                        f"{r['nll_nats']:.4f} +- {r['nll_stderr']:.4f} (true density "
-                        f"{r['true_nll_nats']:.4f})"
-                    ),
-                )
+                what = "moons test NLL (nats)"
+                value = (f"{r['nll_nats']:.4f} +- {r['nll_stderr']:.4f} (true density "
+                         f"{r['true_nll_nats']:.4f})")  # fmt: skip
+                if h is not None:
+                    value = (f"{h['nll_nats']:.4f} +- {h['nll_nats_sd']:.4f} (true density "
+                             f"{r['true_nll_nats']:.4f})")  # fmt: skip
             entry = {"what": what, "value": value, "budget": budget, "source": source}
             out.setdefault(r["recipe"], []).append(entry)
     return out

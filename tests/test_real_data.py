@@ -178,3 +178,27 @@ def test_quick_table(real_data, tmp_path):
     assert 0 < bpd["bpd"] < 8 and bpd["bpd_hutchinson_stderr"] > 0
     (nll,) = runs["moons"]["rows"]
     assert 0 < nll["nll_nats"] < 5 and 0.25 < nll["true_nll_nats"] < 0.4
+
+
+def test_headline_seeds_and_append(real_data, tmp_path):
+    # the headline runs go over several seeds (mean +- s.d. in the record and the table);
+    # --append merges a later call's seeds into the same record, replacing equal runs
+    threads = torch.get_num_threads()
+    common = ["--out", str(tmp_path), "--quick", "--only", "moons", "--moons-minutes", "0.02"]
+    try:
+        real_data.main([*common, "--headline-seeds", "0,1"])
+        result = real_data.main([*common, "--headline-seeds", "1,2", "--append"])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "real_data.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and result["seeds"] == [0, 1, 2]
+    assert sorted(run["seed"] for run in saved["runs"]) == [0, 1, 2]  # seed 1 replaced
+    (head,) = saved["headline"]
+    vals = [run["rows"][0]["nll_nats"] for run in sorted(saved["runs"], key=lambda r: r["seed"])]
+    assert head["seeds"] == [0, 1, 2] and head["nll_nats_values"] == vals
+    assert math.isclose(head["nll_nats"], sum(vals) / 3, rel_tol=1e-12)
+    assert math.isclose(
+        head["nll_nats_sd"], float(torch.tensor(vals, dtype=torch.float64).std()), rel_tol=1e-9
+    )
+    md = (tmp_path / "real_data.md").read_text()
+    assert "Headline rows over seeds" in md and f"{head['nll_nats']:.4f} ±" in md
