@@ -431,7 +431,7 @@ def _seeds(result: dict) -> list[int]:
 
 
 def _markdown(result: dict) -> str:
-    runs = result["runs"]
+    runs = sorted(result["runs"], key=lambda r: (r["setup"], -r["minutes"], r.get("seed", 0)))
     digits = [r for run in runs if run["data"] == "digits" for r in run["rows"]]
     moons = [r for run in runs if run["data"] == "moons" for r in run["rows"]]
     lines = [
@@ -625,12 +625,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--moons-minutes", default=None, help="CPU budgets on moons (default 5)")
     p.add_argument("--only", choices=("digits", "moons"), default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the other runs (default 0)")
     p.add_argument(
         "--headline-seeds",
         default=None,
         help="seeds of the headline runs (digits-samples and moons at 5 CPU-minutes), "
-        "reported as mean +- s.d. (default 0,1,2; with --quick: --seed)",
+        "reported as mean +- s.d. (default: --seed and the next two; with --quick: --seed)",
     )
     p.add_argument(
         "--append",
@@ -653,9 +653,15 @@ def main(argv: list[str] | None = None) -> dict:
         return [float(v) for v in value.split(",") if v]
 
     if a.headline_seeds is None:
-        headline_seeds = [a.seed] if a.quick else [0, 1, 2]
+        headline_seeds = [a.seed] if a.quick else [a.seed, a.seed + 1, a.seed + 2]
     else:
-        headline_seeds = [int(v) for v in a.headline_seeds.split(",") if v]
+        try:
+            headline_seeds = [int(v) for v in a.headline_seeds.split(",")]
+        except ValueError:
+            headline_seeds = []
+        if not headline_seeds or len(set(headline_seeds)) != len(headline_seeds):
+            raise ValueError(f"--headline-seeds must be distinct integers separated by commas, "
+                             f"got {a.headline_seeds!r}")  # fmt: skip
 
     tasks = []
     if a.only in (None, "digits"):
@@ -665,6 +671,8 @@ def main(argv: list[str] | None = None) -> dict:
         tasks += [("moons", m) for m in budgets(a.moons_minutes, "0.15", "5")]
     tasks.sort(key=lambda task: -task[1])  # longest first: the jobs finish together
     t0, c0 = time.perf_counter(), _cpu()
+    if not tasks:
+        raise ValueError("no runs asked for: every budget list is empty")
     args = []
     for name, m in tasks:
         headline = (name, m) in HEADLINE or (a.quick and name in dict(HEADLINE))

@@ -100,6 +100,14 @@ def test_train_resume_sample_likelihood_plot_end_to_end(tmp_path, capsys):
     assert "trained on (2,)" in _err(capsys)
     assert main([*argv, "--steps", "10", "--samples", "2"]) == 1
     assert "--samples is for discrete data" in _err(capsys)
+    assert main([*argv, "--steps", "10", "--sigma-max", "50"]) == 1  # the recipe's EDM
+    assert "--sigma-max must exceed the process's largest sigma 80, got 50" in _err(capsys)
+    vp = tmp_path / "vp"
+    assert main(["train", *common[:-1], str(vp), "--steps", "2", "--process", "vp"]) == 0
+    assert main(["likelihood", str(vp), *argv[2:], "--steps", "2", "--sigma-max", "100"]) == 1
+    assert "--sigma-max continues a VE or EDM process; this checkpoint's process is VP" in (
+        _err(capsys)
+    )
 
 
 def test_train_on_images_and_tables(tmp_path, capsys):
@@ -176,6 +184,10 @@ def test_digits_checkpoint_gives_dequantised_bits_per_dim(tmp_path, capsys):
             extra[1] == "truncated_normal"
         )
     assert "variational dequantizer: 3 steps on" in out
+    # EDM: the ODE continues past sigma 80, the prior term is taken at the new end
+    assert main([*argv, "--sigma-max", "800"]) == 0
+    out = capsys.readouterr().out
+    assert "prior term -log pi(x(t_max)) at sigma 800:" in out and "its error at most" in out
     assert main([*argv, "--dequant-steps", "3"]) == 1
     assert "--dequant-steps needs --dequantization variational" in _err(capsys)
     argv = ["plot", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--steps", "2"]

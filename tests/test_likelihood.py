@@ -481,3 +481,33 @@ def test_bits_per_dim_offset_follows_the_levels():
                                  generator=torch.Generator().manual_seed(0)).mean  # fmt: skip
     assert abs((out[257] - out[33]) - math.log2(8)) < 0.01
     assert abs((out[65537] - out[257]) - math.log2(256)) < 0.01
+
+
+@pytest.mark.parametrize("process", [VE(0.01, 5.0), EDM(0.01, 5.0)], ids=["VE", "EDM"])
+def test_sigma_max_integrates_past_the_process_and_shrinks_the_prior_error(mixture2d, process):
+    # alpha = 1: the ODE continues past sigma(T) = 5 to sigma_max = 50; the default prior's
+    # error (about |x(T)| |mean| / sigma^2, with |x(T)| ~ sigma) falls about 10-fold, and the
+    # bound with it
+    model = ExactScore(mixture2d, process)
+    x = mixture2d.sample(200, torch.Generator().manual_seed(0))
+    truth = model.log_prob(x, process.t_min)
+    default = log_prob(model, x, rtol=1e-8, atol=1e-8)
+    far = log_prob(model, x, sigma_max=50.0, rtol=1e-8, atol=1e-8)
+    err0, err1 = (default.log_prob - truth).abs(), (far.log_prob - truth).abs()
+    assert float(err0.mean()) > 0.05  # the default prior's error is visible at sigma 5
+    assert float(err1.mean()) < float(err0.mean()) / 8
+    assert (err1 <= far.prior_error_bound + 1e-6).all()
+    assert float(far.prior_error_bound.mean()) < float(default.prior_error_bound.mean()) / 8
+    # the prior term is N(0, 50^2 I) at the end of the longer path
+    assert far.nfe > default.nfe
+
+
+def test_sigma_max_is_refused_where_it_does_not_apply(mixture2d):
+    x = mixture2d.sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="signal scaling"):
+        log_prob(ExactScore(mixture2d, VP()), x, sigma_max=100.0)
+    ve = ExactScore(mixture2d, VE(0.01, 5.0))
+    with pytest.raises(ValueError, match=r"sigma_max must exceed the process's largest sigma 5"):
+        log_prob(ve, x, sigma_max=3.0)
+    with pytest.raises(ValueError, match="t_max or sigma_max"):
+        log_prob(ve, x, sigma_max=50.0, t_max=1.0)

@@ -202,3 +202,7 @@ def test_headline_seeds_and_append(real_data, tmp_path):
     )
     md = (tmp_path / "real_data.md").read_text()
     assert "Headline rows over seeds" in md and f"{head['nll_nats']:.4f} ±" in md
+    for bad in ("", "0,0", "a"):  # refused before anything runs or is written
+        with pytest.raises(ValueError, match="--headline-seeds must be distinct integers"):
+            real_data.main([*common, "--headline-seeds", bad, "--append"])
+    assert json.loads((tmp_path / "real_data.json").read_text()) == saved

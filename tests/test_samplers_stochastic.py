@@ -185,24 +185,52 @@ def test_score_model_mala_is_the_energy_model_chain_on_a_gaussian():
     assert by_path.nfe == by_energy.nfe == 51
 
 
-def test_score_model_mala_is_unbiased_where_ula_is_not(mix, reference):
-    # the same large step as the energy model's test above, with the score's line integral
+@pytest.mark.parametrize("points", [None, 5])  # None: the default, 4 points
+def test_score_model_mala_is_unbiased_where_ula_is_not(mix, reference, points):
+    # the same large step as the energy model's test above, with the score's line integral:
+    # the chain matches the mixture and accepts as often as the energy model's chain
     process = VE(0.01, 20.0)
     grid = torch.zeros(301, dtype=torch.float64)
     x0 = mix.sample(N, torch.Generator().manual_seed(5))
-    res = Langevin(0.3, metropolis=True, path_points=5)(
+    res = Langevin(0.3, metropolis=True, path_points=points)(
         ExactScore(mix, process), x0, grid, torch.Generator().manual_seed(0)
     )
-    assert res.nfe == 1 + 300 * 4  # start, then the proposal's score and 3 inner points
+    n = 4 if points is None else points
+    assert res.nfe == 1 + 300 * (n - 1)  # start, then the proposal's score and inner points
     check_matches_target(res.x, mix, reference)
-    # the energy model's chain from the same start accepts 0.7334 of its proposals
-    assert abs(res.info["acceptance"] - 0.7334) < 0.003
+    energy = Langevin(0.3, metropolis=True)(
+        _energy_model(mix, process), x0, grid, torch.Generator().manual_seed(0)
+    )
+    # measured: 4 points -0.0005, 5 points +0.0006; Simpson's 3 points +0.0027
+    assert abs(res.info["acceptance"] - energy.info["acceptance"]) < 0.0015
 
 
-@pytest.mark.parametrize("points", [1, 6, 2.5])
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_lobatto_rule_is_exact_to_its_degree(n):
+    # log p(x) = -sum_k c_k x^k in 1-D: exact for degree 2n - 2, not for degree 2n
+    from scorekit.samplers.langevin import path_energy_difference
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    prop = x + torch.randn(50, 1, generator=g, dtype=torch.float64)
+    for degree, exact in ((2 * n - 2, True), (2 * n, False)):
+        c = torch.rand(degree + 1, generator=g, dtype=torch.float64) + 0.5
+        energy = lambda y: sum(c[k] * y**k for k in range(degree + 1)).sum(1)  # noqa: E731, B023
+        score = lambda y: -sum(k * c[k] * y ** (k - 1) for k in range(1, degree + 1))  # noqa: E731, B023
+        got = path_energy_difference(score, x, prop, score(x), score(prop), n)
+        err = float((got - (energy(prop) - energy(x))).abs().max())
+        assert (err < 1e-9) if exact else (err > 1e-4), (degree, err)
+
+
+@pytest.mark.parametrize("points", [1, 6, 2.5, True, "3"])
 def test_mala_path_points_are_checked(points):
-    with pytest.raises(ValueError, match="path_points"):
+    with pytest.raises(ValueError, match=r"path_points must be an integer from 2 to 5, got"):
         Langevin(0.1, metropolis=True, path_points=points)
+
+
+def test_path_points_need_metropolis():
+    with pytest.raises(ValueError, match="path_points is for the acceptance test"):
+        Langevin(0.1, path_points=3)
 
 
 def test_annealed_langevin_accepts_a_final_zero_level(mix):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from statistics import NormalDist
 
 import torch
@@ -53,7 +54,7 @@ from ._validate import (
     check_tensor,
 )
 from .core.parametrize import ScoreModel
-from .core.processes import Process
+from .core.processes import Process, isotropic_normal_log_prob
 from .core.random import rademacher, rand, randn
 from .dequantize import VariationalDequantizer
 from .samplers.api import _bar, split_cond
@@ -323,6 +324,7 @@ def log_prob(
     probe: str = "rademacher",
     t_min: float | None = None,
     t_max: float | None = None,
+    sigma_max: float | None = None,
     prior: Callable[[Tensor], Tensor] | None = None,
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
@@ -356,8 +358,20 @@ def log_prob(
             :math:`2^{1-n}`); use ``divergence="exact"`` there, it costs only :math:`D`
             vector-Jacobian products.
         t_min, t_max: integration range, default ``process.t_min`` / ``process.t_max``.
+        sigma_max: for a process without signal scaling (:math:`\alpha \equiv 1`: VE, EDM),
+            integrate past the process's own range, up to the time where :math:`\sigma(t) =`
+            ``sigma_max`` (larger than :math:`\sigma(T)`; VE's :math:`\sigma(t)` continued
+            geometrically, EDM's :math:`t = \sigma`), with the prior
+            :math:`\mathcal N(0, \mathtt{sigma\_max}^2 I)` there. The default prior's error
+            per point falls like :math:`|\mathbb E\,x_0|/\sigma_{max}` (its bound,
+            ``prior_error_bound``, like :math:`R/\sigma_{max}`, as :math:`|x(t_{max})|`
+            grows with :math:`\sigma_{max}`). The model is then
+            evaluated at noise levels above those of the process: exact for an exact target;
+            for a trained network an extrapolation beyond what it was trained on, so compare
+            the result with the default's. Not with ``t_max``.
         prior: callable ``z -> (B,)`` log-density of :math:`x(t_{max})`; default
-            ``process.prior_log_prob``, which holds only at ``t_max = process.t_max``. With an
+            ``process.prior_log_prob``, which holds only at ``t_max = process.t_max`` (or
+            :math:`\mathcal N(0, \mathtt{sigma\_max}^2 I)` with ``sigma_max``). With an
             exact target, ``lambda z: exact.log_prob(z, t_max)`` removes the prior's error.
         chunk_size: samples per ODE solve (default: the whole batch in one).
         generator: draws the Hutchinson probes, all at once for the batch, so the result
@@ -409,20 +423,37 @@ def log_prob(
     n_probes = check_int("n_probes", n_probes, minimum=2)
     check_generator("generator", generator)
     t_min = process.t_min if t_min is None else t_min
-    t_max = process.t_max if t_max is None else t_max
     check_range("t_min", t_min, 0.0, process.T)
-    check_range("t_max", t_max, 0.0, process.T)
+    prior_std = process.prior_std()
+    if sigma_max is not None:
+        if t_max is not None:
+            raise ValueError("give t_max or sigma_max, not both")
+        if not process.unit_alpha:
+            raise ValueError(
+                f"sigma_max continues a process without signal scaling (VE, EDM); "
+                f"{type(process).__name__} has alpha(t) < 1"
+            )
+        top = float(process.sigma(torch.tensor(process.T, dtype=torch.float64)))
+        prior_std = check_positive("sigma_max", sigma_max)
+        if not prior_std > top:
+            raise ValueError(
+                f"sigma_max must exceed the process's largest sigma {top:g}, got {sigma_max:g}"
+            )
+        t_max = float(process._t_of_sigma(torch.tensor(prior_std, dtype=torch.float64)))
+    else:
+        t_max = process.t_max if t_max is None else t_max
+        check_range("t_max", t_max, 0.0, process.T)
     t_min, t_max = float(t_min), float(t_max)
     if not t_min < t_max:
         raise ValueError(f"t_min must be < t_max, got t_min={t_min:g}, t_max={t_max:g}")
     default_prior = prior is None
     if prior is None:
-        if t_max != process.t_max:
+        if sigma_max is None and t_max != process.t_max:
             raise ValueError(
                 f"t_max={t_max:g} differs from process.t_max={process.t_max:g}, where the "
                 "default prior N(0, sigma(process.t_max)^2 I) holds; pass prior= for this t_max"
             )
-        prior = process.prior_log_prob
+        prior = partial(isotropic_normal_log_prob, std=prior_std)
     elif not callable(prior):
         raise ValueError(f"prior must be a callable z -> (B,) log-density, got {prior!r}")
     chunk = x.shape[0] if chunk_size is None else check_int("chunk_size", chunk_size)
@@ -469,7 +500,7 @@ def log_prob(
     bound = None
     if default_prior and process.unit_alpha:
         r = x.flatten(1).norm(dim=1).max()
-        bound = (torch.cat(ends) * r + r * r / 2) / process.prior_std() ** 2
+        bound = (torch.cat(ends) * r + r * r / 2) / prior_std**2
     if probes is None:
         return LikelihoodResult(per_probe[:, 0], nfe, None, prior_lp, None, bound)
     stderr = per_probe.std(1) / math.sqrt(n_probes)

@@ -253,10 +253,7 @@ class Process:
 
         :math:`\log \mathcal{N}(x; 0, s^2 I) = -\tfrac{\|x\|^2}{2s^2} - \tfrac{d}{2}\log(2\pi s^2)`.
         """
-        s2 = self.prior_std() ** 2
-        flat = x.reshape(x.shape[0], -1)
-        d = flat.shape[1]
-        return -0.5 * (flat**2).sum(1) / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+        return isotropic_normal_log_prob(x, self.prior_std())
 
     def config(self) -> dict:
         """JSON-serialisable description; ``from_config`` rebuilds the process."""
@@ -637,3 +634,11 @@ def ddpm_betas(process: Process, steps: int) -> Tensor:
     t = torch.linspace(0.0, process.t_max, steps + 1, dtype=torch.float64)
     a2 = process.alpha(t) ** 2
     return 1 - a2[1:] / a2[:-1]
+
+
+def isotropic_normal_log_prob(x: Tensor, std: float) -> Tensor:
+    r""":math:`\log\mathcal N(x; 0, \mathtt{std}^2 I) = -\tfrac{\|x\|^2}{2\,\mathtt{std}^2} -
+    \tfrac d2\log(2\pi\,\mathtt{std}^2)`, summed over all but the batch axis: shape ``(B,)``."""
+    flat = x.reshape(x.shape[0], -1)
+    s2 = std**2
+    return -0.5 * (flat**2).sum(1) / s2 - 0.5 * flat.shape[1] * math.log(2 * math.pi * s2)
