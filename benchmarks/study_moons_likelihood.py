@@ -12,7 +12,11 @@ standardised) and changes only the objective:
 * ``likelihood``: the likelihood weighting :math:`\lambda = g^2` with importance-sampled
   ``t`` (:class:`scorekit.losses.LikelihoodLoss`, Song et al. 2021), whose expectation is
   the score-matching term of the bound on :math:`-\log p`;
-* ``edm-15``, ``edm-wide-15``: ``edm`` and ``edm-wide`` with three times the budget.
+* ``edm-15``, ``edm-wide-15``: ``edm`` and ``edm-wide`` with three times the budget;
+  ``edm-wide-30``: ``edm-wide`` with six times the budget;
+* ``edm-wide-ff-15``: ``edm-wide-15`` with Fourier features of the input (frequencies 1, 2,
+  4, 8: :math:`\sin(\pi f x)`, :math:`\cos(\pi f x)`) for the moons' thin arcs;
+  ``edm-wide-wide-15``: ``edm-wide-15`` with hidden width 512 instead of 256.
 
 Measured per run (EMA weights): the NLL of the 5000 test points through the probability-flow
 ODE (exact divergence, dopri5, rtol = atol = 1e-5), in data coordinates, minus the
@@ -42,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import _likelihood, _moons_split, moons_true_nll, train_budget  # noqa: E402
 from study_weighting import _standardised  # noqa: E402
 
-#: arm -> (objective, its options, CPU-minutes)
+#: arm -> (objective, its options, CPU-minutes[, network options over the recipe's])
 ARMS = {
     "edm": ("edm", {}, 5.0),
     "edm-wide": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0),
@@ -50,7 +54,11 @@ ARMS = {
     "edm-15": ("edm", {}, 15.0),
     "edm-wider": ("edm", {"p_mean": -2.5, "p_std": 2.5}, 5.0),
     "edm-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0),
-}
+    "edm-wide-30": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 30.0),
+    "edm-wide-ff-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0,
+                       {"fourier_features": [1.0, 2.0, 4.0, 8.0]}),
+    "edm-wide-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"hidden": 512}),
+}  # fmt: skip
 
 
 def run_one(arm: str, seed: int, quick: bool = False) -> dict:
@@ -59,9 +67,11 @@ def run_one(arm: str, seed: int, quick: bool = False) -> dict:
     from scorekit.losses import make_objective
 
     torch.set_num_threads(1)
-    loss, options, minutes = ARMS[arm]
+    loss, options, minutes, *net = ARMS[arm]
     minutes = 0.1 if quick else minutes
     s = recipe_settings("toy-2d")
+    if net:
+        s["net"] = {**s["net"], **net[0]}
     if quick:
         s["net"] = {**s["net"], "hidden": 64, "depth": 2}
         s["train"] = {**s["train"], "warmup": 20, "batch_size": 64}
@@ -130,8 +140,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for agg in result["summary"]:
-        loss, options, minutes = ARMS[agg["arm"]]
+        loss, options, minutes, *net = ARMS[agg["arm"]]
         what = loss + (" " + json.dumps(options) if options else "")
+        what += "".join(f", net {json.dumps(n)}" for n in net)
         lines.append(
             f"| {agg['arm']} | {what} | {0.1 if result['quick'] else minutes:g} | "
             f"{len(agg['seeds'])} | {fmt(agg, 'nll', 4)} | {fmt(agg, 'kl', 4)} | "
