@@ -15,7 +15,14 @@ standardised) and changes only the objective:
 * ``edm-15``, ``edm-wide-15``: ``edm`` and ``edm-wide`` with three times the budget;
   ``edm-wide-30``: ``edm-wide`` with six times the budget;
 * ``edm-wide-drop-15``: ``edm-wide-15`` with dropout 0.1 in the residual blocks, against
-  fitting the training points.
+  fitting the training points;
+* ``ens3-wide-5``, ``ens2-wide-15``: a mixture of independently trained ``edm-wide`` models
+  (seeds ``1000 seed + k``), :math:`p = \frac1K\sum_k p_k`, whose log-density is
+  :math:`\operatorname{logsumexp}_k \log p_k - \log K` from each member's exact ODE
+  log-density; the budget is per member, so ``ens3-wide-5`` costs what ``edm-wide-15`` costs
+  and ``ens2-wide-15`` what ``edm-wide-30`` costs. Each member fits its training points in
+  its own way; the mixture averages that out (and by Jensen's inequality its NLL is never
+  above the members' mean).
 
 Measured per run (EMA weights): the NLL of the 5000 test points through the probability-flow
 ODE (exact divergence, dopri5, rtol = atol = 1e-5), in data coordinates, minus the
@@ -45,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import _likelihood, _moons_split, moons_true_nll, train_budget  # noqa: E402
 from study_weighting import _standardised  # noqa: E402
 
-#: arm -> (objective, its options, CPU-minutes[, network options over the recipe's])
+#: arm -> (objective, its options, CPU-minutes per member[, extras]); extras: ``net``
+#: (network options over the recipe's), ``members`` (an ensemble of that many models)
 ARMS = {
     "edm": ("edm", {}, 5.0),
     "edm-wide": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0),
@@ -54,54 +62,77 @@ ARMS = {
     "edm-wider": ("edm", {"p_mean": -2.5, "p_std": 2.5}, 5.0),
     "edm-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0),
     "edm-wide-30": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 30.0),
-    "edm-wide-drop-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"dropout": 0.1}),
+    "edm-wide-drop-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"net": {"dropout": 0.1}}),
+    "ens3-wide-5": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0, {"members": 3}),
+    "ens2-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"members": 2}),
 }
 
 
-def run_one(arm: str, seed: int, quick: bool = False) -> dict:
-    """Train arm ``arm`` with ``seed`` and measure its test NLL."""
-    from scorekit.app.recipes import build_run, recipe_settings
+def _member(s, loss, options, minutes, data, seed, quick):
+    """Train one model of the arm; returns (EMA copy, steps, CPU seconds, last loss)."""
+    from scorekit.app.recipes import build_run
     from scorekit.losses import make_objective
 
+    torch.manual_seed(seed)
+    model, objective, examples = build_run(s, data)  # the recipe's (preconditioned) model
+    if loss == "edm":
+        objective = make_objective("edm", model.process, **{**s["loss_kwargs"], **options})
+    else:
+        objective = make_objective("likelihood", model.process, **options)
+    train = {**s["train"], "steps": None, "seconds": 60.0 * minutes, "clock": "process"}
+    ema, _, steps, spent, last = train_budget(model, objective, examples, train, seed)
+    return ema, repr(objective), steps, spent, last
+
+
+def _model_log_prob(ema, z, seed, quick):
+    r, _ = _likelihood(copy.deepcopy(ema).double(), z, divergence="exact",
+                       rtol=1e-4 if quick else 1e-5, n_probes=2, seed=seed)  # fmt: skip
+    return r.log_prob.double()
+
+
+def run_one(arm: str, seed: int, quick: bool = False) -> dict:
+    """Train arm ``arm`` with ``seed`` (every member of an ensemble) and measure its test NLL."""
+    from scorekit.app.recipes import recipe_settings
+
     torch.set_num_threads(1)
-    loss, options, minutes, *net = ARMS[arm]
+    loss, options, minutes, *extra = ARMS[arm]
+    extra = extra[0] if extra else {}
+    members = extra.get("members", 1)
     minutes = 0.1 if quick else minutes
     s = recipe_settings("toy-2d")
-    if net:
-        s["net"] = {**s["net"], **net[0]}
+    s["net"] = {**s["net"], **extra.get("net", {})}
     if quick:
         s["net"] = {**s["net"], "hidden": 64, "depth": 2}
         s["train"] = {**s["train"], "warmup": 20, "batch_size": 64}
     xtr, xte = _moons_split()
     xte = xte[: 200 if quick else 5000]
-    data, norm, log_det = _standardised(xtr, "moons")
-    torch.manual_seed(seed)
-    model, objective, examples = build_run(s, data)  # the recipe's (preconditioned) model
-    if loss == "edm":
-        kw = {**s["loss_kwargs"], **options}
-        objective = make_objective("edm", model.process, **kw)
-    else:
-        objective = make_objective("likelihood", model.process, **options)
-    train = {**s["train"], "steps": None, "seconds": 60.0 * minutes, "clock": "process"}
-    ema, _, steps, spent, last = train_budget(model, objective, examples, train, seed)
-    r, _ = _likelihood(copy.deepcopy(ema).double(), norm.encode(xte.double()),
-                       divergence="exact", rtol=1e-4 if quick else 1e-5, n_probes=2,
-                       seed=seed)  # fmt: skip
-    nll = -(r.log_prob.double() + log_det)
-    gap = nll - moons_true_nll(xte)
-    # the same on as many training points: a model that fits its training set scores better there
     xtr_eval = xtr[: len(xte)]
-    r_tr, _ = _likelihood(copy.deepcopy(ema).double(), norm.encode(xtr_eval.double()),
-                          divergence="exact", rtol=1e-4 if quick else 1e-5, n_probes=2,
-                          seed=seed)  # fmt: skip
-    train_gap = -(r_tr.log_prob.double() + log_det) - moons_true_nll(xtr_eval)
+    data, norm, log_det = _standardised(xtr, "moons")
+    seeds = [seed] if members == 1 else [1000 * seed + k for k in range(members)]
+    lp_te, lp_tr, steps, spent, last, member_nll = [], [], [], [], [], []
+    for sd in seeds:
+        ema, objective, n, cpu, lo = _member(s, loss, options, minutes, data, sd, quick)
+        lp_te.append(_model_log_prob(ema, norm.encode(xte.double()), sd, quick) + log_det)
+        member_nll.append(float(-lp_te[-1].mean()))
+        if members == 1:  # the same on as many training points (a fitted training set scores
+            # better there); not measured for ensembles, whose members each cost one more solve
+            lp_tr.append(_model_log_prob(ema, norm.encode(xtr_eval.double()), sd, quick) + log_det)
+        steps.append(n)
+        spent.append(cpu)
+        last.append(lo)
+    log_k = math.log(members)
+    nll = -(torch.logsumexp(torch.stack(lp_te), 0) - log_k)
+    gap = nll - moons_true_nll(xte)
     row = {
-        "arm": arm, "seed": seed, "budget_cpu_min": minutes, "objective": repr(objective),
+        "arm": arm, "seed": seed, "budget_cpu_min": minutes * members, "objective": objective,
         "nll": float(nll.mean()), "true_nll": float((nll - gap).mean()),
         "kl": float(gap.mean()), "kl_stderr": float(gap.std() / math.sqrt(len(gap))),
-        "train_kl": float(train_gap.mean()),
-        "train_steps": steps, "train_cpu_s": spent, "last_loss": last,
+        "train_steps": sum(steps), "train_cpu_s": sum(spent), "last_loss": statistics.fmean(last),
     }  # fmt: skip
+    if lp_tr:
+        row["train_kl"] = float((-lp_tr[0] - moons_true_nll(xtr_eval)).mean())
+    if members > 1:
+        row.update(members=members, member_seeds=seeds, member_nll=member_nll)
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -159,15 +190,30 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for agg in result["summary"]:
-        loss, options, minutes, *net = ARMS[agg["arm"]]
+        loss, options, minutes, *extra = ARMS[agg["arm"]]
+        extra = extra[0] if extra else {}
+        minutes = 0.1 if result["quick"] else minutes
         what = loss + (" " + json.dumps(options) if options else "")
-        what += "".join(f", net {json.dumps(n)}" for n in net)
+        what += f", net {json.dumps(extra['net'])}" if "net" in extra else ""
+        if "members" in extra:
+            what += f", mixture of {extra['members']} models of {minutes:g} CPU-min"
+            minutes *= extra["members"]
         lines.append(
-            f"| {agg['arm']} | {what} | {0.1 if result['quick'] else minutes:g} | "
+            f"| {agg['arm']} | {what} | {minutes:g} | "
             f"{len(agg['seeds'])} | {fmt(agg, 'nll', 4)} | {fmt(agg, 'kl', 4)} | "
             f"{_partial(agg, 'train_kl', fmt)} | "
             f"{fmt(agg, 'train_steps', 0)} |"
         )
+    ens = [r for r in result["rows"] if "member_nll" in r]
+    if ens:
+        lines += ["", "Ensembles: each member's own test NLL, then the mixture's.", ""]
+        lines += [
+            f"* {r['arm']}, seed {r['seed']} (member seeds "
+            f"{', '.join(map(str, r['member_seeds']))}): "
+            f"{', '.join(f'{v:.4f}' for v in r['member_nll'])} (mean "
+            f"{statistics.fmean(r['member_nll']):.4f}) -> mixture {r['nll']:.4f}"
+            for r in ens
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,15 @@
-r"""The σ question answered by the model: EDM's fixed weighting against a learned one.
+r"""The σ question answered by the model: EDM's fixed weighting and law of σ against
+learned ones.
 
 Each data set is trained with the recipe ``scorekit train`` picks for it (``toy-2d`` for the
-2-D sets, ``vectors`` for gm16, ``small-images`` for digits) twice, at equal CPU budget and
-seed: with the recipe's fixed EDM weighting (``fixed``) and with EDM2's learned per-σ
-weighting on top of it (``learned``: :class:`scorekit.losses.UncertaintyWeighted`,
-``scorekit train --weighting learned``). Several seeds per arm; mean ± s.d. over seeds.
+2-D sets, ``vectors`` for gm16, ``small-images`` for digits) once per arm, at equal CPU
+budget and seed: with the recipe's fixed EDM weighting and log-normal σ (``fixed``), with
+EDM2's learned per-σ weighting on top of it (``learned``:
+:class:`scorekit.losses.UncertaintyWeighted`, ``scorekit train --weighting learned``), and
+with the fixed weighting but adaptive draws of σ (``adaptive``:
+:class:`scorekit.losses.AdaptiveSigma`, ``scorekit train --sigma-sampling adaptive``: more
+draws where the loss varies most, reweighted so that the objective is the same). Several
+seeds per arm; mean ± s.d. over seeds.
 
 Measured per run (EMA weights):
 
@@ -52,7 +57,7 @@ from study_noise_levels import eight_gaussians, gm16  # noqa: E402
 
 from scorekit.metrics import digits_quality, sliced_wasserstein  # noqa: E402
 
-ARMS = ("fixed", "learned")
+ARMS = ("fixed", "learned", "adaptive")
 SETS = {  # data set: (recipe, CPU-minutes)
     "8gaussians": ("toy-2d", 2.0),
     "moons": ("toy-2d", 2.0),
@@ -65,7 +70,8 @@ def _settings(recipe: str, arm: str, quick: bool) -> dict:
     from scorekit.app.recipes import recipe_settings
 
     s = recipe_settings(recipe)
-    s["weighting"] = arm
+    s["weighting"] = "learned" if arm == "learned" else "fixed"
+    s["sigma_sampling"] = "adaptive" if arm == "adaptive" else "fixed"
     if quick:
         small = {"mlp": {"hidden": 64, "depth": 2}, "unet": {"base": 8}}[s["net"]["name"]]
         s["net"] = {**s["net"], **small}
@@ -185,12 +191,13 @@ def _fmt(agg: dict, key: str, digits: int) -> str:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Fixed EDM weighting vs the learned per-σ weighting (EDM2), equal CPU budgets",
+        "# Fixed EDM weighting and σ law vs the learned per-σ weighting (EDM2) and adaptive σ "
+        "draws, equal CPU budgets",
         "",
         f"`benchmarks/study_weighting.py`, quick={result['quick']}; mean ± s.d. over seeds; "
         f"{result['total_wall_s'] / 60:.1f} minutes wall with {result['jobs']} job(s).",
         "",
-        "| data | recipe | CPU-min | weighting | seeds | KL (nats) | test NLL | sliced W2 | "
+        "| data | recipe | CPU-min | arm | seeds | KL (nats) | test NLL | sliced W2 | "
         "Fréchet | nn ratio | steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -223,12 +230,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", default="0,1,2", help="seeds of the 2-D and 16-D sets")
     p.add_argument("--digits-seeds", default="0,1")
     p.add_argument("--only", default=None, help="comma-separated data sets")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add these runs to the record in --out (same data, arm, seed: replaced)",
+    )
     a = p.parse_args(argv)
+    arms = a.arms.split(",")
+    if not arms or any(v not in ARMS for v in arms):
+        p.error(f"--arms must name some of {', '.join(ARMS)}, got {a.arms!r}")
     only = a.only.split(",") if a.only else list(SETS)
     seeds = [int(v) for v in a.seeds.split(",")]
     dseeds = [int(v) for v in a.digits_seeds.split(",")]
     tasks = [(name, arm, sd, a.quick) for name in only for sd in (dseeds if name == "digits"
-             else seeds) for arm in ARMS]  # fmt: skip
+             else seeds) for arm in arms]  # fmt: skip
     tasks.sort(key=lambda t: -SETS[t[0]][1])  # longest first
     t0 = time.perf_counter()
     if a.jobs == 1:
@@ -239,8 +255,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
             rows = list(pool.map(_task, tasks))
+    wall = time.perf_counter() - t0
+    record = a.out / "weighting.json"
+    if a.append and record.exists():
+        old = json.loads(record.read_text())
+        new = {(r["data"], r["arm"], r["seed"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["data"], r["arm"], r["seed"]) not in new] + rows
+        wall += old["total_wall_s"]
     result = {"quick": a.quick, "jobs": a.jobs, "torch": torch.__version__, "rows": rows,
-              "summary": summary(rows), "total_wall_s": time.perf_counter() - t0}  # fmt: skip
+              "summary": summary(rows), "total_wall_s": wall}  # fmt: skip
     moons = [r for r in rows if r["data"] == "moons"]
     if moons:
         result["moons_true_nll"] = moons[0]["true_nll"]

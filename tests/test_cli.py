@@ -213,3 +213,36 @@ def test_process_and_network_defaults(tmp_path):
     model.net.net.register_forward_hook(lambda m, a, out: seen.append(m.embed(a[1])))
     model(x, t)
     assert not torch.allclose(seen[0][0], seen[0][1])
+
+
+def test_likelihood_of_a_mixture_of_runs(tmp_path, capsys):
+    """Two runs on moons with other seeds (other training points, other normalisations):
+    the mixture's NLL is printed, and by Jensen it is never above the members' mean (same
+    test points, exact divergence, same fixed-step solver); mixtures that cannot be formed
+    are refused in one line."""
+    import re
+
+    runs = [tmp_path / f"r{k}" for k in range(2)]
+    for k, run in enumerate(runs):
+        argv = ["train", "--data", "moons", "--n", "300", "--batch", "64", "--quiet",
+                "--steps", "15", "--seed", str(k), "--out", str(run)]  # fmt: skip
+        assert main(argv) == 0
+    common = ["--data", "moons", "--n", "40", "--method", "euler", "--steps", "8", "--quiet"]
+    nll = []
+    for run in runs:
+        capsys.readouterr()
+        assert main(["likelihood", str(run), *common]) == 0
+        nll.append(float(re.search(r"NLL (\S+)", capsys.readouterr().out).group(1)))
+    assert main(["likelihood", *map(str, runs), *common]) == 0
+    out = capsys.readouterr().out
+    assert "equal-weight mixture of 2 checkpoints" in out and "each member's own" in out
+    mix = float(re.search(r"NLL (\S+)", out).group(1))
+    assert mix <= sum(nll) / 2 + 1e-4, (mix, nll)
+    assert main(["likelihood", *map(str, runs), *common, "--divergence", "hutchinson"]) == 1
+    assert "a mixture of 2 checkpoints needs --divergence exact" in _err(capsys)
+    other = tmp_path / "rings"
+    assert main(["train", "--data", "rings", "--n", "300", "--steps", "2", "--quiet",
+                 "--out", str(other)]) == 0  # fmt: skip
+    assert main(["likelihood", str(runs[0]), str(other), *common]) == 1
+    err = _err(capsys)
+    assert "trained on 'rings'" in err and "a mixture needs runs on the same data" in err

@@ -13,6 +13,7 @@ from scorekit.guidance import ClassifierFreeGuidance, ExactConditional
 from scorekit.losses import (
     AUGMENT_DIM,
     OBJECTIVES,
+    AdaptiveSigma,
     Augmented,
     ClassifierObjective,
     LabelDropout,
@@ -48,12 +49,12 @@ def _steps(model, objective, n, shape=(2,), **cond):
     return run
 
 
-CASES = [*OBJECTIVES, "label_dropout", "classifier", "uncertainty", "augment"]
+CASES = [*OBJECTIVES, "label_dropout", "classifier", "uncertainty", "augment", "adaptive"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_objective_steps_make_no_host_sync(name):
-    process = EDM() if name in ("edm", "uncertainty") else VP()
+    process = EDM() if name in ("edm", "uncertainty", "adaptive") else VP()
     cond, shape = {}, (2,)
     if name == "label_dropout":
         model = _model(name, process, num_classes=3)
@@ -67,6 +68,9 @@ def test_objective_steps_make_no_host_sync(name):
     elif name == "uncertainty":
         model = _model("edm", process)
         objective = UncertaintyWeighted(make_objective("edm", process))
+    elif name == "adaptive":
+        model = _model("edm", process)
+        objective = AdaptiveSigma(UncertaintyWeighted(make_objective("edm", process)))
     elif name == "augment":
         torch.manual_seed(0)
         net = nets.UNet(1, base=8, mults=(1, 2), attention=False, augment_dim=AUGMENT_DIM)

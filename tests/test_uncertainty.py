@@ -96,7 +96,7 @@ def test_resume_refuses_a_changed_objective(tmp_path):
     Trainer(_model(process), learned, data, cfg, out_dir=tmp_path).fit()
     plain = Trainer(_model(process), make_objective("edm", process, sigma_data=1.0), data, cfg,
                     out_dir=tmp_path)  # fmt: skip
-    with pytest.raises(ValueError, match="learned objective weights"):
+    with pytest.raises(ValueError, match="learned objective state"):
         plain.resume()
 
 

@@ -127,6 +127,8 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
         s["train"]["bf16"] = True
     if getattr(args, "weighting", None) is not None:
         s["weighting"] = args.weighting
+    if getattr(args, "sigma_sampling", None) is not None:
+        s["sigma_sampling"] = args.sigma_sampling
     if getattr(args, "augment", None) is not None:
         if not 0 <= args.augment <= 1:
             raise ValueError(f"--augment must be a probability in [0, 1], got {args.augment}")
@@ -270,7 +272,7 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
             f"{str(out)!r} keeps {','.join(f'{w:g}' for w in was) or 'none'}; resume it with "
             "those (or start another --out)"
         )
-    for key in ("weighting", "augment", "val_fraction"):  # objective and split stay the run's
+    for key in ("weighting", "sigma_sampling", "augment", "val_fraction"):  # stay the run's
         mine, was = s.get(key, DEFAULTS[key]), (meta.get("cli") or {}).get(key, DEFAULTS[key])
         if mine != was:
             flag = "--" + key.replace("_", "-")
@@ -293,11 +295,23 @@ def _check_resume(s: dict, meta: dict, data, out: Path, args) -> None:
 
 def _save_weighting(trainer, out: Path) -> None:
     """A learned weighting's curve over the process's range of sigma: OUT/weighting.json,
-    and OUT/weighting.png when matplotlib is there."""
-    from ..losses import UncertaintyWeighted
+    and OUT/weighting.png when matplotlib is there; an adaptive law of sigma's proposal:
+    OUT/sigma_draws.json and OUT/sigma_draws.png."""
+    from ..losses import AdaptiveSigma, UncertaintyWeighted
     from ..train.checkpoint import write_atomic
 
     obj = trainer.objective
+    if isinstance(obj, AdaptiveSigma):
+        draws = obj.proposal_curve()
+        draws["step"] = trainer.step
+        write_atomic(out / "sigma_draws.json", json.dumps(draws, indent=1) + "\n")
+        try:
+            from .plots import plot_sigma_draws, save_figure
+
+            save_figure(plot_sigma_draws(draws), out / "sigma_draws.png")
+        except ImportError:  # matplotlib comes with the 'cli' extra
+            pass
+        obj = obj.objective
     if not isinstance(obj, UncertaintyWeighted):
         return
     edges = trainer.sigma_edges  # the range of sigma the trainer logs its loss over
@@ -418,7 +432,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif args.overwrite:  # the user asked: the old run's files go now, not before
             old = (ckpt, ckpt.with_suffix(".json"), out / "log.jsonl", out / "weighting.json")
             best = (out / "best.safetensors", out / "best.json")
-            for p in (*old, *best, out / "weighting.png"):
+            draws = (out / "sigma_draws.json", out / "sigma_draws.png")
+            for p in (*old, *best, *draws, out / "weighting.png"):
                 p.unlink(missing_ok=True)
             from ..train.posthoc import remove_snapshots
 
@@ -806,8 +821,38 @@ def _training_data(meta: dict) -> torch.Tensor:
     return load_data(spec, normalize="none", split=split).x.double()
 
 
+def _mixture_members(paths: list[Path], ema: bool, device) -> tuple[list, list, dict]:
+    """``(models, normalizers, meta of the first)`` of the runs of a mixture: every run must
+    share the first's data (its name or file, and the shape of an example), else the
+    mixture is refused; each keeps its own normalisation."""
+    models, norms, meta = [], [], None
+    for path in paths:
+        m, norm, mt = _load(path, ema, device)
+        if meta is None:
+            meta = mt
+        elif mt["data"].get("spec") != meta["data"].get("spec") or list(
+            mt["data"].get("shape", [])
+        ) != list(meta["data"].get("shape", [])):
+            raise ValueError(
+                f"checkpoint {path} was trained on {mt['data'].get('spec')!r} of shape "
+                f"{tuple(mt['data'].get('shape', []))}, {paths[0]} on "
+                f"{meta['data'].get('spec')!r} of shape {tuple(meta['data'].get('shape', []))}; "
+                "a mixture needs runs on the same data"
+            )
+        models.append(m)
+        norms.append(norm)
+    return models, norms, meta
+
+
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    model, normalizer, meta = _load(args.checkpoint, not args.no_ema, _runtime(args))
+    paths = list(args.checkpoint)
+    if len(paths) > 1 and args.divergence != "exact":
+        raise ValueError(
+            f"--divergence {args.divergence}: a mixture of {len(paths)} checkpoints needs "
+            "--divergence exact"
+        )
+    models, norms, meta = _mixture_members(paths, not args.no_ema, _runtime(args))
+    model, normalizer = models[0], norms[0]
     x = _test_data(args.data, meta, normalizer, args.n, args.seed, args)
     x = x.to(_device(model))
     kw = {"divergence": args.divergence, "method": args.method, "chunk_size": args.chunk_size,
@@ -818,17 +863,23 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     if args.divergence == "hutchinson":
         kw["generator"] = torch.Generator().manual_seed(args.seed)
     if args.sigma_max is not None:
-        process = model.process
-        top = float(process.sigma(torch.tensor(process.T, dtype=torch.float64)))
-        if not process.unit_alpha:
-            raise ValueError(f"--sigma-max continues a VE or EDM process; this checkpoint's "
-                             f"process is {type(process).__name__}")  # fmt: skip
-        if not args.sigma_max > top:
-            raise ValueError(f"--sigma-max must exceed the process's largest sigma {top:g}, "
-                             f"got {args.sigma_max:g}")  # fmt: skip
+        for m in models:
+            process = m.process
+            top = float(process.sigma(torch.tensor(process.T, dtype=torch.float64)))
+            if not process.unit_alpha:
+                raise ValueError(f"--sigma-max continues a VE or EDM process; this checkpoint's "
+                                 f"process is {type(process).__name__}")  # fmt: skip
+            if not args.sigma_max > top:
+                raise ValueError(f"--sigma-max must exceed the process's largest sigma {top:g}, "
+                                 f"got {args.sigma_max:g}")  # fmt: skip
         kw["sigma_max"] = args.sigma_max
     images = args.data == "digits" or Path(args.data).is_dir()
     bins = meta["data"].get("bins") if images else None  # discrete pixels: dequantised bpd
+    if len(models) > 1 and bins is not None:
+        raise ValueError(
+            f"a mixture of {len(models)} checkpoints is for continuous data; {args.data!r} is "
+            "discrete pixels (pass one checkpoint)"
+        )
     deq = args.dequantization or "uniform"
     if bins is None:
         for flag, value in (
@@ -855,9 +906,12 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         deq, trace = fit_dequantizer(model, train, bins=bins, steps=steps, generator=g)
         print(f"variational dequantizer: {steps} steps on {len(train)} training examples, "
               f"bound {trace[0]:.4f} -> {trace[-1]:.4f} nats/dim (up to a constant)")  # fmt: skip
-    r = nll_report(model, normalizer, x, bins, deq, args.samples or 1, **kw)
+    if len(models) > 1:
+        r = nll_report(models, norms, x, bins, deq, args.samples or 1, **kw)
+    else:
+        r = nll_report(model, normalizer, x, bins, deq, args.samples or 1, **kw)
     lo, hi = r["nll_interval"]
-    how = ""
+    how = "" if len(models) == 1 else f", equal-weight mixture of {len(models)} checkpoints"
     if bins is not None:
         name = "variational" if not isinstance(deq, str) else deq
         how = f", {name} dequantization, {args.samples or 1} draw(s) per example"
@@ -867,7 +921,10 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         f"{r['dim']} (NFE {r['nfe']}{how})"
     )
     at = "" if args.sigma_max is None else f" at sigma {args.sigma_max:g}"
-    prior = f"prior term -log pi(x(t_max)){at}: {r['prior_nll']:.4f} nats per example"
+    if r["prior_nll"] is not None:
+        prior = f"prior term -log pi(x(t_max)){at}: {r['prior_nll']:.4f} nats per example"
+    else:
+        prior = f"prior terms{at}: each member's own"
     if r["prior_error_bound"] is not None:
         prior += f", its error at most {r['prior_error_bound']:.4f} nats (data radius bound)"
     print(prior)
@@ -1281,6 +1338,13 @@ def build_parser() -> argparse.ArgumentParser:
         "al. 2024; plotted in OUT/weighting.png)",
     )
     t.add_argument(
+        "--sigma-sampling",
+        choices=("fixed", "adaptive"),
+        help="how training draws noise levels: the recipe's law (fixed, default) or adaptive "
+        "(more draws where the loss varies most, each reweighted so that the objective is "
+        "unchanged; plotted in OUT/sigma_draws.png)",
+    )
+    t.add_argument(
         "--augment",
         type=float,
         help="images: flip, rotate by 90 degrees and shift by a pixel, each with this "
@@ -1418,7 +1482,13 @@ def build_parser() -> argparse.ArgumentParser:
     lk = sub.add_parser(
         "likelihood", help="negative log-likelihood of data under a checkpoint", parents=[runtime]
     )
-    lk.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
+    lk.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="checkpoint file or run directory; several (runs on the same continuous data, "
+        "e.g. other --seed): the NLL of their equal-weight mixture",
+    )
     lk.add_argument("--data", required=True, help="toy name, 'digits' or a path")
     lk.add_argument("--n", type=POSITIVE_INT, default=1000, help="examples (toys: drawn fresh)")
     lk.add_argument("--seed", type=COUNT, default=12345, help="seed of fresh toy points / probes")

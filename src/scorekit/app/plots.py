@@ -355,3 +355,23 @@ def plot_learned_weighting(curve: dict, *, title: str = "Learned weighting per n
     step = curve.get("step")
     fig.suptitle(title + (f" (step {step})" if step is not None else ""))
     return fig
+
+
+def plot_sigma_draws(draws: dict, *, title: str = "Adaptive noise-level draws"):
+    r"""An adaptive law of σ (:meth:`~scorekit.losses.AdaptiveSigma.proposal_curve`): per
+    bin of equal base-law mass, :math:`K q_k`, how many times more (above 1) or less often
+    than the base law training draws that range of σ; each draw's loss is divided by it."""
+    lo = np.asarray(draws["sigma_low"], dtype=float)
+    hi = np.asarray(draws["sigma_high"], dtype=float)
+    factor = np.asarray(draws["factor"], dtype=float)
+    fig, axes = _figure(1, size=4.5)
+    ax = axes[0][0]
+    ax.stairs(factor, np.concatenate([lo[:1], hi]), baseline=None)
+    ax.axhline(1.0, color="grey", linestyle=":", label="base law")
+    ax.set_xscale("log")
+    ax.set_xlabel("noise level sigma")
+    ax.set_ylabel("K q_k (draws relative to the base law)")
+    ax.legend()
+    step = draws.get("step")
+    fig.suptitle(title + (f" (step {step})" if step is not None else ""))
+    return fig

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,6 +86,7 @@ DEFAULTS = {
     "prediction": "auto",
     "dequantize": False,
     "weighting": "fixed",
+    "sigma_sampling": "fixed",
     "augment": 0.0,
     "val_fraction": 0.0,
     "conditional": None,
@@ -249,6 +251,7 @@ def describe(s: dict, shape: tuple[int, ...], n: int, auto: bool) -> str:
         f"{t.get('ema_decay', 0.999):g}"
         + (", dequantized pixels" if s.get("dequantize") else "")
         + (", learned per-sigma weighting" if s.get("weighting") == "learned" else "")
+        + (", adaptive sigma draws" if s.get("sigma_sampling") == "adaptive" else "")
         + (f", augmented (p {s['augment']:g})" if s.get("augment") else "")
         + (
             ", post-hoc EMA widths " + ",".join(f"{w:g}" for w in t["posthoc_ema"])
@@ -334,8 +337,9 @@ def build_run(settings: dict, data) -> tuple:
     :class:`~scorekit.losses.LabelDropout` for a class-conditional run, whose examples are
     then ``(x, y)`` pairs, in :class:`~scorekit.losses.Augmented` (non-leaky augmentation,
     the U-Net told the transform) when ``"augment"`` (the probability of each transform) is
-    above 0, and last in :class:`~scorekit.losses.UncertaintyWeighted` when
-    ``"weighting"`` is ``"learned"``. ``settings`` is completed in place (process, network,
+    above 0, in :class:`~scorekit.losses.UncertaintyWeighted` when ``"weighting"`` is
+    ``"learned"``, and last in :class:`~scorekit.losses.AdaptiveSigma` when
+    ``"sigma_sampling"`` is ``"adaptive"``. ``settings`` is completed in place (process, network,
     sigma_data, classes), as a checkpoint stores it. Seed torch first: the network is
     initialised here.
 
@@ -380,6 +384,13 @@ def build_run(settings: dict, data) -> tuple:
         objective = UncertaintyWeighted(objective)
     elif weighting != "fixed":
         raise ValueError(f"weighting must be 'fixed' or 'learned', got {weighting!r}")
+    sigma_sampling = s.get("sigma_sampling", "fixed")
+    if sigma_sampling == "adaptive":  # last: its draws and factors are the trainer's
+        from ..losses import AdaptiveSigma
+
+        objective = AdaptiveSigma(objective)
+    elif sigma_sampling != "fixed":
+        raise ValueError(f"sigma_sampling must be 'fixed' or 'adaptive', got {sigma_sampling!r}")
     model = build_run_model(s, data.shape, process)
     s["net"] = model_net_config(model)
     return model, objective, examples
@@ -481,14 +492,31 @@ def nll_report(
     (a name or a fitted dequantizer) and ``samples`` draws per example, and NLL
     :math:`= \mathrm{bpd}\,D \ln 2`, the (bound on the) negative log-probability of the
     discrete values, which no affine rescaling changes.
+    Lists of models and of their normalisers (continuous data; ``x`` in the first's model
+    space): their equal-weight mixture in data coordinates
+    (:func:`scorekit.likelihood.mixture_log_prob`), each member through its own
+    normalisation.
     ``kw`` go to the likelihood function. Returns ``{"nll", "nll_stderr", "nll_interval"
     (95%, Student t on n - 1 degrees of freedom), "bpd", "bpd_stderr", "prior_nll" (the mean
-    prior term -log pi(x(t_max)) in nats), "prior_error_bound" (its mean bound, VE/EDM with
-    the default prior, else None), "nfe", "n", "dim"}``."""
-    from ..likelihood import bits_per_dim, log_prob, t_quantile
+    prior term -log pi(x(t_max)) in nats; None for a mixture), "prior_error_bound" (its mean
+    bound, VE/EDM with the default prior, else None), "nfe", "n", "dim"}``."""
+    from ..likelihood import bits_per_dim, log_prob, mixture_of, t_quantile
 
     d = math.prod(x.shape[1:])
-    if bins is not None:
+    if isinstance(model, (list, tuple)):  # a mixture of runs: continuous data only
+        if bins is not None:
+            raise ValueError("a mixture of checkpoints is for continuous data, not pixels")
+        # each member in data coordinates, through its own normalisation
+        raw = normalizer[0].decode(x.double().cpu())
+        members = []
+        for m, norm in zip(model, normalizer, strict=True):
+            xm = norm.encode(raw).to(x)
+            r = log_prob(m, xm, **kw)
+            shift = norm.log_det_for(tuple(x.shape[1:]))
+            members.append(replace(r, log_prob=r.log_prob.double() + shift))
+        r = mixture_of(members)
+        nll = -r.log_prob
+    elif bins is not None:
         # discrete pixels: dequantised bits/dim in model space, where the levels span [-1, 1]
         b = bits_per_dim(model, x, bins=bins, data_range=(-1.0, 1.0),
                          dequantization=dequantization, samples=samples, **kw)  # fmt: skip
@@ -507,7 +535,7 @@ def nll_report(
         "nll_interval": [mean - half, mean + half],
         "bpd": mean / (d * math.log(2)),
         "bpd_stderr": se / (d * math.log(2)),
-        "prior_nll": float(-r.prior_log_prob.double().mean()),
+        "prior_nll": None if r.prior_log_prob is None else float(-r.prior_log_prob.double().mean()),
         "prior_error_bound": None if bound is None else float(bound.double().mean()),
         "nfe": r.nfe,
         "n": n,

@@ -9,11 +9,13 @@ an optional minibatch-OT coupling);
 :mod:`~scorekit.losses.registry`: SSM / ISM at a sampled ``t`` and :func:`make_objective`;
 :mod:`~scorekit.losses.conditional`: label dropout and the noise-conditional classifier;
 :mod:`~scorekit.losses.uncertainty`: EDM2's learned per-σ weighting;
+:mod:`~scorekit.losses.adaptive`: an adaptive, variance-reducing law of the noise levels;
 :mod:`~scorekit.losses.augment`: EDM's non-leaky augmentation.
 
 All losses return per-example values of shape ``(B,)`` and keep the first ½ by default.
 """
 
+from .adaptive import AdaptiveSigma
 from .augment import AUGMENT_DIM, Augmented, augment_images
 from .conditional import ClassifierObjective, LabelDropout
 from .objectives import (
@@ -35,6 +37,7 @@ from .uncertainty import UncertaintyWeighted
 __all__ = [
     "AUGMENT_DIM",
     "OBJECTIVES",
+    "AdaptiveSigma",
     "Augmented",
     "ClassifierObjective",
     "DDPMObjective",

@@ -244,15 +244,17 @@ class _Loss(nn.Module):
 
 
 def _objective_module(objective: Any) -> nn.Module | None:
-    """The objective when it has parameters to train (a module on top of its wrappers);
-    a learned objective under a plain wrapper would not be trained, so it is refused."""
+    """The objective when it has parameters to train or state to keep (a module on top of
+    its wrappers: a learned weighting, an adaptive law of sigma); one under a plain wrapper
+    would be neither trained nor saved, so it is refused."""
     if isinstance(objective, nn.Module):
-        return objective if any(True for _ in objective.parameters()) else None
+        has = any(True for _ in objective.parameters()) or any(True for _ in objective.buffers())
+        return objective if has else None
     inner = getattr(objective, "objective", None)
     while inner is not None:
         if isinstance(inner, nn.Module):
             raise ValueError(
-                f"objective {type(inner).__name__} has parameters to learn but is wrapped in "
+                f"objective {type(inner).__name__} has state to learn but is wrapped in "
                 f"{type(objective).__name__}; wrap it last, around the other wrappers"
             )
         inner = getattr(inner, "objective", None)
@@ -511,16 +513,18 @@ class Trainer:
         r"""The EMA model's mean loss on the validation examples over ``val_draws`` fixed
         draws of :math:`t` and noise per example (the same draws at every call, so values
         at different steps differ by the model only). The outer wrappers that only shape
-        training, a learned weighting (:class:`~scorekit.losses.UncertaintyWeighted`) and
+        training, an adaptive law of sigma (:class:`~scorekit.losses.AdaptiveSigma`), a
+        learned weighting (:class:`~scorekit.losses.UncertaintyWeighted`) and
         augmentation (:class:`~scorekit.losses.Augmented`), are left out: the value is that
         of the fixed objective on the untransformed examples. Reads one value on the host."""
         if self._val is None:
             raise ValueError("validation_loss needs val_data")
+        from ..losses.adaptive import AdaptiveSigma
         from ..losses.augment import Augmented
         from ..losses.uncertainty import UncertaintyWeighted
 
         obj = self.objective
-        while isinstance(obj, (UncertaintyWeighted, Augmented)):
+        while isinstance(obj, (AdaptiveSigma, UncertaintyWeighted, Augmented)):
             obj = obj.objective
         x, cond = self._val
         model = self.ema.module
@@ -644,8 +648,9 @@ class Trainer:
             have = "has" if theirs_obj else "has no"
             mine_obj = "uses" if self._objective_module is not None else "does not use"
             raise ValueError(
-                f"checkpoint {path} {have} learned objective weights, but this run {mine_obj} "
-                "a learned weighting; resume with the objective the run was started with"
+                f"checkpoint {path} {have} learned objective state, but this run {mine_obj} "
+                "a learned weighting or adaptive sigma law; resume with the objective the run "
+                "was started with"
             )
         if self._objective_module is not None:
             load_state(self._objective_module, theirs_obj, f"checkpoint {path} (objective)")
