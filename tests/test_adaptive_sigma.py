@@ -23,6 +23,7 @@ def _skewed(obj):
     """A proposal far from the base law: bin k's second moment grows like 4^k."""
     with torch.no_grad():
         obj.second_moment.copy_(4.0 ** torch.arange(obj.bins, dtype=torch.float32) / 4.0**8)
+        obj.visits.fill_(1.0)
     return obj
 
 
@@ -32,7 +33,7 @@ def test_the_proposal_is_the_mixture_of_the_normalised_root_moments_and_the_base
     want = 0.8 * r / r.sum() + 0.2 / 8
     torch.testing.assert_close(obj.proposal().double(), want, rtol=1e-6, atol=0)
     fresh = AdaptiveSigma(make_objective("edm", EDM()), bins=8)
-    torch.testing.assert_close(fresh.proposal(), torch.full((8,), 1 / 8))  # starts as p
+    torch.testing.assert_close(fresh.proposal(), torch.full((8,), 1 / 8, dtype=torch.float64))
 
 
 def test_draws_fall_in_the_bins_with_the_proposals_frequencies_and_in_the_support():
@@ -83,6 +84,22 @@ def test_forward_is_the_wrapped_loss_times_the_factor_of_the_bin():
     torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
 
 
+def test_the_factor_is_that_of_the_bin_drawn_in_even_where_rounding_moves_t():
+    """t drawn in bfloat16: about 1% of the draws round across a bin edge, and binning by
+    value would give them another bin's factor; forward uses the bin each was drawn in."""
+    process = EDM()
+    inner = make_objective("edm", process, sigma_data=1.0)
+    obj = _skewed(AdaptiveSigma(inner, bins=32)).eval()
+    model = _model(process)
+    x = torch.randn(4096, 2, generator=torch.Generator().manual_seed(0))
+    t = obj.sample_t(4096, torch.Generator().manual_seed(1), torch.bfloat16)
+    k = obj._drawn[1]
+    assert (obj.bin_of(t) != k).any()  # the case this guards against occurs
+    obj(model, x, t=t, generator=torch.Generator().manual_seed(2))
+    want = 1.0 / (32 * obj.proposal()[k])
+    torch.testing.assert_close(obj.last_factor.double(), want, rtol=1e-6, atol=0)
+
+
 def test_the_statistics_converge_to_the_root_mean_square_loss_per_bin():
     """Fed losses f = sigma^(1/2), each bin's moving average tends to E[sigma | bin] (the base
     law's, computed by quadrature), so q tends to the variance-optimal proposal."""
@@ -91,7 +108,7 @@ def test_the_statistics_converge_to_the_root_mean_square_loss_per_bin():
     g = torch.Generator().manual_seed(0)
     for _ in range(600):
         t = obj.sample_t(256, g, torch.float64)
-        obj._update(obj.bin_of(t), process.sigma(t).sqrt())
+        obj._record(obj.bin_of(t), process.sigma(t).sqrt())
     base = LogNormalSigma(-1.2, 1.2)
     u = (torch.arange(6 * 2000, dtype=torch.float64) + 0.5) / (6 * 2000)
     s2 = process.sigma(base.inverse(process, u)).reshape(6, 2000).mean(1)
@@ -111,16 +128,34 @@ def test_the_adapted_proposal_lowers_the_variance_of_the_estimate():
     before = float((f(t0) / (16 * obj.proposal().double()[obj.bin_of(t0)])).var())
     for _ in range(300):
         t = obj.sample_t(512, g, torch.float64)
-        obj._update(obj.bin_of(t), f(t))
+        obj._record(obj.bin_of(t), f(t))
     t1 = obj.sample_t(n, g, torch.float64)
     after = float((f(t1) / (16 * obj.proposal().double()[obj.bin_of(t1)])).var())
     assert after < 0.2 * before, (after, before)
 
 
-def test_non_finite_losses_leave_the_statistics_alone():
-    obj = AdaptiveSigma(make_objective("edm", EDM()), bins=4)
-    obj._update(torch.tensor([0, 1, 1]), torch.tensor([float("nan"), 2.0, float("inf")]))
-    torch.testing.assert_close(obj.second_moment, torch.ones(4))
+def test_non_finite_losses_are_left_out_and_a_bins_first_update_sets_it():
+    obj = AdaptiveSigma(make_objective("edm", EDM()), bins=4, decay=0.5)
+    obj._record(torch.tensor([0, 1, 1]), torch.tensor([float("nan"), 2.0, float("inf")]))
+    torch.testing.assert_close(obj.second_moment, torch.tensor([1.0, 4.0, 1.0, 1.0]))
+    torch.testing.assert_close(obj.visits, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    obj._record(torch.tensor([1, 2]), torch.tensor([4.0, 3.0]))
+    torch.testing.assert_close(obj.second_moment, torch.tensor([1.0, 10.0, 9.0, 1.0]))
+    # unvisited bins count as the mean root moment of the visited ones
+    r = torch.tensor([3.0, 10.0**0.5, 3.0, 3.0], dtype=torch.float64)
+    r[[0, 3]] = (10.0**0.5 + 3.0) / 2
+    torch.testing.assert_close(obj.proposal(), 0.9 * r / r.sum() + 0.1 / 4)
+
+
+def test_per_step_updates_wait_for_end_step():
+    obj = AdaptiveSigma(make_objective("edm", EDM()), bins=4, decay=0.5)
+    obj.update_per_step = True
+    obj._record(torch.tensor([1]), torch.tensor([2.0]))
+    obj._record(torch.tensor([1, 2]), torch.tensor([4.0, 3.0]))
+    torch.testing.assert_close(obj.second_moment, torch.ones(4))  # nothing yet
+    obj.end_step()  # one update from both calls: bin 1's mean of 4 and 16
+    torch.testing.assert_close(obj.second_moment, torch.tensor([1.0, 10.0, 9.0, 1.0]))
+    torch.testing.assert_close(obj.visits, torch.tensor([0.0, 1.0, 1.0, 0.0]))
 
 
 def test_no_update_in_eval_mode_or_without_grad():
@@ -132,10 +167,10 @@ def test_no_update_in_eval_mode_or_without_grad():
         obj(model, x, generator=torch.Generator().manual_seed(0))
     obj.eval()
     obj(model, x, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(obj.second_moment, torch.ones(4))
+    assert float(obj.visits.sum()) == 0
     obj.train()
     obj(model, x, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(obj.second_moment, torch.ones(4))
+    assert float(obj.visits.sum()) > 0
 
 
 @pytest.mark.parametrize(
@@ -213,7 +248,7 @@ def test_proposal_curve_covers_the_support_in_order():
     rows = zip(c["sigma_low"], c["sigma_mid"], c["sigma_high"], strict=True)
     assert all(lo < m < hi for lo, m, hi in rows)
     assert sum(c["q"]) == pytest.approx(1.0)
-    assert c["factor"] == pytest.approx([8 * q for q in c["q"]])
+    assert c["draw_rate"] == pytest.approx([8 * q for q in c["q"]])
 
 
 def test_cli_trains_with_adaptive_draws_plots_them_and_keeps_them_on_resume(tmp_path, capsys):
@@ -226,7 +261,7 @@ def test_cli_trains_with_adaptive_draws_plots_them_and_keeps_them_on_resume(tmp_
     assert main(["train", *common, "--steps", "20", "--sigma-sampling", "adaptive"]) == 0
     draws = json.loads((run / "sigma_draws.json").read_text())
     assert draws["step"] == 20 and len(draws["q"]) == 32
-    assert any(abs(f - 1) > 1e-3 for f in draws["factor"])  # adapted, not the base law
+    assert any(abs(f - 1) > 1e-3 for f in draws["draw_rate"])  # adapted, not the base law
     assert (run / "sigma_draws.png").stat().st_size > 1000
     assert main(["train", *common, "--steps", "30", "--resume"]) == 0  # keeps "adaptive"
     assert json.loads((run / "sigma_draws.json").read_text())["step"] == 30
@@ -236,3 +271,13 @@ def test_cli_trains_with_adaptive_draws_plots_them_and_keeps_them_on_resume(tmp_
     assert len(err) == 1 and "--sigma-sampling fixed" in err[0] and "adaptive" in err[0]
     assert main(["train", *common, "--steps", "10", "--overwrite"]) == 0
     assert not (run / "sigma_draws.json").exists() and not (run / "sigma_draws.png").exists()
+
+
+def test_cli_refuses_adaptive_draws_on_a_grid_of_noise_levels(tmp_path, capsys):
+    from scorekit.app.cli import main
+
+    argv = ["train", "--data", "moons", "--recipe", "ve-dsm", "--loss", "ncsn", "--steps", "2",
+            "--sigma-sampling", "adaptive", "--quiet", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sigma-sampling adaptive" in err[0] and "--loss ncsn" in err[0]

@@ -238,6 +238,9 @@ def test_likelihood_of_a_mixture_of_runs(tmp_path, capsys):
     assert "equal-weight mixture of 2 checkpoints" in out and "each member's own" in out
     mix = float(re.search(r"NLL (\S+)", out).group(1))
     assert mix <= sum(nll) / 2 + 1e-4, (mix, nll)
+    # a run mixed with itself is that run (the -log K and each member's log-determinant)
+    assert main(["likelihood", str(runs[1]), str(runs[1]), *common]) == 0
+    assert float(re.search(r"NLL (\S+)", capsys.readouterr().out).group(1)) == nll[1]
     assert main(["likelihood", *map(str, runs), *common, "--divergence", "hutchinson"]) == 1
     assert "a mixture of 2 checkpoints needs --divergence exact" in _err(capsys)
     other = tmp_path / "rings"

@@ -85,18 +85,20 @@ def test_objective_steps_make_no_host_sync(name):
     assert four == one == 0, (name, one, four, where)
 
 
-@pytest.mark.parametrize("posthoc", [(), (0.05, 0.1)])
-def test_training_runs_read_values_only_at_their_boundary(posthoc):
+@pytest.mark.parametrize("posthoc, adaptive", [((), False), ((0.05, 0.1), False), ((), True)])
+def test_training_runs_read_values_only_at_their_boundary(posthoc, adaptive):
     # the Trainer reads at the start, at each logging interval and at the end, not per step
-    # (post-hoc EMA averages included: they are updated on the device)
+    # (post-hoc EMA averages and an adaptive sigma law included: updated on the device)
     process = VP()
     data = TensorDataset(torch.randn(256, 2), torch.randint(0, 3, (256,)))
-    objective = LabelDropout(make_objective("dsm", process), 3, 0.1)
 
     def fit(steps):
         cfg = TrainConfig(
             steps=steps, batch_size=32, log_every=1000, progress=False, posthoc_ema=posthoc
         )
+        objective = LabelDropout(make_objective("dsm", process), 3, 0.1)
+        if adaptive:
+            objective = AdaptiveSigma(objective)
         return lambda: Trainer(_model("dsm", process, 3), objective, data, cfg).fit()
 
     short, _ = syncs(fit(4))

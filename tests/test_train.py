@@ -208,16 +208,21 @@ def test_trainer_rejects_bad_settings():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("objective", ["dsm", "adaptive"])
+def test_two_process_ddp_matches_one_process(tmp_path, objective):
+    # adaptive: AdaptiveSigma's statistics are summed over the processes once per step, so
+    # both processes draw from the proposal one process with accum=2 draws from
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     worker = str(HERE / "_ddp_worker.py")
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     r = subprocess.run(
-        run + [worker, str(tmp_path), "1"], env=env, capture_output=True, timeout=240
+        run + [worker, str(tmp_path), "1", objective], env=env, capture_output=True, timeout=240
     )
     assert r.returncode == 0, r.stderr.decode()[-2000:]
-    r = subprocess.run([sys.executable, worker, str(tmp_path), "2"], env=env, capture_output=True)
+    r = subprocess.run(
+        [sys.executable, worker, str(tmp_path), "2", objective], env=env, capture_output=True
+    )
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     p0, p1, single = (
         torch.load(tmp_path / f"params_rank{r}_of{w}.pt") for r, w in ((0, 2), (1, 2), (0, 1))

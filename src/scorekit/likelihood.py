@@ -144,7 +144,8 @@ class LikelihoodResult:
         stderr: per-sample standard error of ``log_prob`` from the Hutchinson probes, shape
             ``(B,)``; ``None`` for the exact divergence.
         prior_log_prob: the prior's term :math:`\log\pi(x(t_{max}))` of every sample,
-            shape ``(B,)`` (``log_prob`` minus it is the integrated divergence).
+            shape ``(B,)`` (``log_prob`` minus it is the integrated divergence); ``None``
+            for a mixture (:func:`mixture_log_prob`), whose members each have their own.
         per_probe: the estimate of every probe, shape ``(B, n)`` (Hutchinson), else ``None``.
         prior_error_bound: for a process without signal scaling (VE, EDM: :math:`\alpha = 1`)
             and the default prior, a bound on the prior's error per sample,
@@ -510,42 +511,42 @@ def log_prob(
 
 def mixture_log_prob(models: Sequence[ScoreModel], x: Tensor, **kwargs) -> LikelihoodResult:
     r"""Log-density of the equal-weight mixture of several score models,
-        :math:`p(x) = \frac1K \sum_k p_k(x)`, each :math:`p_k` the density of model :math:`k`'s
-        probability-flow ODE (:func:`log_prob`):
+    :math:`p(x) = \frac1K \sum_k p_k(x)`, each :math:`p_k` the density of model :math:`k`'s
+    probability-flow ODE (:func:`log_prob`):
 
-        .. math:: \log p(x) = \operatorname{logsumexp}_k \log p_k(x) - \log K.
+    .. math:: \log p(x) = \operatorname{logsumexp}_k \log p_k(x) - \log K.
 
-        Models trained with different seeds on the same data fit their training points in
-        different ways; their mixture averages that out, and by the concavity of the logarithm
-    X
-        mixture draws each example from a member chosen uniformly at random.
+    Models trained with different seeds on the same data fit their training points in
+    different ways; their mixture averages that out, and by the concavity of the logarithm
+    its log-likelihood is never below the mean of the members' (Jensen). (A sample of the
+    mixture is a sample of a member chosen uniformly at random.)
 
-        Arguments:
-            models: :math:`K \ge 1` score models on the same data space (same data shape).
-            x: data, shape ``(B, *D)``.
-            **kwargs: passed to :func:`log_prob` for every member (``divergence`` must stay
-                ``"exact"``: the log of a mean of Hutchinson estimates has no unbiased error
-                estimate here).
+    Arguments:
+        models: :math:`K \ge 1` score models on the same data space (same data shape).
+        x: data, shape ``(B, *D)``.
+        **kwargs: passed to :func:`log_prob` for every member (``divergence`` must stay
+            ``"exact"``: the log of a mean of Hutchinson estimates has no unbiased error
+            estimate here).
 
-        Returns:
-            :class:`LikelihoodResult`: ``log_prob`` (B,), ``nfe`` summed over the members,
-            ``stderr`` and ``per_probe`` ``None``, ``prior_log_prob`` ``None`` (each member has
-            its own prior term), and ``prior_error_bound`` the largest of the members' bounds
-            (if every :math:`|\log\hat p_k - \log p_k| \le b_k` then the mixture's error is at
-            most :math:`\max_k b_k`), or ``None`` when a member has none.
+    Returns:
+        :class:`LikelihoodResult`: ``log_prob`` (B,), ``nfe`` summed over the members,
+        ``stderr`` and ``per_probe`` ``None``, ``prior_log_prob`` ``None`` (each member has
+        its own prior term), and ``prior_error_bound`` the largest of the members' bounds
+        (if every :math:`|\log\hat p_k - \log p_k| \le b_k` then the mixture's error is at
+        most :math:`\max_k b_k`), or ``None`` when a member has none.
 
-        Example:
-            >>> from scorekit import VE, ExactScore, Gaussian
-            >>> a = ExactScore(Gaussian(torch.zeros(2), std=1.0), VE(0.01, 10.0))
-            >>> x = torch.randn(4, 2, dtype=torch.float64)
-            >>> r1, r2 = log_prob(a, x), mixture_log_prob([a, a], x)
-            >>> torch.allclose(r1.log_prob, r2.log_prob)
-            True
+    Example:
+        >>> from scorekit import VE, ExactScore, Gaussian
+        >>> a = ExactScore(Gaussian(torch.zeros(2), std=1.0), VE(0.01, 10.0))
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> r1, r2 = log_prob(a, x), mixture_log_prob([a, a], x)
+        >>> torch.allclose(r1.log_prob, r2.log_prob)
+        True
 
-        References:
-            Lakshminarayanan, Pritzel & Blundell, "Simple and Scalable Predictive Uncertainty
-            Estimation using Deep Ensembles", NeurIPS 2017 (equal-weight ensembles of
-            independently trained models).
+    References:
+        Lakshminarayanan, Pritzel & Blundell, "Simple and Scalable Predictive Uncertainty
+        Estimation using Deep Ensembles", NeurIPS 2017 (equal-weight ensembles of
+        independently trained models).
     """
     if isinstance(models, (str, bytes)) or not isinstance(models, Sequence) or not models:
         raise ValueError(f"models must be a non-empty list of score models, got {models!r}")

@@ -821,6 +821,13 @@ def _training_data(meta: dict) -> torch.Tensor:
     return load_data(spec, normalize="none", split=split).x.double()
 
 
+def _data_key(meta: dict) -> str:
+    """A run's data: the named data set, or its file or folder resolved."""
+    spec = str(meta["data"].get("spec"))
+    p = Path(spec)
+    return str(p.resolve()) if p.exists() else spec
+
+
 def _mixture_members(paths: list[Path], ema: bool, device) -> tuple[list, list, dict]:
     """``(models, normalizers, meta of the first)`` of the runs of a mixture: every run must
     share the first's data (its name or file, and the shape of an example), else the
@@ -830,9 +837,9 @@ def _mixture_members(paths: list[Path], ema: bool, device) -> tuple[list, list, 
         m, norm, mt = _load(path, ema, device)
         if meta is None:
             meta = mt
-        elif mt["data"].get("spec") != meta["data"].get("spec") or list(
-            mt["data"].get("shape", [])
-        ) != list(meta["data"].get("shape", [])):
+        elif _data_key(mt) != _data_key(meta) or list(mt["data"].get("shape", [])) != list(
+            meta["data"].get("shape", [])
+        ):
             raise ValueError(
                 f"checkpoint {path} was trained on {mt['data'].get('spec')!r} of shape "
                 f"{tuple(mt['data'].get('shape', []))}, {paths[0]} on "
@@ -863,15 +870,16 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     if args.divergence == "hutchinson":
         kw["generator"] = torch.Generator().manual_seed(args.seed)
     if args.sigma_max is not None:
-        for m in models:
+        for path, m in zip(paths, models, strict=True):
             process = m.process
             top = float(process.sigma(torch.tensor(process.T, dtype=torch.float64)))
+            which = f" ({path})" if len(paths) > 1 else ""
             if not process.unit_alpha:
                 raise ValueError(f"--sigma-max continues a VE or EDM process; this checkpoint's "
-                                 f"process is {type(process).__name__}")  # fmt: skip
+                                 f"process is {type(process).__name__}{which}")  # fmt: skip
             if not args.sigma_max > top:
                 raise ValueError(f"--sigma-max must exceed the process's largest sigma {top:g}, "
-                                 f"got {args.sigma_max:g}")  # fmt: skip
+                                 f"got {args.sigma_max:g}{which}")  # fmt: skip
         kw["sigma_max"] = args.sigma_max
     images = args.data == "digits" or Path(args.data).is_dir()
     bins = meta["data"].get("bins") if images else None  # discrete pixels: dequantised bpd

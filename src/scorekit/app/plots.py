@@ -363,10 +363,10 @@ def plot_sigma_draws(draws: dict, *, title: str = "Adaptive noise-level draws"):
     than the base law training draws that range of σ; each draw's loss is divided by it."""
     lo = np.asarray(draws["sigma_low"], dtype=float)
     hi = np.asarray(draws["sigma_high"], dtype=float)
-    factor = np.asarray(draws["factor"], dtype=float)
+    rate = np.asarray(draws["draw_rate"], dtype=float)
     fig, axes = _figure(1, size=4.5)
     ax = axes[0][0]
-    ax.stairs(factor, np.concatenate([lo[:1], hi]), baseline=None)
+    ax.stairs(rate, np.concatenate([lo[:1], hi]), baseline=None)
     ax.axhline(1.0, color="grey", linestyle=":", label="base law")
     ax.set_xscale("log")
     ax.set_xlabel("noise level sigma")

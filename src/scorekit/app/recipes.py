@@ -386,8 +386,16 @@ def build_run(settings: dict, data) -> tuple:
         raise ValueError(f"weighting must be 'fixed' or 'learned', got {weighting!r}")
     sigma_sampling = s.get("sigma_sampling", "fixed")
     if sigma_sampling == "adaptive":  # last: its draws and factors are the trainer's
+        from ..core.weighting import GridT
         from ..losses import AdaptiveSigma
+        from ..losses.adaptive import _time_sampler
 
+        if isinstance(_time_sampler(objective), GridT):
+            raise ValueError(
+                f"--sigma-sampling adaptive needs a continuous law of noise levels; --loss "
+                f"{s['loss']} draws them from a grid (use --sigma-sampling fixed, or another "
+                "--loss)"
+            )
         objective = AdaptiveSigma(objective)
     elif sigma_sampling != "fixed":
         raise ValueError(f"sigma_sampling must be 'fixed' or 'adaptive', got {sigma_sampling!r}")
@@ -504,6 +512,8 @@ def nll_report(
 
     d = math.prod(x.shape[1:])
     if isinstance(model, (list, tuple)):  # a mixture of runs: continuous data only
+        if not isinstance(normalizer, (list, tuple)) or len(normalizer) != len(model):
+            raise ValueError("a mixture needs one normaliser per model, in a list")
         if bins is not None:
             raise ValueError("a mixture of checkpoints is for continuous data, not pixels")
         # each member in data coordinates, through its own normalisation

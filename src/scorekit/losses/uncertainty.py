@@ -72,7 +72,10 @@ class UncertaintyWeighted(nn.Module):
         if not callable(objective) or not hasattr(objective, "sample_t"):
             raise ValueError(f"objective must be a scorekit objective, got {objective!r}")
         if isinstance(objective, nn.Module):
-            raise ValueError("objective is already a learned weighting; wrap a plain objective")
+            raise ValueError(
+                f"objective {type(objective).__name__} is already a learned weighting or "
+                "adaptive sigma law; wrap a plain objective (and AdaptiveSigma last)"
+            )
         self.objective, self.process = objective, objective.process
         self.features = check_int("features", features, minimum=1)
         g = torch.Generator().manual_seed(int(seed))

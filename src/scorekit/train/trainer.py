@@ -437,6 +437,11 @@ class Trainer:
         self._objective_module = _objective_module(objective)
         if self._objective_module is not None:
             self._objective_module.to(self.device)
+        from ..losses.adaptive import AdaptiveSigma
+
+        self._adaptive = objective if isinstance(objective, AdaptiveSigma) else None
+        if self._adaptive is not None:
+            self._adaptive.update_per_step = True
         self.opt, self._fused = adamw(self._params(), self.cfg.lr, self.cfg.weight_decay)
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.posthoc = [PowerEMA(self.model, s) for s in self.cfg.posthoc_ema]
@@ -767,8 +772,13 @@ class Trainer:
                     loss.backward()
             else:
                 loss.backward()
-            all_losses.append(losses.detach().float())
+            logged = losses.detach().float()
+            if self._adaptive is not None:  # log f, not the draw's reweighted f / (K q_k)
+                logged = logged / self._adaptive.last_factor.float()
+            all_losses.append(logged)
             all_t.append(t.detach())
+        if self._adaptive is not None:  # one update of the sigma law per optimiser step
+            self._adaptive.end_step()
         return torch.cat(all_losses), torch.cat(all_t)
 
     def request_stop(self) -> None:
