@@ -249,3 +249,18 @@ def test_likelihood_of_a_mixture_of_runs(tmp_path, capsys):
     assert main(["likelihood", str(runs[0]), str(other), *common]) == 1
     err = _err(capsys)
     assert "trained on 'rings'" in err and "a mixture needs runs on the same data" in err
+
+
+def test_another_loss_drops_the_recipes_loss_options(tmp_path):
+    """The toy recipe's EDM loss options (sigma_data, p_mean, p_std) do not go to --loss dsm;
+    options the --config gives for the new loss do."""
+    base = ["--data", "moons", "--n", "200", "--steps", "2", "--quiet"]
+    assert main(["train", *base, "--loss", "dsm", "--out", str(tmp_path / "a")]) == 0
+    meta = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
+    assert meta["cli"]["loss"] == "dsm" and meta["cli"]["loss_kwargs"] == {}
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"loss_kwargs": {"prediction_target": "x0"}}))
+    argv = [*base, "--loss", "dsm", "--config", str(cfg), "--out", str(tmp_path / "b")]
+    assert main(["train", *argv]) == 0
+    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert meta["cli"]["loss_kwargs"] == {"prediction_target": "x0"}

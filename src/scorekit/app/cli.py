@@ -97,6 +97,10 @@ def _settings(args: argparse.Namespace, stored: dict | None, recipe: str | None 
             s[k] = dict(v)  # another network or process: the old one's options do not apply
         else:
             s[k] = {**s[k], **v} if isinstance(s[k], dict) and isinstance(v, dict) else v
+    if args.loss is not None and args.loss != s["loss"]:
+        # another loss: the recipe's options for its own loss do not apply (the config's do)
+        given = cfg.get("loss_kwargs")
+        s["loss_kwargs"] = dict(given) if isinstance(given, dict) else {}
     for flag in ("data", "n", "key", "image_size", "normalize", "loss", "prediction"):
         if getattr(args, flag) is not None:
             s[flag] = getattr(args, flag)
