@@ -723,11 +723,22 @@ def main(argv: list[str] | None = None) -> dict:
     _write(a.out / "real_data.json", json.dumps(result, indent=2))
     _write(a.out / "real_data.md", _markdown(result))
     if not a.quick:  # what `scorekit recipes` shows, regenerated from this record
-        _write(RECIPES_MEASURED, json.dumps(recipe_figures(result), indent=1) + "\n")
+        write_recipe_figures(recipe_figures(result))
     return result
 
 
 RECIPES_MEASURED = Path(__file__).resolve().parents[1] / "src/scorekit/app/measured.json"
+
+
+def write_recipe_figures(figures: dict) -> None:
+    """Replace the entries of the recipes in ``figures`` in ``measured.json``, keeping the
+    other recipes' (each benchmark writes the recipes it measures)."""
+    try:
+        old = json.loads(RECIPES_MEASURED.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    merged = {k: v for k, v in old.items() if k not in figures} | figures
+    _write(RECIPES_MEASURED, json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
 
 
 def recipe_figures(result: dict) -> dict:

@@ -129,6 +129,15 @@ RECIPES: dict[str, dict] = {
             0.001, -1.5, 1.5, {"name": "mlp", "hidden": 256, "depth": 4}, 512, 1e-3, 10_000
         ),  # fmt: skip
     },
+    "toy-2d-nll": {
+        "summary": "2-D points for likelihood: toy-2d with more weight on small noise "
+        "(ln sigma ~ N(-2, 2^2)) and about 15 CPU-minutes of steps; for the lowest NLL train "
+        "two seeds and score their mixture (scorekit likelihood RUN RUN)",
+        "when": "by name only",
+        "settings": _edm(
+            0.001, -2.0, 2.0, {"name": "mlp", "hidden": 256, "depth": 4}, 512, 1e-3, 32_000
+        ),  # fmt: skip
+    },
     "vectors": {
         "summary": "vectors and tables: EDM-preconditioned residual MLP, EDM loss",
         "when": "any other examples that are not images",
