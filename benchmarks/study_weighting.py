@@ -106,7 +106,8 @@ def run_one(name: str, arm: str, seed: int, quick: bool = False) -> dict:
     recipe, minutes = SETS[name]
     minutes = 0.1 if quick else minutes
     s = _settings(recipe, arm, quick)
-    row = {"data": name, "arm": arm, "seed": seed, "recipe": recipe, "budget_cpu_min": minutes}
+    row = {"data": name, "arm": arm, "seed": seed, "recipe": recipe, "budget_cpu_min": minutes,
+           "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     c0 = time.process_time()
     if name == "digits":
         from scorekit.train.data import load_data
