@@ -130,7 +130,7 @@ class AdaptiveSigma(nn.Module):
         #: per optimiser step (Trainer): updates wait for :meth:`end_step`
         self.update_per_step = False
         self._pending: tuple[Tensor, Tensor] | None = None  # (sums, counts): not buffers
-        self._drawn: tuple[Tensor, Tensor] | None = None  # (t, k) of the last sample_t
+        self._drawn: tuple[Tensor, Tensor, Tensor] | None = None  # last sample_t's (t, k, q)
         self.last_factor: Tensor | None = None  # the factors of the last forward
 
     @property
@@ -158,14 +158,15 @@ class AdaptiveSigma(nn.Module):
         """Draw ``batch`` noise levels from the current proposal, shape ``(B,)``."""
         batch = check_int("batch", batch, minimum=1)
         dev = self.second_moment.device if device is None else torch.device(device)
-        cdf = torch.cumsum(self.proposal().to(dev), 0)
+        q = self.proposal().to(dev)
+        cdf = torch.cumsum(q, 0)
         cdf = cdf / cdf[-1]
         k = torch.searchsorted(cdf, rand((batch,), generator, torch.float64, dev), right=True)
         k = k.clamp_(max=self.bins - 1)
         u = (k.to(torch.float64) + rand((batch,), generator, torch.float64, dev)) / self.bins
         lo, hi = self.base.bounds(self.process)
         t = self.base.inverse(self.process, u).clamp_(lo, hi).to(dtype)
-        self._drawn = (t, k)
+        self._drawn = (t, k, q)  # forward reweights by this very q
         return t
 
     def bin_of(self, t: Tensor) -> Tensor:
@@ -185,9 +186,12 @@ class AdaptiveSigma(nn.Module):
         if t is None:
             t = self.sample_t(x0.shape[0], generator, x0.dtype, x0.device)
         drawn = self._drawn
-        k = drawn[1] if drawn is not None and drawn[0] is t else self.bin_of(t)
+        if drawn is not None and drawn[0] is t:
+            _, k, q = drawn
+        else:
+            k, q = self.bin_of(t), self.proposal()
         loss = self.objective(model, x0, t=t, generator=generator, **cond)
-        q = self.proposal().to(loss.device)
+        q = q.to(loss.device)
         factor = (1.0 / (self.bins * q[k])).to(loss.dtype)
         self.last_factor = factor.detach()
         if self.training and torch.is_grad_enabled():
