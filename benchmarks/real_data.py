@@ -730,6 +730,15 @@ def main(argv: list[str] | None = None) -> dict:
 RECIPES_MEASURED = Path(__file__).resolve().parents[1] / "src/scorekit/app/measured.json"
 
 
+def append_rows(record: Path, rows: list[dict], keys: tuple[str, ...]) -> tuple[list, float]:
+    """``--append`` of a study: the rows of the JSON ``record`` whose ``keys`` no new row
+    has, then the new ``rows``; and the record's wall time, to add to this run's."""
+    old = json.loads(record.read_text())
+    new = {tuple(r[k] for k in keys) for r in rows}
+    kept = [r for r in old["rows"] if tuple(r[k] for k in keys) not in new]
+    return kept + rows, old["total_wall_s"]
+
+
 def write_recipe_figures(figures: dict) -> None:
     """Replace the entries of the recipes in ``figures`` in ``measured.json``, keeping the
     other recipes' (each benchmark writes the recipes it measures)."""

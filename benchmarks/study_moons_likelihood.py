@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import (  # noqa: E402
     _likelihood,
     _moons_split,
+    append_rows,
     moons_true_nll,
     train_budget,
     write_recipe_figures,
@@ -289,10 +290,8 @@ def main() -> int:
     wall = round(time.time() - t0, 1)
     record = args.out / "moons_likelihood.json"
     if args.append and record.exists():
-        old = json.loads(record.read_text())
-        new = {(r["arm"], r["seed"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["arm"], r["seed"]) not in new] + rows
-        wall += old["total_wall_s"]
+        rows, old_wall = append_rows(record, rows, ("arm", "seed"))
+        wall += old_wall
     result = {"suite": "moons_likelihood", "quick": args.quick, "jobs": args.jobs,
               "rows": rows, "summary": summary(rows), "total_wall_s": wall}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

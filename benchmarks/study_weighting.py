@@ -50,6 +50,7 @@ from real_data import (  # noqa: E402
     _likelihood,
     _moons_split,
     _samples_digits,
+    append_rows,
     moons_true_nll,
     train_budget,
 )
@@ -259,10 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     record = a.out / "weighting.json"
     if a.append and record.exists():
-        old = json.loads(record.read_text())
-        new = {(r["data"], r["arm"], r["seed"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["data"], r["arm"], r["seed"]) not in new] + rows
-        wall += old["total_wall_s"]
+        rows, old_wall = append_rows(record, rows, ("data", "arm", "seed"))
+        wall += old_wall
     result = {"quick": a.quick, "jobs": a.jobs, "torch": torch.__version__, "rows": rows,
               "summary": summary(rows), "total_wall_s": wall}  # fmt: skip
     moons = [r for r in rows if r["data"] == "moons"]
