@@ -23,6 +23,13 @@ start. The PF-ODE is the same in the scale-free coordinates ``y = x/alpha``, ``s
 for every schedule, so all methods solve the same problem from (almost) the same start
 sigma ~ 157 down to 0. ``ratios`` reports best-scorekit / best-diffusers error at each NFE
 budget, per target and error measure (each side's best over its menu of configurations).
+``+tp`` rows (``solver+tpS[grid,end]``) are :class:`~scorekit.samplers.GaussianTeleport`:
+the target's exact mean and covariance carry the start from sigma ~ 157 to S in closed form
+(no evaluation) and the solver spends the whole budget below S. They use what the other
+rows do not (the data's first two moments), so the summary gives them their own columns
+(``rmse_teleport``); ``python benchmarks/bench_samplers.py --add-teleport`` adds them to an
+existing ``samplers.json`` without rerunning the rest. On ``d64-gauss`` (a Gaussian) the
+jump is exact.
 ``default_grids`` runs every deterministic sampler through ``sample`` on its own default
 grid on the VP process at NFE 10-100 (finite, RMSE to the exact ODE solution).
 """
@@ -42,7 +49,7 @@ from scorekit.core.schedules import (
     time_grid,
 )
 from scorekit.metrics import sliced_wasserstein
-from scorekit.samplers import Dopri5, RungeKutta, make_sampler
+from scorekit.samplers import Dopri5, GaussianTeleport, RungeKutta, make_sampler
 
 NFES = (10, 20, 50, 100)
 DTYPE = torch.float64
@@ -274,6 +281,87 @@ def run_scorekit(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
     return rows
 
 
+#: Gaussian teleportation: landing levels S and the solvers that go on from there
+TELEPORT_SIGMAS = (30.0, 50.0, 80.0)
+TELEPORT_SOLVERS = ("ipndm", "unipc_3", "dpmpp_3m")
+#: where the jump is an approximation (on d64-gauss, a Gaussian, it is exact) and the
+#: budgets where skipping steps can matter
+TELEPORT_TARGETS = ("2d-8gauss", "d16-mix")
+TELEPORT_NFES = (10, 20, 50)
+
+
+def teleport_grid(kind: str, steps: int, top: float, end: float) -> torch.Tensor:
+    """SIGMA_MAX, then ``steps`` solver intervals: ``steps - 1`` from ``top`` down to
+    ``end`` spaced by ``kind`` and a last one to sigma = 0."""
+    spaced = karras_sigmas if kind == "karras" else geometric_sigmas
+    levels = spaced(steps - 1, end, top) if steps > 1 else torch.tensor([top], dtype=DTYPE)
+    return torch.cat([torch.tensor([SIGMA_MAX], dtype=DTYPE), _zero(levels)])
+
+
+def run_teleport(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
+    """``solver+tpS[grid,end]`` rows: GaussianTeleport with the target's exact moments."""
+    target = metrics.target
+    model = ExactScore(target, EDM(SIGMA_MIN, SIGMA_MAX))
+    y0 = SIGMA_MAX * z
+    ref = metrics.reference("scorekit", y0, SIGMA_MAX)
+    one = model_ms(model, y0)
+    mean, cov = target.mean(), target.covariance()
+    rows = []
+    for top in TELEPORT_SIGMAS:
+        for name in TELEPORT_SOLVERS:
+            tp = GaussianTeleport(mean, cov, top, name)
+            for kind, end in [(k, e) for k in ("karras", "logsnr") for e in (0.01, 0.05, 0.2, 0.5)]:
+                for budget in [b for b in nfes if b in TELEPORT_NFES]:
+                    grid = teleport_grid(kind, budget, top, end)
+                    res, ms = timed(lambda: tp(model, y0, grid))  # noqa: B023
+                    r = metrics.row(res.x, res.nfe, ref)
+                    steps = tp.num_steps(tp.check(model, grid))
+                    r["ms_per_step"] = ms / steps
+                    r["overhead_ms"] = (ms - res.nfe * one) / steps
+                    r["stochastic"] = False
+                    label = f"{name}+tp{top:g}[{kind},{end:g}]"
+                    rows.append({"library": "scorekit", "sampler": label, "budget": budget, **r})
+    return rows
+
+
+def teleport_summary(summary: dict, rows: list[dict]) -> None:
+    """Add the best ``+tp`` row per budget, and its ratio to diffusers' best, to a
+    target's summary."""
+    for budget, v in summary["budgets"].items():
+        tp, tp_name = best([r for r in rows if "+tp" in r["sampler"]], "scorekit", int(budget),
+                           "rmse", stochastic=False)  # fmt: skip
+        df = v["rmse_diffusers"]
+        v["rmse_teleport"], v["rmse_teleport_sampler"] = tp, tp_name
+        v["rmse_teleport_ratio"] = tp / df if tp is not None and df else None
+
+
+def add_teleport(path: str) -> dict:
+    """Run the ``+tp`` rows and merge them into the record at ``path`` (rows of the same
+    label replaced); the other rows and their summary stay as measured."""
+    import json
+    from datetime import date
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    record = json.loads(Path(path).read_text())
+    n, nfes = record["n"], record["nfes"]
+    t0 = time.perf_counter()
+    for tname, target in targets().items():
+        if tname not in TELEPORT_TARGETS:
+            continue
+        metrics = Metrics(target, n)
+        z = torch.randn(n, target.dim, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+        block = record["targets"][tname]
+        rows = [r for r in block["rows"] if "+tp" not in r["sampler"]] + run_teleport(
+            metrics, z, nfes
+        )
+        block["rows"] = rows
+        teleport_summary(record["summary"][tname], rows)
+    record["teleport"] = {"date": date.today().isoformat(),
+                          "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return record
+
+
 def run_default_grids(target, z: torch.Tensor, nfes) -> list[dict]:
     """Every deterministic sampler through ``sample`` on its own default grid on VP (and
     DDIM on the discrete VP schedule), from the same prior draw: finite? RMSE to the
@@ -463,6 +551,9 @@ def run(quick: bool = False) -> dict:
                 "sw_diffusers": None if sw_df is None else sw_df + metrics.floor,
                 "sw_diffusers_scheduler": sw_df_name,
             }
+        if tname in TELEPORT_TARGETS:
+            rows += run_teleport(metrics, z, nfes)
+            teleport_summary(summary, rows)
         out["summary"][tname] = summary
         out["targets"][tname] = {
             "sw_floor": metrics.floor,
@@ -489,14 +580,22 @@ def markdown(result: dict) -> str:
         "band is floor mean + 2 sd. `[gits]`: a grid fitted to the model by "
         "`optimized_grid` (GITS) on 256 independent starts, once per step count, at a cost "
         f"of {result.get('calibration', {}).get('nfe', '-')} evaluations of those starts; "
-        "'fixed grids' is the best scorekit solver on the hand-made grids alone.",
+        "'fixed grids' is the best scorekit solver on the hand-made grids alone. "
+        "'teleport': the best `GaussianTeleport` row (`solver+tpS`: the start carried to "
+        "sigma = S by the exact flow of the Gaussian with the target's mean and covariance, "
+        "no evaluation; the solver's budget below S), which uses the data's first two "
+        "moments; not counted in the other columns; run at NFE 10-50 on 2d-8gauss and "
+        "d16-mix (on d64-gauss, a Gaussian, the jump is exact)"
+        + (f" (added {result['teleport']['date']})" if "teleport" in result else "")
+        + ".",
     ]
     for tname, summ in result["summary"].items():
         lines += ["", f"## {tname}", ""]
         lines += [
             "| NFE | best scorekit ODE | RMSE | best diffusers | RMSE | ratio | fixed grids | "
-            "ratio | best scorekit SDE | SW (band " + _f(summ["sw_band"], ".4f") + ") | in band |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "ratio | with the data's moments (teleport) | RMSE | ratio | best scorekit SDE | "
+            "SW (band " + _f(summ["sw_band"], ".4f") + ") | in band |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for b, v in summ["budgets"].items():
             fx, df = v.get("rmse_scorekit_fixed_grid"), v["rmse_diffusers"]
@@ -505,7 +604,8 @@ def markdown(result: dict) -> str:
                 f"| {b} | {v['rmse_scorekit_sampler']} | {_f(v['rmse_scorekit'])} | "
                 f"{v['rmse_diffusers_scheduler'] or '-'} | {_f(df)} | "
                 f"{_f(v['rmse_ratio'], '.2f')} | {_f(fx)} | {_f(fx_ratio, '.2f')} | "
-                f"{v['sw_stochastic_sampler']} | "
+                f"{v.get('rmse_teleport_sampler') or '-'} | {_f(v.get('rmse_teleport'))} | "
+                f"{_f(v.get('rmse_teleport_ratio'), '.2f')} | {v['sw_stochastic_sampler']} | "
                 f"{_f(v['sw_stochastic'], '.4f')} | {v['sw_in_band']} |"
             )
         block = result["targets"][tname]
@@ -553,4 +653,13 @@ def markdown(result: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    print(markdown(run(quick="--quick" in sys.argv)))
+    if "--add-teleport" in sys.argv:  # merge the +tp rows into the committed record
+        import json
+        from pathlib import Path
+
+        path = Path(__file__).parent / "results" / "samplers.json"
+        rec = add_teleport(str(path))
+        path.write_text(json.dumps(rec, indent=2))
+        path.with_suffix(".md").write_text(markdown(rec))
+    else:
+        print(markdown(run(quick="--quick" in sys.argv)))

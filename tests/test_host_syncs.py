@@ -183,3 +183,18 @@ def test_conditional_guided_sampling_makes_no_host_sync_per_step():
 
     run(4)()
     assert syncs(run(4))[0] == syncs(run(12))[0]
+
+
+def test_gaussian_teleport_makes_no_host_sync_per_step():
+    from scorekit.samplers import GaussianTeleport
+
+    model = ExactScore(MIX, VP())
+    tp = GaussianTeleport(MIX.mean(), MIX.covariance(), 20.0, "unipc_3")
+
+    def run(n):
+        return lambda: sample(model, 16, tp, n, torch.Generator().manual_seed(0))
+
+    run(4)()
+    few, _ = syncs(run(4))
+    many, where = syncs(run(12))
+    assert many == few, (few, many, where)

@@ -18,6 +18,7 @@ from .core.processes import (
 )
 from .core.schedules import karras_sigmas, time_grid
 from .guidance import (
+    AutoGuidance,
     ClassifierFreeGuidance,
     ClassifierGuided,
     ExactClassifier,
@@ -85,6 +86,7 @@ __all__ = [
     "toy_2d",
     "EMA",
     "ClassifierGuided",
+    "AutoGuidance",
     "ClassifierFreeGuidance",
     "ExactClassifier",
     "ExactConditional",

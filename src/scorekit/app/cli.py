@@ -604,6 +604,46 @@ def _labels(model, path: Path, n: int, label: int | None, guidance: float | None
     return model, {"y": y}, f", class {label}, guidance {scale:g}"
 
 
+def _autoguided(model, normalizer, meta: dict, args, device):
+    """``(model, what)`` for ``scorekit sample --guide G``: the model guided by the weaker
+    checkpoint ``G`` with scale ``--guidance`` (default 2), refused when ``G`` was trained on
+    other data, normalises it otherwise or uses another noise process."""
+    from ..guidance import AutoGuidance
+
+    scale = 2.0 if args.guidance is None else args.guidance
+    if not math.isfinite(scale):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    if not _checkpoint_path(args.guide).is_file():
+        raise ValueError(f"--guide {args.guide}: nothing to load there (expected a checkpoint "
+                         "file or a run folder)")  # fmt: skip
+    guide, gnorm, gmeta = _load(args.guide, not args.no_ema, device)
+    theirs, ours = gmeta["data"], meta["data"]
+    if _data_key(gmeta) != _data_key(meta) or list(theirs.get("shape", [])) != list(
+        ours.get("shape", [])
+    ):
+        raise ValueError(
+            f"--guide {args.guide} was trained on {theirs.get('spec')!r} of shape "
+            f"{tuple(theirs.get('shape', []))}, the model on {ours.get('spec')!r} of shape "
+            f"{tuple(ours.get('shape', []))}; the guide must be a weaker model of the same data"
+        )
+    same = all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=0)
+        for a, b in ((gnorm.loc, normalizer.loc), (gnorm.scale, normalizer.scale))
+    )
+    if not same:
+        raise ValueError(
+            f"--guide {args.guide} normalises the data otherwise than the model (another "
+            "--normalize or other training examples); the guide must see the model's space"
+        )
+    if guide.process.config() != model.process.config():
+        raise ValueError(
+            f"--guide {args.guide} uses the process {guide.process.config()}, the model "
+            f"{model.process.config()}; the guide must use the model's"
+        )
+    what = f", autoguided by {args.guide} at {scale:g} (two network passes per evaluation)"
+    return AutoGuidance(model, guide, scale), what
+
+
 def _png_dir(folder: Path, x: np.ndarray, meta: dict) -> list[Path]:
     """One grey or RGB PNG per image sample (data coordinates, clipped to the pixel range,
     mapped to 0..255), written atomically; returns the paths."""
@@ -702,6 +742,44 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
     return grid
 
 
+def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
+    """``--teleport S``: :class:`~scorekit.samplers.GaussianTeleport` to ``S`` with the mean
+    and covariance, in model space, of the examples the run was trained on (drawn again as
+    ``scorekit train`` drew them)."""
+    from ..samplers import GaussianTeleport, make_sampler
+
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"--teleport must be a positive noise level sigma/alpha, got {sigma}")
+    if label is not None:
+        raise ValueError("--teleport and --label do not combine: the jump follows the whole "
+                         "data's Gaussian, not the class's")  # fmt: skip
+    if not make_sampler(sampler).strict_grid or sampler in _NO_FITTED_GRID:
+        raise ValueError(f"--teleport needs a sampler that steps a grid of noise levels; "
+                         f"--sampler {sampler} does not")  # fmt: skip
+    proc = model.process
+    ends = torch.tensor([proc.t_min, proc.t_max], dtype=torch.float64)
+    lo, hi = (float(v) for v in proc.ratio(ends))
+    if not lo < sigma < hi:
+        raise ValueError(f"--teleport {sigma:g} must lie between this run's smallest and largest "
+                         f"noise levels sigma/alpha, {lo:.3g} and {hi:.4g}")  # fmt: skip
+    settings = meta.get("cli")
+    if not isinstance(settings, dict) or "data" not in settings:
+        raise ValueError("--teleport needs a run trained by scorekit train (its checkpoint "
+                         "does not say how its data was drawn)")  # fmt: skip
+    try:
+        data, _ = _run_data({**settings, "normalize": "none", "val_fraction": None})
+    except (ValueError, OSError, KeyError) as e:
+        raise ValueError(f"--teleport needs the run's training data {settings['data']!r} for "
+                         f"its mean and covariance, which did not load: {e}") from None  # fmt: skip
+    x = normalizer.encode(data.x.double())
+    if tuple(x.shape[1:]) != tuple(meta["data"]["shape"]):
+        raise ValueError(f"--teleport: the run's training data {settings['data']!r} no longer "
+                         f"has examples of shape {tuple(meta['data']['shape'])}")  # fmt: skip
+    print(f"teleport: the Gaussian of {len(x)} training examples carries the start to "
+          f"sigma/alpha = {sigma:g}")  # fmt: skip
+    return GaussianTeleport.fit(x, sigma, sampler), f", teleported to {sigma:g}"
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import plot_image_grid, plot_pairs, plot_samples, save_figure
 
@@ -715,7 +793,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.png_dir is not None and len(shape) != 3:
         raise ValueError(f"--png-dir writes images; this run's examples have shape {shape}")
     sampler, steps = _sampler_choice(args, meta)
-    out = args.out or run / "samples" / f"samples-{sampler}-n{args.n}-seed{args.seed}.npy"
+    tag = "" if args.guide is None else f"-ag{2.0 if args.guidance is None else args.guidance:g}"
+    tag += "" if args.teleport is None else f"-tp{args.teleport:g}"
+    out = args.out or run / "samples" / f"samples-{sampler}{tag}-n{args.n}-seed{args.seed}.npy"
     png = args.png or out.with_suffix(".png")
     for p in (out, png):
         if p.is_dir():
@@ -723,13 +803,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if p.exists() and not args.overwrite:
             raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, device)
-    model, cond, what = _labels(model, args.checkpoint, args.n, args.label, args.guidance)
+    guidance = None if args.guide is not None else args.guidance  # --guide: autoguidance
+    model, cond, what = _labels(model, args.checkpoint, args.n, args.label, guidance)
+    if args.guide is not None:
+        what = what.replace(", guidance 1", "")
+    if args.guide is not None:
+        model, what_guide = _autoguided(model, normalizer, meta, args, device)
+        what += what_guide
     grid = None
+    if args.teleport is not None and args.grid == "fitted":
+        raise ValueError("--teleport and --grid fitted do not combine (the teleport's grid "
+                         "starts with its jump)")  # fmt: skip
     if args.grid == "fitted":
         grid = _fitted_grid(model, shape, sampler, steps, cond, args)
     elif args.calibration is not None:
         raise ValueError("--calibration needs --grid fitted")
-    res = _sample(model, shape, args.n, sampler, steps, args.seed, cond=cond, args=args,
+    run_with = sampler
+    if args.teleport is not None:
+        run_with, what_tp = _teleport(model, normalizer, meta, sampler, args.teleport,
+                                      args.label)  # fmt: skip
+        what += what_tp
+        steps = steps or run_with.solver.default_steps
+    res = _sample(model, shape, args.n, run_with, steps, args.seed, cond=cond, args=args,
                   grid=grid)  # fmt: skip
     res.x = res.x.detach().cpu()
     x = normalizer.decode(res.x.double()).numpy()
@@ -1467,6 +1562,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=POSITIVE_INT,
         help="--grid fitted: prior draws the grid is fitted on (default 256)",
     )
+    s.add_argument(
+        "--teleport",
+        type=float,
+        metavar="SIGMA",
+        help="skip the high-noise steps: carry the start down to sigma/alpha = SIGMA by the "
+        "exact flow of the Gaussian with the training data's mean and covariance (no model "
+        "evaluation; Wang & Vastola 2024), then --steps steps of --sampler below it; choose "
+        "SIGMA well above the data's own scale (docs/samplers-multistep.md); not with --label",
+    )
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
     s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
     s.add_argument("--out", type=Path, help="samples (.npy; default: RUN/samples/samples-"
@@ -1487,7 +1591,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="with --label: classifier-free guidance scale W, the score s(x) + W (s(x|y) - "
         "s(x)): 1 (default) plain conditional, 0 unconditional, > 1 sharper classes; Ho & "
-        "Salimans' w is W - 1",
+        "Salimans' w is W - 1. With --guide: the autoguidance scale W (default 2)",
+    )
+    s.add_argument(
+        "--guide",
+        type=Path,
+        help="autoguidance (Karras et al. 2024): a weaker checkpoint of the same data, e.g. "
+        "an early snapshot (scorekit ema RUN --step S); samples follow D_guide + W (D - "
+        "D_guide), W = --guidance; two network passes per evaluation. On 5-minute digits "
+        "runs guided by their own earlier snapshots it did not lower the Frechet distance "
+        "(docs/guidance.md)",
     )
     s.set_defaults(func=cmd_sample)
 

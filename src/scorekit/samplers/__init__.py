@@ -1,7 +1,8 @@
 r"""Samplers for score models: Langevin (ULA, MALA, annealed), reverse SDE
 (Euler–Maruyama, reverse diffusion, predictor–corrector, DPM-Solver++ 2M/3M SDE),
 probability-flow ODE (Euler, Heun, dopri5, DPM-Solver++ 2M/3M, UniPC, DEIS, iPNDM),
-DDPM/DDIM, EDM's stochastic sampler and Restart sampling.
+DDPM/DDIM, EDM's stochastic sampler, Restart sampling and Gaussian teleportation of the
+first steps.
 
 One calling convention: ``sampler(model, x, grid, generator=None,
 return_trajectory=False, cond=None, hook=None) -> SampleResult(x, nfe, trajectory, info)``,
@@ -31,6 +32,7 @@ from .multistep import DEIS, IPNDM, DPMSolverPPSDE, UniPC
 from .ode import Dopri5, DPMSolverPP, Euler, Heun, RungeKutta
 from .restart import Restart
 from .sde import EulerMaruyama, LangevinCorrector, PredictorCorrector, ReverseDiffusion
+from .teleport import GaussianTeleport
 
 __all__ = [
     "DDIM",
@@ -46,6 +48,7 @@ __all__ = [
     "EDMSampler",
     "Euler",
     "EulerMaruyama",
+    "GaussianTeleport",
     "Grid",
     "Heun",
     "Langevin",

@@ -157,6 +157,9 @@ class Sampler:
         single_step: one update per grid interval at a cost fixed in advance, so a
             predictor-corrector or a per-step hook can wrap it (not adaptive solvers, not
             annealed Langevin's levels).
+        nestable: it may serve inside another sampler (Restart's legs, a predictor), whose
+            grids it then steps as they come (``False`` for a sampler whose first interval
+            is special, as :class:`~scorekit.samplers.GaussianTeleport`'s jump).
     """
 
     stochastic: bool = False
@@ -165,6 +168,7 @@ class Sampler:
     starts_at_prior: bool = True
     strict_grid: bool = True
     single_step: bool = True
+    nestable: bool = True
 
     def default_grid(self, process: Process, steps: int) -> Tensor:
         r"""The grid of ``steps`` steps :func:`~scorekit.samplers.sample` uses: Karras

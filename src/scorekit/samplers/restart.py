@@ -130,7 +130,7 @@ class Restart(Sampler):
                             check_int("intervals' steps", steps, minimum=1)))  # fmt: skip
         self.intervals = tuple(checked)
         self.solver = make_sampler(solver)
-        if self.solver.stochastic or isinstance(self.solver, Restart):
+        if self.solver.stochastic or isinstance(self.solver, Restart) or not self.solver.nestable:
             raise ValueError(f"solver must be a deterministic ODE solver, got {self.solver!r}")
         self.weak_order = self.solver.order
 

@@ -146,7 +146,7 @@ class PredictorCorrector(_ReverseSDE):
         corrector_steps: int = 1,
     ):
         if isinstance(predictor, Sampler):
-            if not predictor.single_step or not predictor.strict_grid:
+            if not predictor.single_step or not predictor.strict_grid or not predictor.nestable:
                 raise ValueError(f"predictor must step grid point to grid point, got {predictor!r}")
             self.predictor, self._predictor = repr(predictor), predictor
         else:

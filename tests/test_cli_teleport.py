@@ -1,0 +1,67 @@
+"""``scorekit sample RUN --teleport SIGMA``: the first steps by the data's Gaussian."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scorekit.app.cli import main
+from scorekit.samplers import GaussianTeleport, sample
+from scorekit.train.checkpoint import load_model
+from scorekit.train.data import load_data
+
+NET = {"net": {"name": "mlp", "hidden": 32, "depth": 1, "emb_dim": 16}}
+STEPS = ["--sampler", "unipc_3", "--steps", "6", "--seed", "7", "--n", "6"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teleport") / "run"
+    cfg = out.parent / "net.json"
+    cfg.write_text(json.dumps(NET))
+    argv = ["train", "--data", "moons", "--n", "500", "--steps", "20", "--batch", "32"]
+    assert main([*argv, "--seed", "3", "--quiet", "--config", str(cfg), "--out", str(out)]) == 0
+    return out
+
+
+def test_teleport_is_the_library_sampler_on_the_runs_data(run, tmp_path, capsys):
+    out = tmp_path / "t.npy"
+    assert main(["sample", str(run), *STEPS, "--teleport", "5", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "Gaussian of 500 training examples" in said and "teleported to 5, NFE 6" in said
+    got = torch.from_numpy(np.load(out, allow_pickle=False))
+    model, normalizer, _ = load_model(run)
+    # the run's own training points: moons drawn with the run's seed (3)
+    x = load_data("moons", n=500, generator=torch.Generator().manual_seed(3),
+                  normalizer=normalizer).x.double()  # fmt: skip
+    other = load_data("moons", n=500, generator=torch.Generator().manual_seed(0),
+                      normalizer=normalizer).x.double()  # fmt: skip
+    assert (x.mean(0) - other.mean(0)).abs().max() > 1e-3  # the seed matters
+    tp = GaussianTeleport.fit(x, 5.0, "unipc_3")
+    with torch.no_grad():
+        r = sample(model, 6, tp, 6, torch.Generator().manual_seed(7))
+    assert r.nfe == 6
+    torch.testing.assert_close(got, normalizer.decode(r.x.double()), rtol=1e-6, atol=1e-6)
+    plain = tmp_path / "p.npy"
+    assert main(["sample", str(run), *STEPS, "--out", str(plain)]) == 0
+    assert (got - torch.from_numpy(np.load(plain))).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--teleport", "0"], "--teleport must be a positive noise level"),
+        (["--teleport", "nan"], "--teleport must be a positive noise level"),
+        (["--teleport", "1e9"], "must lie between this run's smallest and largest"),
+        (["--teleport", "1e-5"], "must lie between this run's smallest and largest"),
+        (["--teleport", "5", "--sampler", "langevin"], "--sampler langevin does not"),
+        (["--teleport", "5", "--grid", "fitted"], "--teleport and --grid fitted do not combine"),
+    ],
+)
+def test_bad_teleports_are_refused_in_one_line(run, tmp_path, capsys, extra, msg):
+    out = tmp_path / "x.npy"
+    assert main(["sample", str(run), "--n", "4", "--out", str(out), *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+    assert not out.exists()
