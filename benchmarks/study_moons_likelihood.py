@@ -16,8 +16,8 @@ standardised) and changes only the objective:
   ``edm-wide-30``: ``edm-wide`` with six times the budget;
 * ``edm-wide-drop-15``: ``edm-wide-15`` with dropout 0.1 in the residual blocks, against
   fitting the training points;
-* ``ens3-wide-5``, ``ens2-wide-15``: a mixture of independently trained ``edm-wide`` models
-  (seeds ``1000 seed + k``), :math:`p = \frac1K\sum_k p_k`, whose log-density is
+* ``ens3-wide-5``, ``ens2-wide-15``, ``ens3-wide-15``: a mixture of independently trained
+  ``edm-wide`` models (seeds ``1000 seed + k``), :math:`p = \frac1K\sum_k p_k`, whose log-density is
   :math:`\operatorname{logsumexp}_k \log p_k - \log K` from each member's exact ODE
   log-density; the budget is per member, so ``ens3-wide-5`` costs what ``edm-wide-15`` costs
   and ``ens2-wide-15`` what ``edm-wide-30`` costs. Each member fits its training points in
@@ -72,6 +72,7 @@ ARMS = {
     "edm-wide-drop-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"net": {"dropout": 0.1}}),
     "ens3-wide-5": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0, {"members": 3}),
     "ens2-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"members": 2}),
+    "ens3-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"members": 3}),
 }
 
 
@@ -228,6 +229,7 @@ def markdown(result: dict) -> str:
 RECIPE_ARMS = (
     ("edm-wide-15", "moons test NLL (nats), one model"),
     ("ens2-wide-15", "moons test NLL (nats), mixture of two runs (other seeds)"),
+    ("ens3-wide-15", "moons test NLL (nats), mixture of three runs (other seeds)"),
 )
 
 
