@@ -805,11 +805,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, device)
     guidance = None if args.guide is not None else args.guidance  # --guide: autoguidance
     model, cond, what = _labels(model, args.checkpoint, args.n, args.label, guidance)
-    if args.guide is not None:
-        what = what.replace(", guidance 1", "")
-    if args.guide is not None:
+    if args.guide is not None:  # the labels' line without a classifier-free scale
         model, what_guide = _autoguided(model, normalizer, meta, args, device)
-        what += what_guide
+        what = what.replace(", guidance 1", "") + what_guide
     grid = None
     if args.teleport is not None and args.grid == "fitted":
         raise ValueError("--teleport and --grid fitted do not combine (the teleport's grid "

@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,9 +42,10 @@ __all__ = ["GaussianTeleport"]
 
 @dataclass(frozen=True)
 class TeleportState:
-    """The jump's coefficients, as tensors on the samples' device, and the solver's state on
-    the rest of the grid (set by the jump, the first step)."""
+    """The jump's coefficients, as tensors on the samples' device, the rest of the grid and
+    the solver's state on it (set by the jump, the first step)."""
 
+    rest: Grid
     mean: Tensor
     basis: Tensor | None
     factor: Tensor
@@ -172,14 +173,13 @@ class GaussianTeleport(Sampler):
         factor = ((self.eigenvalues + s1**2) / (self.eigenvalues + s0**2)).sqrt()
         to = {"dtype": x.dtype, "device": x.device}
         basis = None if self.basis is None else self.basis.to(**to)
-        return TeleportState(self.mean.reshape(-1).to(**to), basis, factor.to(**to),
-                             grid.alpha[0], grid.alpha[1])  # fmt: skip
+        return TeleportState(_slice(grid, 1, grid.n), self.mean.reshape(-1).to(**to), basis,
+                             factor.to(**to), grid.alpha[0], grid.alpha[1])  # fmt: skip
 
     def step(self, model, x, i, grid, state, generator):
-        rest = _slice(grid, 1, grid.n)
         if i > 0:
-            x, inner = self.solver.step(model, x, i - 1, rest, state.inner, generator)
-            return x, TeleportState(*_fields(state), True, inner)
+            x, inner = self.solver.step(model, x, i - 1, state.rest, state.inner, generator)
+            return x, replace(state, inner=inner)
         shape = x.shape
         dy = x.reshape(shape[0], -1) / state.alpha0 - state.mean
         if state.basis is None:
@@ -187,7 +187,7 @@ class GaussianTeleport(Sampler):
         else:
             dy = ((dy @ state.basis) * state.factor) @ state.basis.T
         x = (state.alpha1 * (state.mean + dy)).reshape(shape)
-        return x, TeleportState(*_fields(state), True, self.solver.init(model, x, rest))
+        return x, replace(state, jumped=True, inner=self.solver.init(model, x, state.rest))
 
     def finish(self, state):
         return self.solver.finish(state.inner) if state.jumped else {}
@@ -198,7 +198,3 @@ class GaussianTeleport(Sampler):
     def __repr__(self) -> str:
         return (f"GaussianTeleport(d={self.mean.numel()}, sigma={self.sigma:g}, "
                 f"solver={self.solver!r})")  # fmt: skip
-
-
-def _fields(state: TeleportState) -> tuple:
-    return (state.mean, state.basis, state.factor, state.alpha0, state.alpha1)
