@@ -211,3 +211,22 @@ def test_load_model_refuses_tampered_conditional_checkpoints(run, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"checkpoint {nan} holds non-finite")):
         load_model(nan)
     load_model(nan, ema=False)  # the raw weights are intact
+
+
+def test_teleport_with_a_label_follows_the_class_gaussian(run, tmp_path, capsys):
+    from scorekit.samplers import GaussianTeleport
+    from scorekit.train.data import load_data
+
+    out = tmp_path / "tp.npy"
+    argv = ["sample", str(run), "--label", "3", "--n", "5", "--sampler", "unipc_3", "--steps",
+            "4", "--seed", "7", "--teleport", "5", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "training examples of class 3 carries the start" in capsys.readouterr().out
+    model, normalizer, _ = load_model(run)
+    d = load_data("digits", split="train", normalize="none")
+    tp = GaussianTeleport.fit(normalizer.encode(d.x.double())[d.labels == 3], 5.0, "unipc_3")
+    with torch.no_grad():
+        r = sample(model, 5, tp, 4, torch.Generator().manual_seed(7),
+                   cond={"y": torch.full((5,), 3)})  # fmt: skip
+    got = torch.from_numpy(np.load(out, allow_pickle=False))
+    torch.testing.assert_close(got, normalizer.decode(r.x.double()), rtol=1e-5, atol=1e-5)

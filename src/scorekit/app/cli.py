@@ -745,14 +745,11 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
 def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
     """``--teleport S``: :class:`~scorekit.samplers.GaussianTeleport` to ``S`` with the mean
     and covariance, in model space, of the examples the run was trained on (drawn again as
-    ``scorekit train`` drew them)."""
+    ``scorekit train`` drew them), those of class ``label`` when one is given."""
     from ..samplers import GaussianTeleport, make_sampler
 
     if not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"--teleport must be a positive noise level sigma/alpha, got {sigma}")
-    if label is not None:
-        raise ValueError("--teleport and --label do not combine: the jump follows the whole "
-                         "data's Gaussian, not the class's")  # fmt: skip
     if not make_sampler(sampler).strict_grid or sampler in _NO_FITTED_GRID:
         raise ValueError(f"--teleport needs a sampler that steps a grid of noise levels; "
                          f"--sampler {sampler} does not")  # fmt: skip
@@ -771,11 +768,16 @@ def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
     except (ValueError, OSError, KeyError) as e:
         raise ValueError(f"--teleport needs the run's training data {settings['data']!r} for "
                          f"its mean and covariance, which did not load: {e}") from None  # fmt: skip
-    x = normalizer.encode(data.x.double())
+    x, which = normalizer.encode(data.x.double()), "training examples"
     if tuple(x.shape[1:]) != tuple(meta["data"]["shape"]):
         raise ValueError(f"--teleport: the run's training data {settings['data']!r} no longer "
                          f"has examples of shape {tuple(meta['data']['shape'])}")  # fmt: skip
-    print(f"teleport: the Gaussian of {len(x)} training examples carries the start to "
+    if label is not None:  # the class's own Gaussian
+        if data.labels is None or int((data.labels == label).sum()) < 2:
+            raise ValueError(f"--teleport with --label {label}: the run's training data holds "
+                             "fewer than 2 examples of that class")  # fmt: skip
+        x, which = x[data.labels == label], f"training examples of class {label}"
+    print(f"teleport: the Gaussian of {len(x)} {which} carries the start to "
           f"sigma/alpha = {sigma:g}")  # fmt: skip
     return GaussianTeleport.fit(x, sigma, sampler), f", teleported to {sigma:g}"
 
@@ -1567,7 +1569,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the high-noise steps: carry the start down to sigma/alpha = SIGMA by the "
         "exact flow of the Gaussian with the training data's mean and covariance (no model "
         "evaluation; Wang & Vastola 2024), then --steps steps of --sampler below it; choose "
-        "SIGMA well above the data's own scale (docs/samplers-multistep.md); not with --label",
+        "SIGMA well above the data's own scale (docs/samplers-multistep.md); with --label, "
+        "the Gaussian of that class's examples",
     )
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
     s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
