@@ -617,14 +617,10 @@ def _autoguided(model, normalizer, meta: dict, args, device):
         raise ValueError(f"--guide {args.guide}: nothing to load there (expected a checkpoint "
                          "file or a run folder)")  # fmt: skip
     guide, gnorm, gmeta = _load(args.guide, not args.no_ema, device)
-    theirs, ours = gmeta["data"], meta["data"]
-    if _data_key(gmeta) != _data_key(meta) or list(theirs.get("shape", [])) != list(
-        ours.get("shape", [])
-    ):
+    if not _same_data(gmeta, meta):
         raise ValueError(
-            f"--guide {args.guide} was trained on {theirs.get('spec')!r} of shape "
-            f"{tuple(theirs.get('shape', []))}, the model on {ours.get('spec')!r} of shape "
-            f"{tuple(ours.get('shape', []))}; the guide must be a weaker model of the same data"
+            f"--guide {args.guide} was trained on {_data_desc(gmeta)}, the model on "
+            f"{_data_desc(meta)}; the guide must be a weaker model of the same data"
         )
     same = all(
         a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=0)
@@ -927,6 +923,18 @@ def _data_key(meta: dict) -> str:
     return str(p.resolve()) if p.exists() else spec
 
 
+def _same_data(a: dict, b: dict) -> bool:
+    """Whether two runs' metas name the same data (its name or file, and the shape of an
+    example)."""
+    shape = [list(m["data"].get("shape", [])) for m in (a, b)]
+    return _data_key(a) == _data_key(b) and shape[0] == shape[1]
+
+
+def _data_desc(meta: dict) -> str:
+    """A run's data in a message: ``'spec' of shape (...)``."""
+    return f"{meta['data'].get('spec')!r} of shape {tuple(meta['data'].get('shape', []))}"
+
+
 def _mixture_members(paths: list[Path], ema: bool, device) -> tuple[list, list, dict]:
     """``(models, normalizers, meta of the first)`` of the runs of a mixture: every run must
     share the first's data (its name or file, and the shape of an example), else the
@@ -936,14 +944,10 @@ def _mixture_members(paths: list[Path], ema: bool, device) -> tuple[list, list, 
         m, norm, mt = _load(path, ema, device)
         if meta is None:
             meta = mt
-        elif _data_key(mt) != _data_key(meta) or list(mt["data"].get("shape", [])) != list(
-            meta["data"].get("shape", [])
-        ):
+        elif not _same_data(mt, meta):
             raise ValueError(
-                f"checkpoint {path} was trained on {mt['data'].get('spec')!r} of shape "
-                f"{tuple(mt['data'].get('shape', []))}, {paths[0]} on "
-                f"{meta['data'].get('spec')!r} of shape {tuple(meta['data'].get('shape', []))}; "
-                "a mixture needs runs on the same data"
+                f"checkpoint {path} was trained on {_data_desc(mt)}, {paths[0]} on "
+                f"{_data_desc(meta)}; a mixture needs runs on the same data"
             )
         models.append(m)
         norms.append(norm)
