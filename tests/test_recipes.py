@@ -73,6 +73,10 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert rec["n_samples"] == 200 and rec["sampler"] == "heun" and rec["nll_n"] == 50
     assert rec["sliced_w2"] > 0 and rec["sliced_w2_real"] > 0 and np.isfinite(rec["nll"])
     assert (run / "evaluate.md").read_text().startswith("| measure | value |")
+    assert main([*argv, "--no-nll", "--draws", "2", "--out", str(tmp_path / "two.json")]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert len(two["sliced_w2_draws"]) == 2 and two["sliced_w2_draws"][0] == rec["sliced_w2"]
+    assert two["sliced_w2"] == pytest.approx(np.mean(two["sliced_w2_draws"]))
     digits = tmp_path / "digits"
     net = tmp_path / "net.json"
     net.write_text(json.dumps({"net": {"base": 8}}))
@@ -89,6 +93,20 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     # an untrained net's samples are far from every training digit, farther than real ones
     assert rec["nn_train_median"] > rec["nn_train_median_real"] > 0
     assert rec["nn_ratio"] == pytest.approx(rec["nn_train_median"] / rec["nn_train_median_real"])
+    assert rec["draws"] == 1 and "frechet_sd" not in rec
+    # several draws: the mean over independent draws, the first of them the one-draw figure
+    out = tmp_path / "three.json"
+    argv = ["evaluate", str(digits), "--data", "digits", "--n", "40", "--steps", "2", "--no-nll"]
+    assert main([*argv, "--draws", "3", "--out", str(out)]) == 0
+    three = json.loads(out.read_text())
+    fd = three["frechet_draws"]
+    assert three["draws"] == 3 and len(set(fd)) == 3 and fd[0] == pytest.approx(rec["frechet"])
+    assert three["frechet"] == pytest.approx(np.mean(fd))
+    assert three["frechet_sd"] == pytest.approx(np.std(fd, ddof=1))
+    assert three["frechet_real"] != rec["frechet_real"]  # real digits drawn three times too
+    assert "frechet_sd" in capsys.readouterr().out
+    assert main([*argv, "--draws", "0"]) == 2
+    assert "argument --draws: expected an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_every_command_takes_device_and_threads(tmp_path, capsys):

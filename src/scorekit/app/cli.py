@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -1042,31 +1043,14 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Sample quality against held-out data, and the test NLL, as JSON and markdown."""
+def _sample_quality(gen, real, shape, meta, args, k: int) -> dict:
+    """One draw's sample quality (data coordinates): images, the PCA-16 Frechet distance to
+    the held-out images (digits: also the nearest-training-digit ratio; the real-vs-real
+    figure from training digits chosen by ``k``); vectors, the sliced W2 distance to them
+    and the held-out data's own (halves) floor."""
     from ..metrics import digits_quality, frechet_distance, sliced_wasserstein
-    from ..train.checkpoint import write_atomic
-    from ..train.data import TOYS, load_data
+    from ..train.data import load_data
 
-    ckpt = _checkpoint_path(args.checkpoint)
-    model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
-    shape = tuple(meta["data"]["shape"])
-    sampler, steps = _sampler_choice(args, meta)
-    fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
-    held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
-    res = _sample(model, shape, args.n, sampler, steps, args.seed + 1, args=args)
-    gen = normalizer.decode(res.x.detach().cpu().double())
-    real = normalizer.decode(held.double())
-    out = {
-        "checkpoint": str(ckpt),
-        "data": args.data,
-        "n_samples": args.n,
-        "n_held_out": len(held),
-        "sampler": sampler,
-        "steps": steps,
-        "nfe": res.nfe,
-        "weights": "raw" if args.no_ema else "ema",
-    }
     if len(shape) == 3:  # images: Frechet distance in a PCA space fitted on training data
         spec = meta["data"]["spec"]
         split = meta["data"].get("split", "all") if spec == "digits" else "all"
@@ -1078,37 +1062,80 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 train.reshape(len(train), -1).numpy(),
                 y,
                 real.reshape(len(real), -1).numpy(),
+                seed=k,
                 protocol="full",
             )
-            out.update(
-                frechet=q["frechet"],
-                frechet_real=q["frechet_real"],
-                frechet_protocol="PCA-16 of the training digits, all held-out digits; "
-                "real: as many training digits",
-                nn_train_median=q["nn_train_median"],
-                nn_train_median_real=q["nn_train_median_real"],
-                nn_ratio=q["nn_ratio"],
-            )
-        else:
-            from sklearn.decomposition import PCA
+            keys = ("frechet", "frechet_real", "nn_train_median", "nn_train_median_real",
+                    "nn_ratio")  # fmt: skip
+            return {key: q[key] for key in keys}
+        from sklearn.decomposition import PCA
 
-            flat = lambda v: v.reshape(len(v), -1).numpy()  # noqa: E731
-            pca = PCA(min(16, flat(train).shape[1]), random_state=0).fit(flat(train))
-            m = min(len(gen), len(train))
-            out.update(
-                frechet=frechet_distance(pca.transform(flat(gen)), pca.transform(flat(real))),
-                frechet_real=frechet_distance(
-                    pca.transform(flat(train[:m])), pca.transform(flat(real))
-                ),
-                frechet_protocol="PCA-16 of the training images",
-            )
-    else:  # vectors: sliced W2 in data coordinates, and the held-out data's own floor
-        g = torch.Generator().manual_seed(args.seed)
-        half = len(real) // 2
-        out.update(
-            sliced_w2=float(sliced_wasserstein(gen, real, 256, g)),
-            sliced_w2_real=float(sliced_wasserstein(real[:half], real[half:], 256, g)),
+        flat = lambda v: v.reshape(len(v), -1).numpy()  # noqa: E731
+        pca = PCA(min(16, flat(train).shape[1]), random_state=0).fit(flat(train))
+        m = min(len(gen), len(train))
+        return {
+            "frechet": frechet_distance(pca.transform(flat(gen)), pca.transform(flat(real))),
+            "frechet_real": frechet_distance(
+                pca.transform(flat(train[:m])), pca.transform(flat(real))
+            ),
+        }
+    # vectors: sliced W2 in data coordinates, and the held-out data's own floor
+    g = torch.Generator().manual_seed(args.seed)
+    half = len(real) // 2
+    return {
+        "sliced_w2": float(sliced_wasserstein(gen, real, 256, g)),
+        "sliced_w2_real": float(sliced_wasserstein(real[:half], real[half:], 256, g)),
+    }
+
+
+def _over_draws(per_draw: list[dict]) -> dict:
+    """The measures of several draws of samples: each one's mean over the draws; for the
+    headline distance (Frechet or sliced W2) also its standard deviation over the draws and
+    every draw's value. One draw: its measures as they are."""
+    out = {key: statistics.fmean(d[key] for d in per_draw) for key in per_draw[0]}
+    head = "frechet" if "frechet" in out else "sliced_w2"
+    if len(per_draw) > 1:
+        out[f"{head}_sd"] = statistics.stdev(d[head] for d in per_draw)
+        out[f"{head}_draws"] = [d[head] for d in per_draw]
+    if "frechet" in out:
+        out["frechet_protocol"] = (
+            "PCA-16 of the training digits, all held-out digits; real: as many training digits"
+            if "nn_ratio" in out
+            else "PCA-16 of the training images"
         )
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Sample quality against held-out data (over ``--draws`` draws of samples), and the
+    test NLL, as JSON and markdown."""
+    from ..train.checkpoint import write_atomic
+    from ..train.data import TOYS
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
+    shape = tuple(meta["data"]["shape"])
+    sampler, steps = _sampler_choice(args, meta)
+    fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
+    held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
+    real = normalizer.decode(held.double())
+    out = {
+        "checkpoint": str(ckpt),
+        "data": args.data,
+        "n_samples": args.n,
+        "draws": args.draws,
+        "n_held_out": len(held),
+        "sampler": sampler,
+        "steps": steps,
+        "weights": "raw" if args.no_ema else "ema",
+    }
+    per_draw = []
+    for k in range(args.draws):  # draw k: samples seeded seed + 1 + 1000 k
+        res = _sample(model, shape, args.n, sampler, steps, args.seed + 1 + 1000 * k, args=args)
+        gen = normalizer.decode(res.x.detach().cpu().double())
+        per_draw.append(_sample_quality(gen, real, shape, meta, args, k))
+        out["nfe"] = res.nfe
+    out.update(_over_draws(per_draw))
     from ..metrics import straightness
 
     device = _device(model)
@@ -1146,9 +1173,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{k} {out[k]:.4g}"
         for k in (
             "frechet",
+            "frechet_sd",
             "frechet_real",
             "nn_ratio",
             "sliced_w2",
+            "sliced_w2_sd",
             "sliced_w2_real",
             "straightness",
             "nll",
@@ -1708,6 +1737,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampler (default: the recipe's)")
     ev.add_argument("--steps", type=POSITIVE_INT, help="sampler steps (default: the recipe's)")
     ev.add_argument("--seed", type=COUNT, default=12345, help="seed of fresh toy points, samples")
+    ev.add_argument("--draws", type=POSITIVE_INT, default=1,
+                    help="independent draws of --n samples; the distances are averaged over "
+                    "them, with their standard deviation and every draw's value (one draw of "
+                    "500 digits moves the Frechet distance by about 2; default 1)")  # fmt: skip
     ev.add_argument("--nll-n", type=POSITIVE_INT, default=500, help="held-out examples for the NLL")
     ev.add_argument("--no-nll", action="store_true", help="skip the test NLL")
     ev.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
