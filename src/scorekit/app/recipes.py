@@ -395,17 +395,16 @@ def build_run(settings: dict, data) -> tuple:
         raise ValueError(f"weighting must be 'fixed' or 'learned', got {weighting!r}")
     sigma_sampling = s.get("sigma_sampling", "fixed")
     if sigma_sampling == "adaptive":  # last: its draws and factors are the trainer's
-        from ..core.weighting import GridT
         from ..losses import AdaptiveSigma
-        from ..losses.adaptive import _time_sampler
 
-        if isinstance(_time_sampler(objective), GridT):
+        try:  # AdaptiveSigma refuses an objective whose levels come from a grid
+            objective = AdaptiveSigma(objective)
+        except ValueError:
             raise ValueError(
                 f"--sigma-sampling adaptive needs a continuous law of noise levels; --loss "
                 f"{s['loss']} draws them from a grid (use --sigma-sampling fixed, or another "
                 "--loss)"
-            )
-        objective = AdaptiveSigma(objective)
+            ) from None
     elif sigma_sampling != "fixed":
         raise ValueError(f"sigma_sampling must be 'fixed' or 'adaptive', got {sigma_sampling!r}")
     model = build_run_model(s, data.shape, process)
