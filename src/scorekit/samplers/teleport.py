@@ -140,6 +140,100 @@ class GaussianTeleport(Sampler):
         flat = data.reshape(data.shape[0], -1)
         return cls(data.mean(0), torch.cov(flat.T).reshape(flat.shape[1], -1), sigma, solver)
 
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        shape: tuple[int, ...],
+        sigma: float = 30.0,
+        solver: str | Sampler = "unipc_3",
+        *,
+        level: float | None = None,
+        n: int | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        batch_size: int | None = None,
+        cond: dict[str, Any] | None = None,
+    ) -> GaussianTeleport:
+        r"""The teleport for a model without its data: the Gaussian whose denoiser is the
+        least-squares linear fit of the model's at the level :math:`r` = ``level`` (default
+        ``sigma``, the jump's end).
+
+        The denoiser of :math:`\mathcal N(\mu, \Sigma)` at :math:`r = \sigma/\alpha` is
+        linear in :math:`y = x/\alpha` (the Wiener filter):
+        :math:`D(y) = \mu + \Sigma(\Sigma + r^2 I)^{-1}(y - \mu) = A y + b` with
+        :math:`A = \Sigma(\Sigma + r^2 I)^{-1}`, :math:`b = (I - A)\mu`. From ``n`` draws
+        :math:`y = r z`, :math:`z \sim \mathcal N(0, I)`, and the model's :math:`D(\alpha y,
+        t(r))`, least squares on :math:`(y, 1)` gives :math:`A` (symmetrised, its
+        eigenvalues :math:`a` clipped to :math:`[0, 1)`) and :math:`b`; then
+        :math:`\Sigma = r^2 A (I - A)^{-1} = r^2 U \operatorname{diag}(a/(1 - a)) U^\top`
+        and :math:`\mu = (I - A)^{-1} b`. Exact for Gaussian data (any ``n > d + 1``);
+        otherwise the Gaussian whose denoiser is closest to the model's where the jump
+        lands, not the data's moments: on a 2-D mixture its jump errs more than theirs (3
+        times at S = 30), on the sampler bench's 16-D mixture the whole sample errs less
+        (RMSE 0.552 against 0.581, UniPC-3 at 10 evaluations, S = 30). A slope of 1 or more
+        along some direction is refused: no Gaussian has it.
+
+        Arguments:
+            model: a :class:`~scorekit.core.parametrize.ScoreModel`.
+            shape: one example's shape ``D``.
+            sigma, solver: as for :class:`GaussianTeleport`.
+            level: where the fit is made (default ``sigma``).
+            n: evaluations of the model, once (default :math:`\max(1024, 4(d + 1))`).
+            generator: the draws :math:`z` (on the CPU).
+            dtype, device: of the model's inputs (default torch's default dtype, CPU).
+            batch_size: evaluations per call (default all ``n``).
+            cond: conditioning for the model (tensors with ``n`` rows, or shared).
+
+        Reference: the Gaussian approximation of Wang & Vastola (TMLR 2024), here fitted
+        to the model's denoiser instead of to data.
+        """
+        from .._validate import check_generator, check_int
+        from .api import split_cond
+
+        shape = tuple(int(s) for s in shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"shape must be one example's shape, got {shape}")
+        d = math.prod(shape)
+        r = float(sigma if level is None else level)
+        process = model.process
+        lo, hi = (float(process.ratio(torch.tensor(t, dtype=torch.float64)))
+                  for t in (process.t_min, process.t_max))  # fmt: skip
+        if not lo < r <= hi:
+            raise ValueError(f"level must lie in the process's range of sigma/alpha, ({lo:.3g}, "
+                             f"{hi:.4g}], got {r:g}")  # fmt: skip
+        n = max(1024, 4 * (d + 1)) if n is None else check_int("n", n, minimum=d + 2)
+        check_generator("generator", generator)
+        bs = n if batch_size is None else check_int("batch_size", batch_size)
+        rows_of = split_cond(cond, n)
+        t = process.t_of_ratio(torch.tensor(r, dtype=torch.float64))
+        alpha = float(process.alpha(t))
+        y = r * torch.randn(n, d, generator=generator, dtype=torch.float64)
+        to = {"dtype": dtype or torch.get_default_dtype(), "device": device or "cpu"}
+        parts = []
+        with torch.no_grad():
+            for s in range(0, n, bs):
+                x = (alpha * y[s : s + bs]).reshape(-1, *shape).to(**to)
+                tt = torch.full((x.shape[0],), float(t), **to)
+                out = model.predict(x, tt, "x0", **rows_of(slice(s, s + bs)))
+                parts.append(out.reshape(x.shape[0], d).to("cpu", torch.float64))
+        den = torch.cat(parts)
+        check_finite("the model's denoised draws", den)
+        design = torch.cat([y, torch.ones(n, 1, dtype=torch.float64)], 1)
+        w = torch.linalg.lstsq(design, den).solution  # den ~ y w[:d] + w[d]
+        a, u = torch.linalg.eigh((w[:d] + w[:d].T) / 2)
+        if float(a.max()) >= 1.0:  # a Gaussian's filter shrinks: 0 <= a < 1
+            raise ValueError(
+                f"the model's denoiser at level {r:g} stretches some direction by "
+                f"{float(a.max()):.3g} >= 1, which no Gaussian's does (the data is far from "
+                "Gaussian there): fit at a higher level"
+            )
+        a = a.clamp_min(0.0)
+        mean = u @ ((u.T @ w[d]) / (1.0 - a))
+        cov = (u * (r * r * a / (1.0 - a))) @ u.T
+        return cls(mean.reshape(shape), (cov + cov.T) / 2, sigma, solver)
+
     def default_grid(self, process, steps):
         lo, hi = (float(process.ratio(torch.tensor(t, dtype=torch.float64)))
                   for t in (process.t_min, process.t_max))  # fmt: skip
