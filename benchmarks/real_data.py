@@ -773,10 +773,12 @@ def recipe_figures(result: dict) -> dict:
                           f"{','.join(map(str, h['seeds']))}, torch {result['torch']}")  # fmt: skip
             if r["kind"] == "samples":
                 what = "digits PCA-16 Frechet (500 samples vs the 540 held out)"
-                value = f"{r['frechet']:.1f} (real digits {r['frechet_real']:.1f})"
+                b = result.get("real_digits_frechet")  # real digits over its draws, else one
+                real = (f"real digits {b['mean']:.1f} over {b['draws']} draws" if b else
+                        f"real digits {r['frechet_real']:.1f}")  # fmt: skip
+                value = f"{r['frechet']:.1f} ({real})"
                 if h is not None:
-                    value = (f"{h['frechet']:.1f} +- {h['frechet_sd']:.1f} (real digits "
-                             f"{r['frechet_real']:.1f})")  # fmt: skip
+                    value = f"{h['frechet']:.1f} +- {h['frechet_sd']:.1f} ({real})"
             elif r["kind"] == "bpd":
                 what = "digits test bits/dim"
                 value = f"{r['bpd']:.3f} +- {r['bpd_stderr']:.3f}"

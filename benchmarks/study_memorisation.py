@@ -94,7 +94,7 @@ def _finished(out: Path, minutes: float, flags: list[str]) -> bool:
 
 
 def _evaluate(path: Path, out: Path) -> dict:
-    cmd = [*CLI, "evaluate", str(path), "--data", "digits", "--no-nll", "--quiet"]
+    cmd = [*CLI, "evaluate", str(path), "--data", "digits", "--no-nll", "--quiet", "--overwrite"]
     t0 = time.perf_counter()
     subprocess.run([*cmd, "--out", str(out), "--threads", "1"], check=True, capture_output=True)
     rec = json.loads(out.read_text())

@@ -81,6 +81,7 @@ def test_a_guide_that_does_not_match_is_refused(runs, tmp_path, capsys):
         (root / "minmax", "normalises the data otherwise than the model"),
         (root / "ve", "uses the process"),
         (root / "missing", "--guide " + str(root / "missing") + ": nothing to load there"),
+        (runs / "main" / "log.jsonl", "--guide " + str(runs / "main" / "log.jsonl") + ": "),
     ]:
         argv = ["sample", str(runs / "main"), *STEPS, "--guide", str(guide), "--out", str(out)]
         assert main(argv) == 1

@@ -142,8 +142,8 @@ def test_bad_conditional_requests_are_one_line_errors(run, tmp_path, capsys):
     capsys.readouterr()
     out = ["--n", "4", "--steps", "2", "--out", str(tmp_path / "x.npy")]
     for argv, msg in [
-        (["sample", str(plain), "--label", "1"], "need a class-conditional checkpoint"),
-        (["sample", str(plain), "--guidance", "2"], "need a class-conditional checkpoint"),
+        (["sample", str(plain), "--label", "1"], "--label needs a class-conditional checkpoint"),
+        (["sample", str(plain), "--guidance", "2"], "--guidance needs a class-conditional"),
         (["sample", str(run), "--label", "10"], "--label must be a class in [0, 9]"),
         (["sample", str(run), "--label", "-1"], "--label must be a class in [0, 9]"),
         (["sample", str(run), "--guidance", "2"], "--guidance needs --label"),

@@ -65,3 +65,31 @@ def test_bad_teleports_are_refused_in_one_line(run, tmp_path, capsys, extra, msg
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
     assert not out.exists()
+
+
+def test_a_changed_training_file_is_refused(tmp_path, capsys):
+    """The teleport re-reads the run's training file: another shape, or other examples of
+    the same shape (the run's normalisation no longer fits them), are refused in one line."""
+    pts = tmp_path / "pts.npy"
+    g = np.random.default_rng(0)
+    np.save(pts, g.normal([3.0, 0.0, 1.0], [1.0, 2.0, 0.5], size=(300, 3)))
+    cfg = tmp_path / "net.json"
+    cfg.write_text(json.dumps(NET))
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(pts), "--steps", "5", "--batch", "32", "--quiet"]
+    assert main([*argv, "--config", str(cfg), "--out", str(run)]) == 0
+    out = tmp_path / "x.npy"
+    base = ["sample", str(run), "--n", "4", "--steps", "4", "--teleport", "5", "--quiet"]
+    base += ["--out", str(out)]
+    assert main(base) == 0
+    out.unlink()
+    out.with_suffix(".png").unlink()
+    for changed, msg in [
+        (g.normal(size=(300, 4)), "no longer has examples of shape (3,)"),
+        (100 * np.load(pts), "has changed since training"),
+    ]:
+        np.save(pts, changed)
+        assert main(base) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+        assert not out.exists()

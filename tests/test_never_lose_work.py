@@ -86,13 +86,17 @@ def test_outputs_stay_in_their_run_and_are_not_overwritten(tmp_path, capsys, mon
     assert main([*TRAIN, "--steps", "3", "--out", str(run)]) == 0
     sample = ["sample", str(run), "--n", "8", "--steps", "2", "--quiet"]
     assert main(sample) == 0
-    out = run / "samples" / "samples-heun-n8-seed0.npy"
+    out = run / "samples" / "samples-heun-k2-n8-seed0.npy"
     assert out.is_file() and out.with_suffix(".png").is_file()
     assert f"wrote {out}, {out.with_suffix('.png')}" in capsys.readouterr().out
     assert not (tmp_path / "samples.npy").exists()
     assert main(sample) == 1
     assert "exists; pass --overwrite" in _err(capsys)
     assert main([*sample, "--overwrite"]) == 0
+    capsys.readouterr()
+    # every choice that changes the samples is in the default name: no collision
+    assert main([*sample[:-3], "--steps", "3", "--quiet"]) == 0
+    assert (run / "samples" / "samples-heun-k3-n8-seed0.npy").is_file()
     capsys.readouterr()
     # plots go to RUN/plots; figures that do not apply are refused, not "written"
     assert main(["plot", str(run), "--kind", "grid", "--quiet"]) == 1

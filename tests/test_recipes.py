@@ -73,6 +73,23 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert rec["n_samples"] == 200 and rec["sampler"] == "heun" and rec["nll_n"] == 50
     assert rec["sliced_w2"] > 0 and rec["sliced_w2_real"] > 0 and np.isfinite(rec["nll"])
     assert (run / "evaluate.md").read_text().startswith("| measure | value |")
+    # what evaluate wrote, or any other file, is not replaced unless asked; --out is a .json
+    ckpt = run / "checkpoint.safetensors"
+    before = ckpt.read_bytes()
+    for out, msg in [
+        (None, "evaluate.json' exists; pass --overwrite"),
+        (ckpt, "--out names the JSON to write (a .json file"),
+        (tmp_path / "res.md", "--out names the JSON to write"),
+    ]:
+        extra = [] if out is None else ["--out", str(out)]
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert ckpt.read_bytes() == before and not (tmp_path / "res.md").exists()
+    assert main([*argv, "--n", "1", "--out", str(tmp_path / "one.json")]) == 1
+    assert "--n must be >= 2" in capsys.readouterr().err
+    assert main([*argv, "--no-nll", "--overwrite"]) == 0
+    assert "nll" not in json.loads((run / "evaluate.json").read_text())
     assert main([*argv, "--no-nll", "--draws", "2", "--out", str(tmp_path / "two.json")]) == 0
     two = json.loads((tmp_path / "two.json").read_text())
     assert len(two["sliced_w2_draws"]) == 2 and two["sliced_w2_draws"][0] == rec["sliced_w2"]

@@ -583,9 +583,12 @@ def _labels(model, path: Path, n: int, label: int | None, guidance: float | None
     k = num_classes_of(model)
     if k is None:
         if label is not None or guidance is not None:
+            given = " and ".join(f for f, v in (("--label", label), ("--guidance", guidance))
+                                 if v is not None)  # fmt: skip
             raise ValueError(
-                f"--label and --guidance need a class-conditional checkpoint (scorekit train "
-                f"--conditional); {path} holds an unconditional model"
+                f"{given} need{'s' if ' and ' not in given else ''} a class-conditional "
+                f"checkpoint (scorekit train --conditional); {path} holds an unconditional "
+                "model"
             )
         return model, None, ""
     if label is None:
@@ -617,17 +620,17 @@ def _autoguided(model, normalizer, meta: dict, args, device):
     if not _checkpoint_path(args.guide).is_file():
         raise ValueError(f"--guide {args.guide}: nothing to load there (expected a checkpoint "
                          "file or a run folder)")  # fmt: skip
-    guide, gnorm, gmeta = _load(args.guide, not args.no_ema, device)
+    try:
+        guide, gnorm, gmeta = _load(args.guide, not args.no_ema, device)
+    except ValueError as e:
+        raise ValueError(f"--guide {args.guide}: {e} (a guide is a run folder or a checkpoint "
+                         "scorekit train or scorekit ema wrote)") from None  # fmt: skip
     if not _same_data(gmeta, meta):
         raise ValueError(
             f"--guide {args.guide} was trained on {_data_desc(gmeta)}, the model on "
             f"{_data_desc(meta)}; the guide must be a weaker model of the same data"
         )
-    same = all(
-        a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=0)
-        for a, b in ((gnorm.loc, normalizer.loc), (gnorm.scale, normalizer.scale))
-    )
-    if not same:
+    if not _same_normalizer(gnorm, normalizer):
         raise ValueError(
             f"--guide {args.guide} normalises the data otherwise than the model (another "
             "--normalize or other training examples); the guide must see the model's space"
@@ -739,6 +742,14 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
     return grid
 
 
+def _same_normalizer(a, b) -> bool:
+    """Whether two normalisers are the same map (loc and scale to 1e-9)."""
+    return all(
+        u.shape == v.shape and torch.allclose(u, v, rtol=1e-9, atol=0)
+        for u, v in ((a.loc, b.loc), (a.scale, b.scale))
+    )
+
+
 def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
     """``--teleport S``: :class:`~scorekit.samplers.GaussianTeleport` to ``S`` with the mean
     and covariance, in model space, of the examples the run was trained on (drawn again as
@@ -760,15 +771,21 @@ def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
     if not isinstance(settings, dict) or "data" not in settings:
         raise ValueError("--teleport needs a run trained by scorekit train (its checkpoint "
                          "does not say how its data was drawn)")  # fmt: skip
-    try:
-        data, _ = _run_data({**settings, "normalize": "none", "val_fraction": None})
+    try:  # the examples the run trained on (without those it held out for validation)
+        data, _ = _run_data(settings)
     except (ValueError, OSError, KeyError) as e:
         raise ValueError(f"--teleport needs the run's training data {settings['data']!r} for "
                          f"its mean and covariance, which did not load: {e}") from None  # fmt: skip
-    x, which = normalizer.encode(data.x.double()), "training examples"
-    if tuple(x.shape[1:]) != tuple(meta["data"]["shape"]):
+    if tuple(data.x.shape[1:]) != tuple(meta["data"]["shape"]):
         raise ValueError(f"--teleport: the run's training data {settings['data']!r} no longer "
                          f"has examples of shape {tuple(meta['data']['shape'])}")  # fmt: skip
+    if not _same_normalizer(data.normalizer, normalizer):
+        raise ValueError(
+            f"--teleport: the run's training data {settings['data']!r} has changed since "
+            "training (normalised now, it does not give the run's normalisation); the "
+            "teleport needs the examples the run trained on"
+        )
+    x, which = data.x.double(), "training examples"
     if label is not None:  # the class's own Gaussian
         if data.labels is None or int((data.labels == label).sum()) < 2:
             raise ValueError(f"--teleport with --label {label}: the run's training data holds "
@@ -792,7 +809,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.png_dir is not None and len(shape) != 3:
         raise ValueError(f"--png-dir writes images; this run's examples have shape {shape}")
     sampler, steps = _sampler_choice(args, meta)
-    tag = "" if args.guide is None else f"-ag{2.0 if args.guidance is None else args.guidance:g}"
+    # the default name records every choice that changes the samples
+    tag = "" if args.steps is None else f"-k{args.steps}"
+    tag += "" if args.grid != "fitted" else "-gits"
+    tag += "" if args.label is None else f"-y{args.label}"
+    if args.guide is not None:
+        tag += f"-ag{2.0 if args.guidance is None else args.guidance:g}"
+    elif args.guidance is not None:
+        tag += f"-cfg{args.guidance:g}"
     tag += "" if args.teleport is None else f"-tp{args.teleport:g}"
     out = args.out or run / "samples" / f"samples-{sampler}{tag}-n{args.n}-seed{args.seed}.npy"
     png = args.png or out.with_suffix(".png")
@@ -1113,6 +1137,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.data import TOYS
 
     ckpt = _checkpoint_path(args.checkpoint)
+    if args.n < 2:
+        raise ValueError(f"--n must be >= 2 (a distance between sample sets needs two samples "
+                         f"or more), got {args.n}")  # fmt: skip
+    target = args.out or ckpt.parent / "evaluate.json"
+    if target.suffix != ".json":
+        raise ValueError(f"--out names the JSON to write (a .json file; the markdown goes "
+                         f"beside it), got {str(target)!r}")  # fmt: skip
+    for p in (target, target.with_suffix(".md")):
+        if p.is_dir():
+            raise ValueError(f"cannot write {str(p)!r}: it is a folder")
+        if p.exists() and not args.overwrite:
+            raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
     model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
     sampler, steps = _sampler_choice(args, meta)
@@ -1163,10 +1199,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             nll_n=r["n"],
             nll_divergence=kw["divergence"],
         )
-    target = args.out or ckpt.parent / "evaluate.json"
-    rows = "\n".join(
-        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in out.items()
-    )
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return ", ".join(map(cell, v)) if isinstance(v, list) else str(v)
+
+    rows = "\n".join(f"| {k} | {cell(v)} |" for k, v in out.items())
     write_atomic(target, json.dumps(out, indent=1) + "\n")
     write_atomic(target.with_suffix(".md"), "| measure | value |\n|---|---|\n" + rows + "\n")
     head = ", ".join(
@@ -1608,7 +1647,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
     s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
     s.add_argument("--out", type=Path, help="samples (.npy; default: RUN/samples/samples-"
-                   "SAMPLER-nN-seedS.npy)")  # fmt: skip
+                   "SAMPLER[-kSTEPS][-gits][-yLABEL][-cfgW|-agW][-tpS]-nN-seedS.npy, the "
+                   "choices given)")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--png", type=Path, help="picture (default: OUT with .png): an image grid, "
                    "a scatter plot for 2-D data, pairs of coordinates for more")  # fmt: skip
@@ -1746,7 +1786,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-ema", action="store_true", help="the raw, not the EMA, weights")
     ev.add_argument("--key", help="array name inside an .npz file")
     ev.add_argument("--image-size", type=IMAGE_SIDE, help="resize images to this square side")
-    ev.add_argument("--out", type=Path, help="JSON to write (default RUN/evaluate.json)")
+    ev.add_argument("--out", type=Path, help="JSON to write, the markdown beside it "
+                    "(default RUN/evaluate.json)")  # fmt: skip
+    ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ev.set_defaults(func=cmd_evaluate)
 
     em = sub.add_parser(
