@@ -82,6 +82,7 @@ def test_a_guide_that_does_not_match_is_refused(runs, tmp_path, capsys):
         (root / "ve", "uses the process"),
         (root / "missing", "--guide " + str(root / "missing") + ": nothing to load there"),
         (runs / "main" / "log.jsonl", "--guide " + str(runs / "main" / "log.jsonl") + ": "),
+        (runs / "main", "is the model's own checkpoint"),
     ]:
         argv = ["sample", str(runs / "main"), *STEPS, "--guide", str(guide), "--out", str(out)]
         assert main(argv) == 1

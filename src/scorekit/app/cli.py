@@ -620,6 +620,10 @@ def _autoguided(model, normalizer, meta: dict, args, device):
     if not _checkpoint_path(args.guide).is_file():
         raise ValueError(f"--guide {args.guide}: nothing to load there (expected a checkpoint "
                          "file or a run folder)")  # fmt: skip
+    if _checkpoint_path(args.guide).resolve() == _checkpoint_path(args.checkpoint).resolve():
+        raise ValueError(f"--guide {args.guide} is the model's own checkpoint; the guide must "
+                         "be a weaker model (an earlier or smaller run, or scorekit ema RUN "
+                         "--step S)")  # fmt: skip
     try:
         guide, gnorm, gmeta = _load(args.guide, not args.no_ema, device)
     except ValueError as e:
