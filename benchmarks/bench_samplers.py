@@ -28,8 +28,11 @@ the target's exact mean and covariance carry the start from sigma ~ 157 to S in 
 (no evaluation) and the solver spends the whole budget below S. They use what the other
 rows do not (the data's first two moments), so the summary gives them their own columns
 (``rmse_teleport``); ``python benchmarks/bench_samplers.py --add-teleport`` adds them to an
-existing ``samplers.json`` without rerunning the rest. On ``d64-gauss`` (a Gaussian) the
-jump is exact.
+existing ``samplers.json`` without rerunning the rest (with the ``+ft`` rows). On
+``d64-gauss`` (a Gaussian) the jump is exact. ``+ft`` rows (``solver+ftS[grid,end]``) take
+the same jump for the Gaussian fitted to the model itself at S
+(:meth:`~scorekit.samplers.GaussianTeleport.from_model`: 1024 evaluations at S, once, like
+the GITS grid's calibration), no data; they count with the other scorekit rows.
 ``default_grids`` runs every deterministic sampler through ``sample`` on its own default
 grid on the VP process at NFE 10-100 (finite, RMSE to the exact ODE solution).
 """
@@ -298,8 +301,14 @@ def teleport_grid(kind: str, steps: int, top: float, end: float) -> torch.Tensor
     return torch.cat([torch.tensor([SIGMA_MAX], dtype=DTYPE), _zero(levels)])
 
 
-def run_teleport(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
-    """``solver+tpS[grid,end]`` rows: GaussianTeleport with the target's exact moments."""
+#: the fitted teleport's one-time fit: evaluations of the model at the landing level, seed
+TELEPORT_FIT = {"n": 1024, "seed": 99}
+
+
+def run_teleport(metrics: Metrics, z: torch.Tensor, nfes, fitted: bool = False) -> list[dict]:
+    """``solver+tpS[grid,end]`` rows: GaussianTeleport with the target's exact moments; with
+    ``fitted``, ``solver+ftS[grid,end]`` rows: the Gaussian fitted to the model at the
+    landing level S (``GaussianTeleport.from_model``, TELEPORT_FIT), no data."""
     target = metrics.target
     model = ExactScore(target, EDM(SIGMA_MIN, SIGMA_MAX))
     y0 = SIGMA_MAX * z
@@ -309,7 +318,13 @@ def run_teleport(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
     rows = []
     for top in TELEPORT_SIGMAS:
         for name in TELEPORT_SOLVERS:
-            tp = GaussianTeleport(mean, cov, top, name)
+            if fitted:
+                gen = torch.Generator().manual_seed(TELEPORT_FIT["seed"])
+                tp = GaussianTeleport.from_model(model, (target.dim,), top, name,
+                                                 n=TELEPORT_FIT["n"], generator=gen,
+                                                 dtype=DTYPE)  # fmt: skip
+            else:
+                tp = GaussianTeleport(mean, cov, top, name)
             for kind, end in [(k, e) for k in ("karras", "logsnr") for e in (0.01, 0.05, 0.2, 0.5)]:
                 for budget in [b for b in nfes if b in TELEPORT_NFES]:
                     grid = teleport_grid(kind, budget, top, end)
@@ -319,9 +334,20 @@ def run_teleport(metrics: Metrics, z: torch.Tensor, nfes) -> list[dict]:
                     r["ms_per_step"] = ms / steps
                     r["overhead_ms"] = (ms - res.nfe * one) / steps
                     r["stochastic"] = False
-                    label = f"{name}+tp{top:g}[{kind},{end:g}]"
+                    label = f"{name}+{'ft' if fitted else 'tp'}{top:g}[{kind},{end:g}]"
                     rows.append({"library": "scorekit", "sampler": label, "budget": budget, **r})
     return rows
+
+
+def ode_summary(summary: dict, rows: list[dict]) -> None:
+    """The best scorekit ODE solver per budget (the data's moments, ``+tp`` rows, not
+    counted) and its ratio to diffusers' best, into a target's summary."""
+    own = [r for r in rows if "+tp" not in r["sampler"]]
+    for budget, v in summary["budgets"].items():
+        sk, sk_name = best(own, "scorekit", int(budget), "rmse", stochastic=False)
+        df = v["rmse_diffusers"]
+        v["rmse_scorekit"], v["rmse_scorekit_sampler"] = sk, sk_name
+        v["rmse_ratio"] = sk / df if sk is not None and df else None
 
 
 def teleport_summary(summary: dict, rows: list[dict]) -> None:
@@ -336,8 +362,9 @@ def teleport_summary(summary: dict, rows: list[dict]) -> None:
 
 
 def add_teleport(path: str) -> dict:
-    """Run the ``+tp`` rows and merge them into the record at ``path`` (rows of the same
-    label replaced); the other rows and their summary stay as measured."""
+    """Run the ``+ft`` and ``+tp`` rows and merge them into the record at ``path`` (rows of
+    the same label replaced; the best scorekit solver per budget recomputed with the ``+ft``
+    rows); the other rows and their summary stay as measured."""
     import json
     from datetime import date
     from pathlib import Path
@@ -352,10 +379,11 @@ def add_teleport(path: str) -> dict:
         metrics = Metrics(target, n)
         z = torch.randn(n, target.dim, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
         block = record["targets"][tname]
-        rows = [r for r in block["rows"] if "+tp" not in r["sampler"]] + run_teleport(
-            metrics, z, nfes
-        )
+        rows = [r for r in block["rows"] if "+tp" not in r["sampler"] and "+ft" not in
+                r["sampler"]]  # fmt: skip
+        rows += run_teleport(metrics, z, nfes, fitted=True) + run_teleport(metrics, z, nfes)
         block["rows"] = rows
+        ode_summary(record["summary"][tname], rows)
         teleport_summary(record["summary"][tname], rows)
     record["teleport"] = {"date": date.today().isoformat(),
                           "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -530,19 +558,18 @@ def run(quick: bool = False) -> dict:
             rows += run_diffusers(metrics, z, nfes)
         band = metrics.floor + 2 * metrics.floor_sd
         summary = {"sw_floor": metrics.floor, "sw_band": band, "budgets": {}}
-        fixed = [r for r in rows if not r["sampler"].endswith("[gits]")]
+        if tname in TELEPORT_TARGETS:  # fitted to the model, counted as GITS is
+            rows += run_teleport(metrics, z, nfes, fitted=True)
+        fixed = [r for r in rows if not r["sampler"].endswith("[gits]") and "+ft" not in
+                 r["sampler"]]  # fmt: skip
         for budget in nfes:
-            sk, sk_name = best(rows, "scorekit", budget, "rmse", stochastic=False)
             fx, fx_name = best(fixed, "scorekit", budget, "rmse", stochastic=False)
             df, df_name = best(rows, "diffusers", budget, "rmse")
             sw, sw_name = best(rows, "scorekit", budget, "sw_excess", stochastic=True)
             sw_df, sw_df_name = best(rows, "diffusers", budget, "sw_excess")
             summary["budgets"][str(budget)] = {
-                "rmse_scorekit": sk,
-                "rmse_scorekit_sampler": sk_name,
                 "rmse_diffusers": df,
                 "rmse_diffusers_scheduler": df_name,
-                "rmse_ratio": sk / df if sk is not None and df else None,
                 "rmse_scorekit_fixed_grid": fx,
                 "rmse_scorekit_fixed_grid_sampler": fx_name,
                 "sw_stochastic": None if sw is None else sw + metrics.floor,
@@ -551,6 +578,7 @@ def run(quick: bool = False) -> dict:
                 "sw_diffusers": None if sw_df is None else sw_df + metrics.floor,
                 "sw_diffusers_scheduler": sw_df_name,
             }
+        ode_summary(summary, rows)
         if tname in TELEPORT_TARGETS:
             rows += run_teleport(metrics, z, nfes)
             teleport_summary(summary, rows)
@@ -580,7 +608,11 @@ def markdown(result: dict) -> str:
         "band is floor mean + 2 sd. `[gits]`: a grid fitted to the model by "
         "`optimized_grid` (GITS) on 256 independent starts, once per step count, at a cost "
         f"of {result.get('calibration', {}).get('nfe', '-')} evaluations of those starts; "
-        "'fixed grids' is the best scorekit solver on the hand-made grids alone. "
+        "`solver+ftS`: the start carried to sigma = S by the exact flow of the Gaussian "
+        "fitted to the model's denoiser at S (`GaussianTeleport.from_model`, "
+        f"{TELEPORT_FIT['n']} evaluations at S, once; no data), then the solver below S; "
+        "'fixed grids' is the best scorekit solver on the hand-made grids alone (neither "
+        "fitted grids nor fitted teleports). "
         "'teleport': the best `GaussianTeleport` row (`solver+tpS`: the start carried to "
         "sigma = S by the exact flow of the Gaussian with the target's mean and covariance, "
         "no evaluation; the solver's budget below S), which uses the data's first two "
