@@ -51,8 +51,6 @@ def test_teleport_is_the_library_sampler_on_the_runs_data(run, tmp_path, capsys)
 @pytest.mark.parametrize(
     "extra,msg",
     [
-        (["--teleport", "0"], "--teleport must be a positive noise level"),
-        (["--teleport", "nan"], "--teleport must be a positive noise level"),
         (["--teleport", "1e9"], "must lie between this run's smallest and largest"),
         (["--teleport", "1e-5"], "must lie between this run's smallest and largest"),
         (["--teleport", "5", "--sampler", "langevin"], "--sampler langevin does not"),
@@ -65,6 +63,13 @@ def test_bad_teleports_are_refused_in_one_line(run, tmp_path, capsys, extra, msg
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf", "abc"])
+def test_a_teleport_level_that_is_not_a_positive_number_is_a_usage_error(run, capsys, value):
+    assert main(["sample", str(run), "--n", "4", "--teleport", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "argument --teleport: expected a number > 0" in err[-1], err
 
 
 def test_a_changed_training_file_is_refused(tmp_path, capsys):

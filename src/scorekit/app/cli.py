@@ -1640,7 +1640,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--teleport",
-        type=float,
+        type=POSITIVE,
         metavar="SIGMA",
         help="skip the high-noise steps: carry the start down to sigma/alpha = SIGMA by the "
         "exact flow of the Gaussian with the training data's mean and covariance (no model "
