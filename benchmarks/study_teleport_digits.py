@@ -7,9 +7,10 @@ For a run folder (default: a 5-minute ``scorekit train --data digits`` run), fro
 prior draws per seed: a reference solution by Heun on a Karras grid of 200 steps (400
 evaluations) from sigma_max to the process's t_min; UniPC-3 on its default grid (log-SNR
 uniform) and on a Karras grid; the same solver after a teleport to each S (Karras from S
-down). Measured: RMSE to the reference in model coordinates (pixels (x - 8)/8, 64 per
-digit), and the PCA-16 Fréchet distance of the decoded samples to the 540 held-out digits
-(``digits_quality``, "full").
+down); the same with the Gaussian fitted to the model's own denoiser at S
+(:meth:`~scorekit.samplers.GaussianTeleport.from_model`, no data). Measured: RMSE to the
+reference in model coordinates (pixels (x - 8)/8, 64 per digit), and the PCA-16 Fréchet
+distance of the decoded samples to the 540 held-out digits (``digits_quality``, "full").
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/study_teleport_digits.py --run RUN \
@@ -39,6 +40,9 @@ from scorekit.train.checkpoint import load_model  # noqa: E402
 from scorekit.train.data import load_data  # noqa: E402
 
 SIGMAS = (1.0, 2.0, 5.0, 10.0, 20.0)
+#: landing levels of the teleport fitted to the model (GaussianTeleport.from_model, 1024
+#: evaluations at S, once) instead of to the training digits
+FITTED = (5.0, 10.0)
 NFES = (10, 20)
 
 
@@ -77,6 +81,17 @@ def main() -> int:
             for s in SIGMAS:
                 tp = GaussianTeleport.fit(train, s, "unipc_3")
                 configs.append((f"unipc_3 + teleport to {s:g}", tp, tp.default_grid(proc, nfe)))
+            for s in FITTED:  # the Gaussian fitted to the model at S, no data
+                tp = GaussianTeleport.from_model(
+                    model,
+                    (1, 8, 8),
+                    s,
+                    "unipc_3",
+                    n=1024,
+                    generator=torch.Generator().manual_seed(99),
+                )
+                configs.append((f"unipc_3 + fitted teleport to {s:g}", tp,
+                                tp.default_grid(proc, nfe)))  # fmt: skip
             for name, smp, grid in configs:
                 with torch.no_grad():
                     r = smp(model, x_T, grid)

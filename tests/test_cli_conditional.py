@@ -219,8 +219,8 @@ def test_teleport_with_a_label_follows_the_class_gaussian(run, tmp_path, capsys)
 
     out = tmp_path / "tp.npy"
     argv = ["sample", str(run), "--label", "3", "--n", "5", "--sampler", "unipc_3", "--steps",
-            "4", "--seed", "7", "--teleport", "5", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+            "4", "--seed", "7", "--teleport", "5"]  # fmt: skip
+    assert main([*argv, "--teleport-fit", "data", "--out", str(out)]) == 0
     assert "training examples of class 3 carries the start" in capsys.readouterr().out
     model, normalizer, _ = load_model(run)
     d = load_data("digits", split="train", normalize="none")
@@ -230,3 +230,15 @@ def test_teleport_with_a_label_follows_the_class_gaussian(run, tmp_path, capsys)
                    cond={"y": torch.full((5,), 3)})  # fmt: skip
     got = torch.from_numpy(np.load(out, allow_pickle=False))
     torch.testing.assert_close(got, normalizer.decode(r.x.double()), rtol=1e-5, atol=1e-5)
+    # by default the class's Gaussian is fitted to the model given the label, no data
+    fitted = tmp_path / "fit.npy"
+    assert main([*argv, "--out", str(fitted)]) == 0
+    assert "fitted to the model at sigma/alpha = 5 (1024 evaluations)" in capsys.readouterr().out
+    tp = GaussianTeleport.from_model(model, (1, 8, 8), 5.0, "unipc_3", n=1024,
+                                     cond={"y": torch.full((1024,), 3)},
+                                     generator=torch.Generator().manual_seed(2000010))  # fmt: skip
+    with torch.no_grad():
+        r = sample(model, 5, tp, 4, torch.Generator().manual_seed(7),
+                   cond={"y": torch.full((5,), 3)})  # fmt: skip
+    got = torch.from_numpy(np.load(fitted, allow_pickle=False))
+    torch.testing.assert_close(got, normalizer.decode(r.x.double()), rtol=1e-4, atol=1e-4)

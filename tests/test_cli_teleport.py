@@ -27,7 +27,8 @@ def run(tmp_path_factory):
 
 def test_teleport_is_the_library_sampler_on_the_runs_data(run, tmp_path, capsys):
     out = tmp_path / "t.npy"
-    assert main(["sample", str(run), *STEPS, "--teleport", "5", "--out", str(out)]) == 0
+    argv = ["sample", str(run), *STEPS, "--teleport", "5", "--teleport-fit", "data"]
+    assert main([*argv, "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "Gaussian of 500 training examples" in said and "teleported to 5, NFE 6" in said
     got = torch.from_numpy(np.load(out, allow_pickle=False))
@@ -84,7 +85,8 @@ def test_a_changed_training_file_is_refused(tmp_path, capsys):
     argv = ["train", "--data", str(pts), "--steps", "5", "--batch", "32", "--quiet"]
     assert main([*argv, "--config", str(cfg), "--out", str(run)]) == 0
     out = tmp_path / "x.npy"
-    base = ["sample", str(run), "--n", "4", "--steps", "4", "--teleport", "5", "--quiet"]
+    base = ["sample", str(run), "--n", "4", "--steps", "4", "--teleport", "5", "--quiet",
+            "--teleport-fit", "data"]  # fmt: skip
     base += ["--out", str(out)]
     assert main(base) == 0
     out.unlink()
@@ -98,3 +100,20 @@ def test_a_changed_training_file_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
         assert not out.exists()
+
+
+def test_the_default_teleport_is_fitted_to_the_model(run, tmp_path, capsys):
+    """Without data: the Gaussian of GaussianTeleport.from_model at the level, seeded apart
+    from the samples; --teleport-fit alone, or a level where no Gaussian fits, is refused."""
+    out = tmp_path / "m.npy"
+    assert main(["sample", str(run), *STEPS, "--teleport", "5", "--out", str(out)]) == 0
+    assert "fitted to the model at sigma/alpha = 5 (1024 evaluations)" in capsys.readouterr().out
+    model, normalizer, _ = load_model(run)
+    tp = GaussianTeleport.from_model(model, (2,), 5.0, "unipc_3", n=1024,
+                                     generator=torch.Generator().manual_seed(2000010))  # fmt: skip
+    with torch.no_grad():
+        r = sample(model, 6, tp, 6, torch.Generator().manual_seed(7))
+    got = torch.from_numpy(np.load(out, allow_pickle=False))
+    torch.testing.assert_close(got, normalizer.decode(r.x.double()), rtol=1e-5, atol=1e-5)
+    assert main(["sample", str(run), "--n", "4", "--teleport-fit", "data"]) == 1
+    assert "--teleport-fit data needs --teleport SIGMA" in capsys.readouterr().err

@@ -754,10 +754,13 @@ def _same_normalizer(a, b) -> bool:
     )
 
 
-def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
-    """``--teleport S``: :class:`~scorekit.samplers.GaussianTeleport` to ``S`` with the mean
-    and covariance, in model space, of the examples the run was trained on (drawn again as
-    ``scorekit train`` drew them), those of class ``label`` when one is given."""
+def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label, cond, args):
+    """``--teleport S``: :class:`~scorekit.samplers.GaussianTeleport` to ``S``. With
+    ``--teleport-fit model`` (default) its Gaussian is fitted to the model's own denoiser at
+    ``S`` (:meth:`~scorekit.samplers.GaussianTeleport.from_model`, with the labels of
+    ``cond``); with ``data`` it has the mean and covariance, in model space, of the examples
+    the run was trained on (drawn again as ``scorekit train`` drew them), those of class
+    ``label`` when one is given."""
     from ..samplers import GaussianTeleport, make_sampler
 
     if not (math.isfinite(sigma) and sigma > 0):
@@ -771,6 +774,21 @@ def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label):
     if not lo < sigma < hi:
         raise ValueError(f"--teleport {sigma:g} must lie between this run's smallest and largest "
                          f"noise levels sigma/alpha, {lo:.3g} and {hi:.4g}")  # fmt: skip
+    if args.teleport_fit in (None, "model"):
+        shape = tuple(meta["data"]["shape"])
+        n = max(1024, 4 * (math.prod(shape) + 1))
+        fit_cond = None if cond is None else {k: v[:1].expand(n, *v.shape[1:])
+                                              for k, v in cond.items()}  # fmt: skip
+        try:
+            tp = GaussianTeleport.from_model(
+                model, shape, sigma, sampler, n=n, cond=fit_cond, device=_device(model),
+                generator=torch.Generator().manual_seed(args.seed + 2_000_003),
+            )  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"--teleport {sigma:g}: {e} (or --teleport-fit data)") from None
+        print(f"teleport: the Gaussian fitted to the model at sigma/alpha = {sigma:g} ({n} "
+              "evaluations) carries the start there")  # fmt: skip
+        return tp, f", teleported to {sigma:g}"
     settings = meta.get("cli")
     if not isinstance(settings, dict) or "data" not in settings:
         raise ValueError("--teleport needs a run trained by scorekit train (its checkpoint "
@@ -844,9 +862,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.calibration is not None:
         raise ValueError("--calibration needs --grid fitted")
     run_with = sampler
+    if args.teleport_fit is not None and args.teleport is None:
+        raise ValueError(f"--teleport-fit {args.teleport_fit} needs --teleport SIGMA")
     if args.teleport is not None:
         run_with, what_tp = _teleport(model, normalizer, meta, sampler, args.teleport,
-                                      args.label)  # fmt: skip
+                                      args.label, cond, args)  # fmt: skip
         what += what_tp
         steps = steps or run_with.solver.default_steps
     res = _sample(model, shape, args.n, run_with, steps, args.seed, cond=cond, args=args,
@@ -1643,10 +1663,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=POSITIVE,
         metavar="SIGMA",
         help="skip the high-noise steps: carry the start down to sigma/alpha = SIGMA by the "
-        "exact flow of the Gaussian with the training data's mean and covariance (no model "
-        "evaluation; Wang & Vastola 2024), then --steps steps of --sampler below it; choose "
-        "SIGMA well above the data's own scale (docs/samplers-multistep.md); with --label, "
-        "the Gaussian of that class's examples",
+        "exact flow of a Gaussian (no model evaluation per sample; Wang & Vastola 2024), then "
+        "--steps steps of --sampler below it; choose SIGMA well above the data's own scale "
+        "(docs/samplers-multistep.md)",
+    )
+    s.add_argument(
+        "--teleport-fit",
+        choices=("model", "data"),
+        help="the teleport's Gaussian: fitted to the model's own denoiser at SIGMA (model, "
+        "default: about 1000 evaluations once, no data needed) or the mean and covariance of "
+        "the run's training examples (data; with --label, that class's)",
     )
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
     s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
