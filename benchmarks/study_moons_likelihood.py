@@ -12,6 +12,11 @@ standardised) and changes only the objective:
 * ``likelihood``: the likelihood weighting :math:`\lambda = g^2` with importance-sampled
   ``t`` (:class:`scorekit.losses.LikelihoodLoss`, Song et al. 2021), whose expectation is
   the score-matching term of the bound on :math:`-\log p`;
+* ``likelihood-adaptive``: ``likelihood`` with the law of ``t`` adapted during training
+  towards the variance-minimising one (:class:`scorekit.losses.AdaptiveSigma`): the
+  importance sampling that VDM and i-DODE obtain by learning the noise schedule (Kingma et
+  al. 2021: under the likelihood weighting the schedule's interior changes only the variance
+  of the loss); ``edm-wide-adaptive``: the same adaptation over ``edm-wide``;
 * ``edm-15``, ``edm-wide-15``: ``edm`` and ``edm-wide`` with three times the budget;
   ``edm-wide-30``: ``edm-wide`` with six times the budget;
 * ``edm-wide-drop-15``: ``edm-wide-15`` with dropout 0.1 in the residual blocks, against
@@ -60,7 +65,8 @@ from real_data import (  # noqa: E402
 from study_weighting import _standardised  # noqa: E402
 
 #: arm -> (objective, its options, CPU-minutes per member[, extras]); extras: ``net``
-#: (network options over the recipe's), ``members`` (an ensemble of that many models)
+#: (network options over the recipe's), ``members`` (an ensemble of that many models),
+#: ``adaptive`` (the law of sigma adapted during training, AdaptiveSigma)
 ARMS = {
     "edm": ("edm", {}, 5.0),
     "edm-wide": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0),
@@ -73,13 +79,17 @@ ARMS = {
     "ens3-wide-5": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0, {"members": 3}),
     "ens2-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"members": 2}),
     "ens3-wide-15": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 15.0, {"members": 3}),
+    "likelihood-adaptive": ("likelihood", {}, 5.0, {"adaptive": True}),
+    "edm-wide-adaptive": ("edm", {"p_mean": -2.0, "p_std": 2.0}, 5.0, {"adaptive": True}),
 }
 
 
-def _member(s, loss, options, minutes, data, seed, quick):
-    """Train one model of the arm; returns (EMA copy, steps, CPU seconds, last loss)."""
+def _member(s, loss, options, minutes, data, seed, quick, adaptive=False):
+    """Train one model of the arm (with ``adaptive``, its law of sigma adapted during
+    training: :class:`scorekit.losses.AdaptiveSigma`); returns (EMA copy, steps, CPU
+    seconds, last loss)."""
     from scorekit.app.recipes import build_run
-    from scorekit.losses import make_objective
+    from scorekit.losses import AdaptiveSigma, make_objective
 
     torch.manual_seed(seed)
     model, objective, examples = build_run(s, data)  # the recipe's (preconditioned) model
@@ -87,6 +97,8 @@ def _member(s, loss, options, minutes, data, seed, quick):
         objective = make_objective("edm", model.process, **{**s["loss_kwargs"], **options})
     else:
         objective = make_objective("likelihood", model.process, **options)
+    if adaptive:
+        objective = AdaptiveSigma(objective)
     train = {**s["train"], "steps": None, "seconds": 60.0 * minutes, "clock": "process"}
     ema, _, steps, spent, last = train_budget(model, objective, examples, train, seed)
     return ema, repr(objective), steps, spent, last
@@ -119,7 +131,9 @@ def run_one(arm: str, seed: int, quick: bool = False) -> dict:
     seeds = [seed] if members == 1 else [1000 * seed + k for k in range(members)]
     lp_te, lp_tr, steps, spent, last, member_nll = [], [], [], [], [], []
     for sd in seeds:
-        ema, objective, n, cpu, lo = _member(s, loss, options, minutes, data, sd, quick)
+        ema, objective, n, cpu, lo = _member(
+            s, loss, options, minutes, data, sd, quick, extra.get("adaptive", False)
+        )
         lp_te.append(_model_log_prob(ema, norm.encode(xte.double()), sd, quick) + log_det)
         member_nll.append(float(-lp_te[-1].mean()))
         if members == 1:  # the same on as many training points (a fitted training set scores
@@ -203,6 +217,7 @@ def markdown(result: dict) -> str:
         minutes = 0.1 if result["quick"] else minutes
         what = loss + (" " + json.dumps(options) if options else "")
         what += f", net {json.dumps(extra['net'])}" if "net" in extra else ""
+        what += ", sigma law adapted (AdaptiveSigma)" if extra.get("adaptive") else ""
         if "members" in extra:
             what += f", mixture of {extra['members']} models of {minutes:g} CPU-min"
             minutes *= extra["members"]
