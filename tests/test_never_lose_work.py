@@ -97,6 +97,8 @@ def test_outputs_stay_in_their_run_and_are_not_overwritten(tmp_path, capsys, mon
     # every choice that changes the samples is in the default name: no collision
     assert main([*sample[:-3], "--steps", "3", "--quiet"]) == 0
     assert (run / "samples" / "samples-heun-k3-n8-seed0.npy").is_file()
+    assert main([*sample, "--no-ema"]) == 0
+    assert (run / "samples" / "samples-heun-k2-raw-n8-seed0.npy").is_file()
     capsys.readouterr()
     # plots go to RUN/plots; figures that do not apply are refused, not "written"
     assert main(["plot", str(run), "--kind", "grid", "--quiet"]) == 1

@@ -80,6 +80,7 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
         (None, "evaluate.json' exists; pass --overwrite"),
         (ckpt, "--out names the JSON to write (a .json file"),
         (tmp_path / "res.md", "--out names the JSON to write"),
+        (run / "checkpoint.json", "is the checkpoint's own metadata"),
     ]:
         extra = [] if out is None else ["--out", str(out)]
         assert main([*argv, *extra]) == 1

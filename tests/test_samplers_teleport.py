@@ -188,7 +188,7 @@ def test_from_model_takes_images_float32_chunks_and_refuses_bad_input():
     f32 = GaussianTeleport.from_model(model, (3,), 10.0, n=40,
                                       generator=torch.Generator().manual_seed(3))  # fmt: skip
     torch.testing.assert_close(f32.mean, whole.mean, rtol=0, atol=1e-3)
-    # an image-shaped Gaussian: the mean comes back in the example's shape
+    # EDM's process: the mean comes back as given
     img = Gaussian(
         torch.randn(4, generator=g, dtype=D),
         cov=torch.diag(torch.rand(4, generator=g, dtype=D) + 0.1),
@@ -196,12 +196,21 @@ def test_from_model_takes_images_float32_chunks_and_refuses_bad_input():
     m_img = ExactScore(img, EDM())
     tp = GaussianTeleport.from_model(m_img, (4,), 10.0, n=20, dtype=D)
     torch.testing.assert_close(tp.mean, img.mean(), rtol=0, atol=1e-9)
+    # a degenerate Gaussian (rank 1 in 3-D): the slopes of the flat directions are 0, clipped
+    # from rounding, and the fit keeps them flat
+    v = torch.tensor([[1.0, 2.0, -1.0]], dtype=D)
+    flat = ExactScore(Gaussian(torch.zeros(3, dtype=D), cov=v.T @ v + 1e-12 * torch.eye(3)), VP())
+    tp = GaussianTeleport.from_model(flat, (3,), 10.0, n=32, dtype=D)
+    assert float(tp.eigenvalues.min()) >= 0.0 and float(tp.eigenvalues[:2].max()) < 1e-8
+    torch.testing.assert_close(tp.eigenvalues[2], torch.tensor(6.0, dtype=D), rtol=1e-8, atol=0)
     for kw, msg in [
         ({"level": 1e5}, "level must lie in the process's range"),
         ({"n": 4}, "n must be"),
+        ({"level": 5.0, "sigma": 1e5}, "sigma must lie between"),
+        ({"max_slope": 1.0}, "max_slope must lie in"),
         ({"cond": {"y": torch.zeros(3)}}, "cond\\['y'\\] must have the batch size"),
     ]:
         with pytest.raises(ValueError, match=msg):
-            GaussianTeleport.from_model(model, (3,), 10.0, **{"n": 40, **kw})
+            GaussianTeleport.from_model(model, (3,), **{"sigma": 10.0, "n": 40, **kw})
     with pytest.raises(ValueError, match="shape must be one example's shape"):
         GaussianTeleport.from_model(model, (), 10.0)

@@ -783,6 +783,7 @@ def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label, 
             tp = GaussianTeleport.from_model(
                 model, shape, sigma, sampler, n=n, cond=fit_cond, device=_device(model),
                 generator=torch.Generator().manual_seed(args.seed + 2_000_003),
+                batch_size=args.n,  # no larger a batch than the samples
             )  # fmt: skip
         except ValueError as e:
             raise ValueError(f"--teleport {sigma:g}: {e} (or --teleport-fit data)") from None
@@ -831,15 +832,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.png_dir is not None and len(shape) != 3:
         raise ValueError(f"--png-dir writes images; this run's examples have shape {shape}")
     sampler, steps = _sampler_choice(args, meta)
-    # the default name records every choice that changes the samples
+    if args.teleport_fit is not None and args.teleport is None:
+        raise ValueError(f"--teleport-fit {args.teleport_fit} needs --teleport SIGMA")
+    # the default name records the choices that most often change between two runs (not,
+    # e.g., which --guide or --calibration: such a second run is refused, not overwritten)
     tag = "" if args.steps is None else f"-k{args.steps}"
+    tag += "-raw" if args.no_ema else ""
     tag += "" if args.grid != "fitted" else "-gits"
     tag += "" if args.label is None else f"-y{args.label}"
     if args.guide is not None:
         tag += f"-ag{2.0 if args.guidance is None else args.guidance:g}"
     elif args.guidance is not None:
         tag += f"-cfg{args.guidance:g}"
-    tag += "" if args.teleport is None else f"-tp{args.teleport:g}"
+    if args.teleport is not None:
+        tag += f"-tp{'d' if args.teleport_fit == 'data' else ''}{args.teleport:g}"
     out = args.out or run / "samples" / f"samples-{sampler}{tag}-n{args.n}-seed{args.seed}.npy"
     png = args.png or out.with_suffix(".png")
     for p in (out, png):
@@ -862,8 +868,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.calibration is not None:
         raise ValueError("--calibration needs --grid fitted")
     run_with = sampler
-    if args.teleport_fit is not None and args.teleport is None:
-        raise ValueError(f"--teleport-fit {args.teleport_fit} needs --teleport SIGMA")
     if args.teleport is not None:
         run_with, what_tp = _teleport(model, normalizer, meta, sampler, args.teleport,
                                       args.label, cond, args)  # fmt: skip
@@ -1137,10 +1141,13 @@ def _sample_quality(gen, real, shape, meta, args, k: int) -> dict:
 
 
 def _over_draws(per_draw: list[dict]) -> dict:
-    """The measures of several draws of samples: each one's mean over the draws; for the
-    headline distance (Frechet or sliced W2) also its standard deviation over the draws and
-    every draw's value. One draw: its measures as they are."""
+    """The measures of several draws of samples: each one's mean over the draws (the nn
+    ratio: of the mean medians); for the headline distance (Frechet or sliced W2) also its
+    standard deviation over the draws and every draw's value. One draw: its measures as
+    they are."""
     out = {key: statistics.fmean(d[key] for d in per_draw) for key in per_draw[0]}
+    if "nn_ratio" in out:  # the ratio of the mean medians, as for one draw
+        out["nn_ratio"] = out["nn_train_median"] / out["nn_train_median_real"]
     head = "frechet" if "frechet" in out else "sliced_w2"
     if len(per_draw) > 1:
         out[f"{head}_sd"] = statistics.stdev(d[head] for d in per_draw)
@@ -1168,6 +1175,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if target.suffix != ".json":
         raise ValueError(f"--out names the JSON to write (a .json file; the markdown goes "
                          f"beside it), got {str(target)!r}")  # fmt: skip
+    if target.resolve() == ckpt.with_suffix(".json").resolve():
+        raise ValueError(f"--out {str(target)!r} is the checkpoint's own metadata; name "
+                         "another file")  # fmt: skip
     for p in (target, target.with_suffix(".md")):
         if p.is_dir():
             raise ValueError(f"cannot write {str(p)!r}: it is a folder")
@@ -1677,8 +1687,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="samples to draw (default 1000)")
     s.add_argument("--seed", type=COUNT, default=0, help="seed of the samples (default 0)")
     s.add_argument("--out", type=Path, help="samples (.npy; default: RUN/samples/samples-"
-                   "SAMPLER[-kSTEPS][-gits][-yLABEL][-cfgW|-agW][-tpS]-nN-seedS.npy, the "
-                   "choices given)")  # fmt: skip
+                   "SAMPLER[-kSTEPS][-raw][-gits][-yLABEL][-cfgW|-agW][-tp[d]S]-nN-seedS.npy, "
+                   "the choices given)")  # fmt: skip
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--png", type=Path, help="picture (default: OUT with .png): an image grid, "
                    "a scatter plot for 2-D data, pairs of coordinates for more")  # fmt: skip

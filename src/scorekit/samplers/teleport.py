@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_finite, check_tensor
+from ..core.parametrize import ScoreModel
 from ..core.schedules import time_grid
 from .base import Grid, Sampler
 from .restart import _slice
@@ -143,7 +144,7 @@ class GaussianTeleport(Sampler):
     @classmethod
     def from_model(
         cls,
-        model,
+        model: ScoreModel,
         shape: tuple[int, ...],
         sigma: float = 30.0,
         solver: str | Sampler = "unipc_3",
@@ -155,6 +156,7 @@ class GaussianTeleport(Sampler):
         device: torch.device | str | None = None,
         batch_size: int | None = None,
         cond: dict[str, Any] | None = None,
+        max_slope: float = 0.9,
     ) -> GaussianTeleport:
         r"""The teleport for a model without its data: the Gaussian whose denoiser is the
         least-squares linear fit of the model's at the level :math:`r` = ``level`` (default
@@ -170,16 +172,20 @@ class GaussianTeleport(Sampler):
         :math:`\Sigma = r^2 A (I - A)^{-1} = r^2 U \operatorname{diag}(a/(1 - a)) U^\top`
         and :math:`\mu = (I - A)^{-1} b`. Exact for Gaussian data (any ``n > d + 1``);
         otherwise the Gaussian whose denoiser is closest to the model's where the jump
-        lands, not the data's moments: on a 2-D mixture its jump errs more than theirs (3
-        times at S = 30), on the sampler bench's 16-D mixture the whole sample errs less
-        (RMSE 0.552 against 0.581, UniPC-3 at 10 evaluations, S = 30). A slope of 1 or more
-        along some direction is refused: no Gaussian has it.
+        lands, not the data's moments (on the sampler bench's 16-D mixture, UniPC-3 at 10
+        evaluations after a fit at S = 30 gave RMSE 0.54-0.61 over fit seeds, 0.581 with
+        the moments; on a trained digits model 0.358 against 0.368). A slope above
+        ``max_slope`` along some direction is refused: a slope of 1 or more no Gaussian
+        has, and one near 1 means a fitted variance far above :math:`r^2`, a level below
+        the data's own scale where the fit is not to be trusted.
 
         Arguments:
             model: a :class:`~scorekit.core.parametrize.ScoreModel`.
             shape: one example's shape ``D``.
             sigma, solver: as for :class:`GaussianTeleport`.
             level: where the fit is made (default ``sigma``).
+            max_slope: the largest eigenvalue of :math:`A` accepted, in (0, 1) (default
+                0.9: fitted variances up to :math:`9 r^2`).
             n: evaluations of the model, once (default :math:`\max(1024, 4(d + 1))`).
             generator: the draws :math:`z` (on the CPU).
             dtype, device: of the model's inputs (default torch's default dtype, CPU).
@@ -203,6 +209,13 @@ class GaussianTeleport(Sampler):
         if not lo < r <= hi:
             raise ValueError(f"level must lie in the process's range of sigma/alpha, ({lo:.3g}, "
                              f"{hi:.4g}], got {r:g}")  # fmt: skip
+        if not lo < float(sigma) < hi:
+            raise ValueError(
+                f"sigma must lie between the process's smallest and largest noise levels "
+                f"sigma/alpha, {lo:.3g} and {hi:.4g}, got {sigma!r}"
+            )
+        if not 0.0 < float(max_slope) < 1.0:
+            raise ValueError(f"max_slope must lie in (0, 1), got {max_slope!r}")
         n = max(1024, 4 * (d + 1)) if n is None else check_int("n", n, minimum=d + 2)
         check_generator("generator", generator)
         bs = n if batch_size is None else check_int("batch_size", batch_size)
@@ -216,18 +229,28 @@ class GaussianTeleport(Sampler):
             for s in range(0, n, bs):
                 x = (alpha * y[s : s + bs]).reshape(-1, *shape).to(**to)
                 tt = torch.full((x.shape[0],), float(t), **to)
-                out = model.predict(x, tt, "x0", **rows_of(slice(s, s + bs)))
+                rows = {k: v.to(to["device"]) if isinstance(v, Tensor) else v
+                        for k, v in rows_of(slice(s, s + bs)).items()}  # fmt: skip
+                out = model.predict(x, tt, "x0", **rows)
                 parts.append(out.reshape(x.shape[0], d).to("cpu", torch.float64))
         den = torch.cat(parts)
         check_finite("the model's denoised draws", den)
         design = torch.cat([y, torch.ones(n, 1, dtype=torch.float64)], 1)
         w = torch.linalg.lstsq(design, den).solution  # den ~ y w[:d] + w[d]
         a, u = torch.linalg.eigh((w[:d] + w[:d].T) / 2)
-        if float(a.max()) >= 1.0:  # a Gaussian's filter shrinks: 0 <= a < 1
+        top = float(a.max())
+        if top >= 1.0:  # a Gaussian's filter shrinks: 0 <= a < 1
             raise ValueError(
                 f"the model's denoiser at level {r:g} stretches some direction by "
-                f"{float(a.max()):.3g} >= 1, which no Gaussian's does (the data is far from "
-                "Gaussian there): fit at a higher level"
+                f"{top:.3g} >= 1, which no Gaussian's does (the data is far from Gaussian "
+                "there): fit at a higher level"
+            )
+        if top > max_slope:
+            raise ValueError(
+                f"the model's denoiser at level {r:g} has a slope of {top:.3g} > max_slope = "
+                f"{max_slope:g} along some direction (a fitted variance "
+                f"{top / (1 - top):.3g} times r^2: the level is below the data's own scale): "
+                "fit at a higher level"
             )
         a = a.clamp_min(0.0)
         mean = u @ ((u.T @ w[d]) / (1.0 - a))
