@@ -174,6 +174,12 @@ def test_from_model_on_a_mixture_nears_the_moments_as_the_level_rises():
     assert err[0][1] > 10 * err[1][1] > 50 * err[2][1] and err[2][1] < 1e-3, err
     with pytest.raises(ValueError, match="at level 1 stretches some direction by [12]"):
         GaussianTeleport.from_model(model, (2,), 30.0, level=1.0, n=256, dtype=D)
+    # just above level 2 the slope is below 1 but the fitted variance is 26-110 times r^2
+    # (the data's: 0.25 and 9.5): refused by max_slope
+    for level in (2.05, 2.1):
+        with pytest.raises(ValueError, match="> max_slope = 0.9"):
+            GaussianTeleport.from_model(model, (2,), 30.0, level=level, n=256, dtype=D,
+                                        generator=torch.Generator().manual_seed(0))  # fmt: skip
 
 
 def test_from_model_takes_images_float32_chunks_and_refuses_bad_input():
