@@ -94,6 +94,12 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert main([*argv, "--no-nll", "--draws", "2", "--out", str(tmp_path / "two.json")]) == 0
     two = json.loads((tmp_path / "two.json").read_text())
     assert len(two["sliced_w2_draws"]) == 2 and two["sliced_w2_draws"][0] == rec["sliced_w2"]
+    # the held-out points of the sample quality do not depend on --nll-n (measured or not)
+    more = tmp_path / "more.json"
+    assert main([*argv[:-2], "--nll-n", "300", "--out", str(more)]) == 0
+    more = json.loads(more.read_text())
+    assert more["sliced_w2"] == rec["sliced_w2"] and more["sliced_w2_real"] == rec["sliced_w2_real"]
+    assert more["nll_n"] == 300 and two["sliced_w2_real"] == rec["sliced_w2_real"]
     assert two["sliced_w2"] == pytest.approx(np.mean(two["sliced_w2_draws"]))
     digits = tmp_path / "digits"
     net = tmp_path / "net.json"

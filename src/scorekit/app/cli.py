@@ -1186,8 +1186,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
     sampler, steps = _sampler_choice(args, meta)
-    fresh = max(args.n, args.nll_n) if args.data in TOYS else None  # toys: new points
-    held = _test_data(args.data, meta, normalizer, fresh, args.seed, args)  # model space
+    toy = args.data in TOYS  # toys: fresh points, --n of them for the sample quality and,
+    # drawn apart with the same seed, --nll-n for the NLL (neither depends on the other)
+    held = _test_data(args.data, meta, normalizer, args.n if toy else None, args.seed, args)
     real = normalizer.decode(held.double())
     out = {
         "checkpoint": str(ckpt),
@@ -1213,6 +1214,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     st = straightness(model, min(args.n, 500), 50, g, device=device)
     out.update(straightness=st.value, straightness_relative=st.relative, straightness_steps=50)
     if not args.no_nll:
+        if toy:
+            held = _test_data(args.data, meta, normalizer, args.nll_n, args.seed, args)
         x = held[: args.nll_n].to(device)
         kw = {
             "divergence": "hutchinson" if x[0].numel() > 16 else "exact",
