@@ -746,6 +746,15 @@ def _fitted_grid(model, shape, sampler: str, steps: int | None, cond, args) -> t
     return grid
 
 
+def _check_writable(paths, overwrite: bool, hint: str = "") -> None:
+    """Refuse to write over a folder, or over an existing file unless ``--overwrite``."""
+    for p in paths:
+        if p.is_dir():
+            raise ValueError(f"cannot write {str(p)!r}: it is a folder{hint}")
+        if p.exists() and not overwrite:
+            raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
+
+
 def _same_normalizer(a, b) -> bool:
     """Whether two normalisers are the same map (loc and scale to 1e-9)."""
     return all(
@@ -763,8 +772,6 @@ def _teleport(model, normalizer, meta: dict, sampler: str, sigma: float, label, 
     ``label`` when one is given."""
     from ..samplers import GaussianTeleport, make_sampler
 
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"--teleport must be a positive noise level sigma/alpha, got {sigma}")
     if not make_sampler(sampler).strict_grid or sampler in _NO_FITTED_GRID:
         raise ValueError(f"--teleport needs a sampler that steps a grid of noise levels; "
                          f"--sampler {sampler} does not")  # fmt: skip
@@ -848,11 +855,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         tag += f"-tp{'d' if args.teleport_fit == 'data' else ''}{args.teleport:g}"
     out = args.out or run / "samples" / f"samples-{sampler}{tag}-n{args.n}-seed{args.seed}.npy"
     png = args.png or out.with_suffix(".png")
-    for p in (out, png):
-        if p.is_dir():
-            raise ValueError(f"cannot write {str(p)!r}: it is a folder (--out names a .npy file)")
-        if p.exists() and not args.overwrite:
-            raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
+    _check_writable((out, png), args.overwrite, " (--out names a .npy file)")
     model, normalizer, meta = _load(args.checkpoint, not args.no_ema, device)
     guidance = None if args.guide is not None else args.guidance  # --guide: autoguidance
     model, cond, what = _labels(model, args.checkpoint, args.n, args.label, guidance)
@@ -1095,20 +1098,32 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_quality(gen, real, shape, meta, args, k: int) -> dict:
+def _quality_reference(meta: dict, args) -> tuple:
+    """What every draw's sample quality compares with besides the held-out data, read once:
+    for images the run's training images (data coordinates) and, for digits, their labels;
+    for vectors nothing."""
+    from ..train.data import load_data
+
+    if len(meta["data"]["shape"]) != 3:
+        return None, None
+    train, labels = _training_data(meta), None
+    if args.data == "digits":
+        spec = meta["data"]["spec"]
+        split = meta["data"].get("split", "all") if spec == "digits" else "all"
+        labels = load_data("digits", split=split).labels.numpy()
+    return train, labels
+
+
+def _sample_quality(gen, real, reference: tuple, args, k: int) -> dict:
     """One draw's sample quality (data coordinates): images, the PCA-16 Frechet distance to
     the held-out images (digits: also the nearest-training-digit ratio; the real-vs-real
     figure from training digits chosen by ``k``); vectors, the sliced W2 distance to them
-    and the held-out data's own (halves) floor."""
+    and the held-out data's own (halves) floor. ``reference``: :func:`_quality_reference`."""
     from ..metrics import digits_quality, frechet_distance, sliced_wasserstein
-    from ..train.data import load_data
 
-    if len(shape) == 3:  # images: Frechet distance in a PCA space fitted on training data
-        spec = meta["data"]["spec"]
-        split = meta["data"].get("split", "all") if spec == "digits" else "all"
-        train = _training_data(meta)
-        if args.data == "digits":
-            y = load_data("digits", split=split).labels.numpy()
+    train, y = reference
+    if train is not None:  # images: Frechet distance in a PCA space fitted on training data
+        if y is not None:
             q = digits_quality(
                 gen.clamp(0, 16).reshape(len(gen), -1).numpy(),
                 train.reshape(len(train), -1).numpy(),
@@ -1178,11 +1193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if target.resolve() == ckpt.with_suffix(".json").resolve():
         raise ValueError(f"--out {str(target)!r} is the checkpoint's own metadata; name "
                          "another file")  # fmt: skip
-    for p in (target, target.with_suffix(".md")):
-        if p.is_dir():
-            raise ValueError(f"cannot write {str(p)!r}: it is a folder")
-        if p.exists() and not args.overwrite:
-            raise ValueError(f"{str(p)!r} exists; pass --overwrite to replace it or --out")
+    _check_writable((target, target.with_suffix(".md")), args.overwrite)
     model, normalizer, meta = _load(ckpt, not args.no_ema, _runtime(args))
     shape = tuple(meta["data"]["shape"])
     sampler, steps = _sampler_choice(args, meta)
@@ -1200,11 +1211,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "steps": steps,
         "weights": "raw" if args.no_ema else "ema",
     }
-    per_draw = []
+    per_draw, reference = [], _quality_reference(meta, args)
     for k in range(args.draws):  # draw k: samples seeded seed + 1 + 1000 k
         res = _sample(model, shape, args.n, sampler, steps, args.seed + 1 + 1000 * k, args=args)
         gen = normalizer.decode(res.x.detach().cpu().double())
-        per_draw.append(_sample_quality(gen, real, shape, meta, args, k))
+        per_draw.append(_sample_quality(gen, real, reference, args, k))
         out["nfe"] = res.nfe
     out.update(_over_draws(per_draw))
     from ..metrics import straightness
@@ -1297,12 +1308,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise ValueError(f"--kind {' '.join(bad)} does not apply to this run ({why})")
     if not kinds:
         raise ValueError(f"no figure applies to this run (examples of shape {shape}, no log)")
-    if not args.overwrite:
-        for k in kinds:
-            if (out / f"{k}.png").exists():
-                raise ValueError(
-                    f"{str(out / f'{k}.png')!r} exists; pass --overwrite to replace it or --out"
-                )
+    _check_writable([out / f"{k}.png" for k in kinds], args.overwrite)
     sampler, steps = _sampler_choice(args, meta)
     model, normalizer, meta = _load(ckpt, device=device)
     data = None

@@ -41,6 +41,19 @@ from .restart import _slice
 __all__ = ["GaussianTeleport"]
 
 
+def _check_sigma(process, sigma: float) -> tuple[float, float]:
+    """The process's smallest and largest levels sigma/alpha (at ``t_min`` and ``t_max``),
+    after checking that the jump's end ``sigma`` lies strictly between them."""
+    lo, hi = (float(process.ratio(torch.tensor(t, dtype=torch.float64)))
+              for t in (process.t_min, process.t_max))  # fmt: skip
+    if not lo < sigma < hi:
+        raise ValueError(
+            f"sigma must lie between the process's smallest and largest noise levels "
+            f"sigma/alpha, {lo:.3g} and {hi:.4g}, got {sigma:g}"
+        )
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class TeleportState:
     """The jump's coefficients, as tensors on the samples' device, the rest of the grid and
@@ -204,16 +217,10 @@ class GaussianTeleport(Sampler):
         d = math.prod(shape)
         r = float(sigma if level is None else level)
         process = model.process
-        lo, hi = (float(process.ratio(torch.tensor(t, dtype=torch.float64)))
-                  for t in (process.t_min, process.t_max))  # fmt: skip
+        lo, hi = _check_sigma(process, float(sigma))
         if not lo < r <= hi:
             raise ValueError(f"level must lie in the process's range of sigma/alpha, ({lo:.3g}, "
                              f"{hi:.4g}], got {r:g}")  # fmt: skip
-        if not lo < float(sigma) < hi:
-            raise ValueError(
-                f"sigma must lie between the process's smallest and largest noise levels "
-                f"sigma/alpha, {lo:.3g} and {hi:.4g}, got {sigma!r}"
-            )
         if not 0.0 < float(max_slope) < 1.0:
             raise ValueError(f"max_slope must lie in (0, 1), got {max_slope!r}")
         n = max(1024, 4 * (d + 1)) if n is None else check_int("n", n, minimum=d + 2)
@@ -258,13 +265,7 @@ class GaussianTeleport(Sampler):
         return cls(mean.reshape(shape), (cov + cov.T) / 2, sigma, solver)
 
     def default_grid(self, process, steps):
-        lo, hi = (float(process.ratio(torch.tensor(t, dtype=torch.float64)))
-                  for t in (process.t_min, process.t_max))  # fmt: skip
-        if not lo < self.sigma < hi:
-            raise ValueError(
-                f"sigma = {self.sigma:g} must lie between the process's smallest and largest "
-                f"noise levels sigma/alpha, {lo:.3g} and {hi:.4g}"
-            )
+        _check_sigma(process, self.sigma)
         t1 = float(process.t_of_ratio(torch.tensor(self.sigma, dtype=torch.float64)))
         rest = time_grid(process, steps, "karras", t_max=t1)
         return torch.cat([torch.tensor([float(process.t_max)], dtype=torch.float64), rest])
